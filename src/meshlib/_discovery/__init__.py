@@ -1,0 +1,55 @@
+"""Discovery kinds and the URL scheme registry."""
+
+from __future__ import annotations
+
+import importlib
+
+from .._errors import ConfigError
+from ._base import (
+    EMPTY_GRACE_SECONDS,
+    Discovery,
+    DiscoveryFailure,
+    DiscoveryOptions,
+    EndpointSetTracker,
+    Update,
+)
+
+__all__ = [
+    "EMPTY_GRACE_SECONDS",
+    "Discovery",
+    "DiscoveryFailure",
+    "DiscoveryOptions",
+    "EndpointSetTracker",
+    "Update",
+    "discovery_from_url",
+]
+
+#: scheme -> "module:Class", imported on first use
+_KINDS: dict[str, str] = {
+    "static": "._static:StaticDiscovery",
+    "dns+srv": "._dns:SrvDiscovery",
+    "dns": "._dns:AddressDiscovery",
+    "file": "._file:FileDiscovery",
+    "etcd": "._etcd:EtcdDiscovery",
+    "consul": "._consul:ConsulDiscovery",
+}
+
+
+def discovery_from_url(url: str, options: DiscoveryOptions | None = None) -> Discovery:
+    """Build the discovery for ``url``; raise ``ConfigError`` naming a bad URL."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"discovery URL {url!r} has no scheme (e.g. static://host:port)")
+    scheme = url.partition("://")[0].lower()
+    target = _KINDS.get(scheme)
+    if target is None:
+        raise ConfigError(
+            f"discovery URL {url!r}: unknown scheme {scheme!r} "
+            f"(known: {', '.join(sorted(_KINDS))})"
+        )
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name, __name__)
+    except ModuleNotFoundError:
+        raise ConfigError(f"discovery URL {url!r}: {scheme!r} is not available yet") from None
+    cls: type[Discovery] = getattr(module, class_name)
+    return cls(url, options)

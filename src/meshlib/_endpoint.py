@@ -1,0 +1,115 @@
+"""Endpoint values from discovery, and the per-endpoint statistics the balancer reads."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DECAY_SECONDS", "Endpoint", "EndpointState", "format_address"]
+
+#: peak-EWMA decay time constant, as Finagle's and Linkerd's default
+DECAY_SECONDS = 10.0
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with IPv6 addresses in brackets (``[::1]:8001``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One instance of a service as discovery reports it.
+
+    ``weight`` scales the share of traffic under equal latency, ``zone`` enables
+    zone-aware routing, ``priority`` is the SRV priority (lower is preferred).
+
+    .. versionadded:: 0.1
+    """
+
+    host: str
+    port: int
+    weight: float = 1.0
+    zone: str | None = None
+    priority: int = 0
+
+    @property
+    def address(self) -> str:
+        """``host:port``, IPv6 in brackets."""
+        return format_address(self.host, self.port)
+
+
+Endpoint.__module__ = "meshlib"
+
+
+class EndpointState:
+    """Mutable statistics of one endpoint, shared by every picker that holds it.
+
+    Latency is a peak EWMA (Finagle's ``PeakEwma``): a sample above the current
+    value replaces it at once; a lower one is blended in with weight
+    ``1 - exp(-dt / DECAY_SECONDS)``; and reading decays the value towards zero,
+    so an endpoint that has not been picked for a while gets probed again.
+    Counters are changed under a short lock that is never held across I/O.
+    """
+
+    __slots__ = (
+        "_ewma", "_lock", "_stamp", "address", "breaker", "endpoint", "failures", "inflight",
+        "pool", "requests", "retired", "rr_current",
+    )
+
+    def __init__(self, endpoint: Endpoint, breaker: Any = None) -> None:
+        self.endpoint = endpoint
+        self.address = endpoint.address
+        self.breaker = breaker
+        self.pool: Any = None
+        self.retired = False
+        self.inflight = 0
+        self.requests = 0
+        self.failures = 0
+        self.rr_current = 0.0
+        self._ewma: float | None = None
+        self._stamp = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def sampled(self) -> bool:
+        """Whether any latency sample was recorded."""
+        return self._ewma is not None
+
+    def ewma(self, now: float) -> float | None:
+        """The peak-EWMA latency in seconds at ``now``, decayed; ``None`` before any sample."""
+        value = self._ewma
+        if value is None:
+            return None
+        elapsed = now - self._stamp
+        if elapsed <= 0:
+            return value
+        return value * math.exp(-elapsed / DECAY_SECONDS)
+
+    def begin(self) -> None:
+        """An attempt to this endpoint started."""
+        with self._lock:
+            self.inflight += 1
+            self.requests += 1
+
+    def end(self, latency: float, now: float, *, failed: bool, penalty: float) -> None:
+        """An attempt ended after ``latency`` seconds; a failure counts as at least ``penalty``."""
+        sample = max(latency, penalty) if failed else latency
+        with self._lock:
+            self.inflight -= 1
+            if failed:
+                self.failures += 1
+            current = self._ewma
+            if current is None:
+                self._ewma = sample
+            else:
+                weight = math.exp(-max(now - self._stamp, 0.0) / DECAY_SECONDS)
+                decayed = current * weight
+                self._ewma = sample if sample > decayed else decayed + sample * (1.0 - weight)
+            self._stamp = now
+
+    def abandon(self) -> None:
+        """An attempt ended with no outcome to learn from (cancelled): only the count moves."""
+        with self._lock:
+            self.inflight -= 1

@@ -1,0 +1,171 @@
+"""Immutable policy values: what a request may do when things go wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._errors import ConfigError
+
+__all__ = ["BALANCERS", "Backoff", "Breaker", "Hedge", "Policy", "RetryBudget"]
+
+BALANCERS = ("p2c-ewma", "least-request", "round-robin", "random")
+BalancerName = Literal["p2c-ewma", "least-request", "round-robin", "random"]
+
+
+def _check_number(
+    owner: str, name: str, value: object, *, minimum: float = 0.0, allow_none: bool = False,
+    strict: bool = False,
+) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"{owner}.{name} must be a number, got {value!r}")
+    if value < minimum or (strict and value == minimum) or math.isinf(value):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ConfigError(f"{owner}.{name} must be finite and {bound}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """How many retries and hedges a service may add on top of its requests.
+
+    Each logical request deposits ``ratio`` of a token, each retry or hedge
+    withdraws one; deposits expire after ``ttl`` seconds; ``min_per_second``
+    extra attempts per second are always allowed (Finagle's ``RetryBudget``).
+
+    .. versionadded:: 0.1
+    """
+
+    ratio: float = 0.2
+    min_per_second: float = 10
+    ttl: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_number("RetryBudget", "ratio", self.ratio)
+        if self.ratio > 1000:
+            raise ConfigError(f"RetryBudget.ratio must be <= 1000, got {self.ratio!r}")
+        _check_number("RetryBudget", "min_per_second", self.min_per_second)
+        _check_number("RetryBudget", "ttl", self.ttl, minimum=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: sleep ``uniform(0, min(max, base * 2**n))``.
+
+    .. versionadded:: 0.1
+    """
+
+    base: float = 0.025
+    max: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_number("Backoff", "base", self.base)
+        _check_number("Backoff", "max", self.max)
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """Per-endpoint circuit breaker: ``failures`` consecutive failures open it
+    for ``reset_timeout`` seconds, then one trial request closes or reopens it.
+
+    .. versionadded:: 0.1
+    """
+
+    failures: int = 5
+    reset_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.failures, bool) or not isinstance(self.failures, int):
+            raise ConfigError(f"Breaker.failures must be an int, got {self.failures!r}")
+        if self.failures < 1:
+            raise ConfigError(f"Breaker.failures must be >= 1, got {self.failures!r}")
+        _check_number("Breaker", "reset_timeout", self.reset_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Hedge:
+    """Send a second attempt to another endpoint if the first has not answered
+    after ``delay`` seconds, or after the service's 95th percentile latency
+    with ``delay="p95"``. Only idempotent requests are hedged.
+
+    .. versionadded:: 0.1
+    """
+
+    delay: float | Literal["p95"] = 0.05
+    #: delay used by ``"p95"`` until enough latency samples exist
+    fallback: float = 0.05
+    #: at most this many attempts in flight at once for one request
+    max_attempts: int = 2
+
+    def __post_init__(self) -> None:
+        if self.delay != "p95":
+            _check_number("Hedge", "delay", self.delay)
+        _check_number("Hedge", "fallback", self.fallback)
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or (
+            self.max_attempts < 2
+        ):
+            raise ConfigError(f"Hedge.max_attempts must be an int >= 2, got {self.max_attempts!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What a mesh request may do: deadline, retries, budget, backoff, balancer,
+    breaker, hedging and idempotency. Immutable; use :meth:`replace`.
+
+    .. versionadded:: 0.1
+    """
+
+    timeout: float = 10.0
+    attempt_timeout: float | None = None
+    retries: int = 2
+    retry_on: tuple[int, ...] = (502, 503, 504)
+    retry_budget: RetryBudget = field(default_factory=RetryBudget)
+    backoff: Backoff = field(default_factory=Backoff)
+    balancer: BalancerName = "p2c-ewma"
+    breaker: Breaker = field(default_factory=Breaker)
+    hedge: Hedge | None = None
+    idempotent: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_number("Policy", "timeout", self.timeout, strict=True)
+        _check_number("Policy", "attempt_timeout", self.attempt_timeout, allow_none=True,
+                      strict=True)
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigError(f"Policy.retries must be an int >= 0, got {self.retries!r}")
+        try:
+            codes = tuple(self.retry_on)
+        except TypeError:
+            raise ConfigError(f"Policy.retry_on must be status codes, got {self.retry_on!r}")
+        for code in codes:
+            if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+                raise ConfigError(f"Policy.retry_on must hold status codes, got {code!r}")
+        object.__setattr__(self, "retry_on", codes)
+        if self.balancer not in BALANCERS:
+            raise ConfigError(
+                f"Policy.balancer must be one of {', '.join(BALANCERS)}, got {self.balancer!r}"
+            )
+        for name, kind in (("retry_budget", RetryBudget), ("backoff", Backoff),
+                           ("breaker", Breaker)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(
+                    f"Policy.{name} must be a meshlib.{kind.__name__}, got {getattr(self, name)!r}"
+                )
+        if self.hedge is not None and not isinstance(self.hedge, Hedge):
+            raise ConfigError(f"Policy.hedge must be a meshlib.Hedge or None, got {self.hedge!r}")
+        if self.idempotent not in (None, True, False):
+            raise ConfigError(f"Policy.idempotent must be None, True or False, "
+                              f"got {self.idempotent!r}")
+
+    def replace(self, **changes: Any) -> Policy:
+        """Return a new policy with ``changes`` applied; raises ``ConfigError`` on a bad field."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"Policy has no field {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+
+for _cls in (RetryBudget, Backoff, Breaker, Hedge, Policy):
+    _cls.__module__ = "meshlib"

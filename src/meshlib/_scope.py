@@ -1,0 +1,150 @@
+"""Scoped deadlines and policy overrides, carried by contextvars.
+
+``meshlib.deadline(0.5)`` and ``meshlib.policy(retries=0)`` work as decorators
+on sync and async functions and as sync and async context managers. A deadline
+is an absolute time fixed on entry; nested deadlines take the earliest (as
+trio's ``current_effective_deadline``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import math
+import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any, TypeVar, cast
+
+from ._errors import ConfigError
+from ._policy import Policy
+
+__all__ = ["current_deadline", "current_overrides", "deadline", "policy", "time_left"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "meshlib_deadline", default=math.inf
+)
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_OVERRIDES: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "meshlib_policy", default=_EMPTY
+)
+
+
+def current_deadline() -> float:
+    """The earliest scoped deadline as a ``time.monotonic()`` value, ``inf`` if none."""
+    return _DEADLINE.get()
+
+
+def time_left() -> float:
+    """Seconds left before the scoped deadline (``inf`` without one; may be negative)."""
+    return _DEADLINE.get() - time.monotonic()
+
+
+def current_overrides() -> Mapping[str, Any]:
+    """The policy fields set by enclosing ``meshlib.policy(...)`` scopes (inner wins)."""
+    return _OVERRIDES.get()
+
+
+class _Scope:
+    """A decorator and (async) context manager that sets a contextvar for its body."""
+
+    def _enter_value(self) -> tuple[contextvars.ContextVar[Any], Any]:
+        raise NotImplementedError
+
+    def __init__(self) -> None:
+        self._tokens: list[contextvars.Token[Any]] = []
+
+    def __enter__(self) -> _Scope:
+        var, value = self._enter_value()
+        self._tokens.append(var.set(value))
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token = self._tokens.pop()
+        token.var.reset(token)
+
+    async def __aenter__(self) -> _Scope:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, func: F) -> F:
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                var, value = self._enter_value()
+                token = var.set(value)
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    var.reset(token)
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            var, value = self._enter_value()
+            token = var.set(value)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                var.reset(token)
+
+        return cast(F, wrapper)
+
+
+class deadline(_Scope):  # noqa: N801 - lower case: used like a function, as trio's move_on_after
+    """Bound every mesh request made inside to ``seconds`` from entry.
+
+    Use as ``@meshlib.deadline(0.5)`` on a sync or async function, or as
+    ``with meshlib.deadline(0.5):`` / ``async with ...``. Nested deadlines take
+    the earliest. Raises ``ConfigError`` for a negative, NaN or non-number value.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or (
+            math.isnan(seconds) or seconds < 0
+        ):
+            raise ConfigError(f"meshlib.deadline needs seconds >= 0, got {seconds!r}")
+        self.seconds = float(seconds)
+
+    def _enter_value(self) -> tuple[contextvars.ContextVar[Any], Any]:
+        return _DEADLINE, min(_DEADLINE.get(), time.monotonic() + self.seconds)
+
+
+class policy(_Scope):  # noqa: N801 - lower case: used like a function
+    """Override policy fields for every mesh request made inside.
+
+    ``@meshlib.policy(retries=0, idempotent=True)`` or ``with meshlib.policy(...)``.
+    A scoped override beats the service's and the client's policy; nested
+    scopes merge, the inner one winning. Raises ``ConfigError`` for an unknown
+    field or a bad value.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, **changes: Any) -> None:
+        super().__init__()
+        Policy().replace(**changes)  # validate now, not at the first request
+        self.changes: Mapping[str, Any] = MappingProxyType(dict(changes))
+
+    def _enter_value(self) -> tuple[contextvars.ContextVar[Any], Any]:
+        outer = _OVERRIDES.get()
+        return _OVERRIDES, MappingProxyType({**outer, **self.changes}) if outer else self.changes
+
+
+for _cls in (deadline, policy):
+    _cls.__module__ = "meshlib"
