@@ -1,0 +1,195 @@
+"""``file:///abs/path.json``: a JSON list of endpoints, re-read when the file changes.
+
+The file holds a JSON list of objects ``{"host", "port", "weight"?, "zone"?,
+"priority"?}``. It is polled cheaply every :attr:`FileDiscovery.POLL_INTERVAL`
+seconds by ``stat()`` and re-read only when its ``(mtime_ns, size, inode)``
+changes, so replacing it by an atomic rename (write a temporary file, then
+``os.replace``) is always seen, and a half-written file is never read twice.
+A missing file, unreadable file, garbage JSON or a bad entry yields a
+:class:`DiscoveryFailure` (the mesh keeps the last good set).
+
+The entry format is shared with ``etcd://`` values (:func:`parse_entry`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import math
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .._endpoint import Endpoint
+from .._errors import ConfigError
+from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
+
+__all__ = ["EntryError", "FileDiscovery", "parse_entry", "parse_entry_list"]
+
+logger = logging.getLogger("meshlib.discovery")
+
+_Signature = tuple[int, int, int]
+
+
+class EntryError(ValueError):
+    """An endpoint entry that is not ``{"host", "port", "weight"?, "zone"?, "priority"?}``."""
+
+
+def _host(value: Any) -> str:
+    """A checked host name or IP address (IPv6 with or without brackets)."""
+    if not isinstance(value, str) or not value.strip():
+        raise EntryError(f"'host' must be a non-empty string, not {value!r}")
+    host = value.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise EntryError(f"'host' {value!r} is not a host name or IP address") from None
+    if any(c.isspace() or c in "/[]@?#" for c in host):
+        raise EntryError(f"'host' {value!r} is not a host name or IP address")
+    return host
+
+
+def _port(value: Any) -> int:
+    """A checked port number (1 to 65535)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise EntryError(f"'port' must be a whole number from 1 to 65535, not {value!r}")
+    return value
+
+
+def _weight(value: Any) -> float:
+    """A checked weight: a finite number above 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EntryError(f"'weight' must be a number, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise EntryError(f"'weight' must be a finite number above 0, not {value!r}")
+    return float(value)
+
+
+def _priority(value: Any) -> int:
+    """A checked priority: a whole number >= 0 (lower is preferred)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise EntryError(f"'priority' must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def parse_entry(entry: Any) -> Endpoint:
+    """One endpoint from a decoded JSON object; :class:`EntryError` says what is wrong."""
+    if not isinstance(entry, dict):
+        raise EntryError(f"an entry must be a JSON object, not {type(entry).__name__}")
+    if "host" not in entry or "port" not in entry:
+        raise EntryError(f"an entry needs 'host' and 'port': {entry!r}")
+    zone = entry.get("zone")
+    if zone is not None and not isinstance(zone, str):
+        raise EntryError(f"'zone' must be a string, not {zone!r}")
+    return Endpoint(
+        _host(entry["host"]),
+        _port(entry["port"]),
+        _weight(entry.get("weight", 1.0)),
+        zone or None,
+        _priority(entry.get("priority", 0)),
+    )
+
+
+def parse_entry_list(text: str | bytes) -> tuple[Endpoint, ...]:
+    """The endpoints of a JSON list; :class:`EntryError` for garbage or any bad entry."""
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EntryError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise EntryError(f"expected a JSON list of endpoints, not {type(data).__name__}")
+    endpoints: dict[tuple[str, int], Endpoint] = {}
+    for position, entry in enumerate(data):
+        try:
+            endpoint = parse_entry(entry)
+        except EntryError as exc:
+            raise EntryError(f"entry {position}: {exc}") from None
+        endpoints.setdefault((endpoint.host, endpoint.port), endpoint)
+    return tuple(endpoints.values())
+
+
+def _file_path(url: str) -> str:
+    """The absolute path of a ``file://`` URL; ``ConfigError`` naming the URL if it is bad."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "file":
+        raise ConfigError(f"discovery URL {url!r} is not a file:// URL")
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigError(
+            f"discovery URL {url!r}: write an absolute path as file:///path/to/file.json"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"discovery URL {url!r}: a file URL takes no query or fragment")
+    path = unquote(parts.path)
+    if not path.startswith("/") or path.endswith("/"):
+        raise ConfigError(f"discovery URL {url!r} does not name an absolute file path")
+    return path
+
+
+def _signature(stat: os.stat_result) -> _Signature:
+    """What tells that a file changed: modification time, size and inode."""
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def _read(path: str) -> tuple[_Signature, bytes]:
+    """The file's content and the signature of exactly that content."""
+    with open(path, "rb") as handle:
+        signature = _signature(os.fstat(handle.fileno()))
+        return signature, handle.read()
+
+
+class FileDiscovery(Discovery):
+    """A JSON file of endpoints, polled for changes: ``file:///etc/mesh/users.json``."""
+
+    schemes = ("file",)
+
+    #: seconds between two ``stat()`` calls
+    POLL_INTERVAL = 0.5
+
+    def __init__(self, url: str, options: DiscoveryOptions | None = None,
+                 *, poll_interval: float | None = None) -> None:
+        super().__init__(url, options)
+        self.path = _file_path(url)
+        if poll_interval is not None:
+            self.POLL_INTERVAL = poll_interval
+
+    def _stat(self) -> _Signature | str:
+        """The file's signature, or an error text if it cannot be stat'ed."""
+        try:
+            return _signature(os.stat(self.path))
+        except OSError as exc:
+            return f"cannot read {self.path}: {exc.strerror or exc}"
+
+    async def _load(self) -> tuple[_Signature | str, Update]:
+        """Read and parse the file: its signature (or error text) and the update to yield."""
+        try:
+            signature, content = await asyncio.to_thread(_read, self.path)
+        except OSError as exc:
+            reason = f"cannot read {self.path}: {exc.strerror or exc}"
+            return reason, DiscoveryFailure(reason)
+        try:
+            return signature, parse_entry_list(content)
+        except EntryError as exc:
+            return signature, DiscoveryFailure(f"{self.path}: {exc}")
+
+    async def updates(self) -> AsyncIterator[Update]:
+        """Yield the file's endpoints now and after each change; failures as they happen."""
+        last: _Signature | str | None = None
+        while True:
+            current = self._stat()
+            if current != last:
+                update: Update
+                if isinstance(current, str):
+                    last, update = current, DiscoveryFailure(current)
+                else:
+                    last, update = await self._load()
+                logger.debug("discovery %s: file changed: %s", self.url,
+                             update if isinstance(update, DiscoveryFailure)
+                             else f"{len(update)} endpoints")
+                yield update
+            await asyncio.sleep(self.POLL_INTERVAL)
