@@ -93,11 +93,10 @@ class EndpointState:
             self.inflight += 1
             self.requests += 1
 
-    def end(self, latency: float, now: float, *, failed: bool, penalty: float) -> None:
-        """An attempt ended after ``latency`` seconds; a failure counts as at least ``penalty``."""
+    def observe(self, latency: float, now: float, *, failed: bool, penalty: float) -> None:
+        """Record an attempt's latency; a failure counts as a sample of at least ``penalty``."""
         sample = max(latency, penalty) if failed else latency
         with self._lock:
-            self.inflight -= 1
             if failed:
                 self.failures += 1
             current = self._ewma
@@ -109,7 +108,7 @@ class EndpointState:
                 self._ewma = sample if sample > decayed else decayed + sample * (1.0 - weight)
             self._stamp = now
 
-    def abandon(self) -> None:
-        """An attempt ended with no outcome to learn from (cancelled): only the count moves."""
+    def finish(self) -> None:
+        """An attempt is over (response closed, failed or cancelled): one fewer in flight."""
         with self._lock:
             self.inflight -= 1

@@ -138,7 +138,8 @@ class Policy:
         try:
             codes = tuple(self.retry_on)
         except TypeError:
-            raise ConfigError(f"Policy.retry_on must be status codes, got {self.retry_on!r}")
+            raise ConfigError(
+                f"Policy.retry_on must be status codes, got {self.retry_on!r}") from None
         for code in codes:
             if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
                 raise ConfigError(f"Policy.retry_on must hold status codes, got {code!r}")

@@ -103,7 +103,7 @@ class _Scope:
         return cast(F, wrapper)
 
 
-class deadline(_Scope):  # noqa: N801 - lower case: used like a function, as trio's move_on_after
+class deadline(_Scope):
     """Bound every mesh request made inside to ``seconds`` from entry.
 
     Use as ``@meshlib.deadline(0.5)`` on a sync or async function, or as
@@ -125,7 +125,7 @@ class deadline(_Scope):  # noqa: N801 - lower case: used like a function, as tri
         return _DEADLINE, min(_DEADLINE.get(), time.monotonic() + self.seconds)
 
 
-class policy(_Scope):  # noqa: N801 - lower case: used like a function
+class policy(_Scope):
     """Override policy fields for every mesh request made inside.
 
     ``@meshlib.policy(retries=0, idempotent=True)`` or ``with meshlib.policy(...)``.

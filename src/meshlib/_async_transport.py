@@ -1,0 +1,346 @@
+"""``AsyncMeshTransport``: the async twin of ``MeshTransport``.
+
+Only I/O lives here (sending, sleeping, tasks); every decision is made by
+``_call.Call`` and ``_service.ServiceRuntime``, shared with the sync twin.
+Discovery runs as tasks on the event loop of the first request; losing
+hedges are cancelled, which releases their connection and in-flight count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import httpx
+from opentelemetry.trace import Span
+from tenacity import AsyncRetrying, RetryCallState, retry_base, stop_after_attempt
+
+from ._call import Call, Outcome
+from ._endpoint import EndpointState
+from ._errors import NoEndpointsError
+from ._gate import sent_before_failure
+from ._mesh import Mesh, ServicesArg
+from ._policy import Policy
+from ._pool import AsyncEndpointPool, PoolSettings
+from ._service import ServiceRuntime
+from ._telemetry import telemetry
+from ._transport import _last, _split_kwargs, _wait
+
+__all__ = ["AsyncMeshTransport"]
+
+_DRAIN_LIMIT = 64 * 1024
+
+
+async def adrain(response: httpx.Response) -> None:
+    """Read a small body (so the connection is reused) and close the response."""
+    try:
+        length = response.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) <= _DRAIN_LIMIT:
+            await response.aread()
+    except httpx.HTTPError:
+        pass
+    finally:
+        await response.aclose()
+
+
+class _AsyncMeshRetry(retry_base):
+    """tenacity's retry predicate, delegating to the call's verdict."""
+
+    def __init__(self, transport: AsyncMeshTransport, call: Call) -> None:
+        self.transport, self.call = transport, call
+        self.to_drain: list[httpx.Response] = []
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
+        call = self.call
+        verdict = call.verdict(outcome, retry_state, self.transport.clock())
+        if verdict.retry:
+            telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
+            call.next_sleep = verdict.sleep
+            if outcome.response is not None:
+                self.to_drain.append(outcome.response)
+        elif call.wants_retry(outcome):
+            telemetry.decision(call, "no_retry", verdict.reason)
+        return verdict.retry
+
+
+class AsyncMeshTransport(httpx.AsyncBaseTransport):
+    """An async httpx transport that routes requests for mesh services to their endpoints.
+
+    Same arguments as :class:`meshlib.MeshTransport`.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
+                 environ: Mapping[str, str] | None = None, **transport_kwargs: Any) -> None:
+        passthrough = transport_kwargs.pop("passthrough", None)
+        pool_kwargs, other = _split_kwargs(transport_kwargs)
+        self.mesh = Mesh(services, policy, environ=environ)
+        self.clock = self.mesh.clock
+        self.settings = PoolSettings(**pool_kwargs)
+        self._passthrough_kwargs = {**pool_kwargs, **other, "verify": self.settings.ssl_context}
+        self._passthrough_kwargs.pop("cert", None)
+        self._passthrough: httpx.AsyncBaseTransport | None = passthrough
+        self._closed = False
+        self.sleep = asyncio.sleep
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dynamic = self.mesh.dynamic
+        self._closing: set[asyncio.Future[None]] = set()
+
+    # -- httpx transport API ------------------------------------------------------------
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the mesh if its host is a service, else pass it through."""
+        runtime = self.mesh.route(request)
+        if runtime is None:
+            return await self._passthrough_transport().handle_async_request(request)
+        if self._dynamic:
+            self._ensure_discovery()
+        call = Call(runtime, self.mesh.policy_for(runtime), request, self.clock())
+        await self._await_discovery(call)
+        runtime.budget.deposit(self.clock())
+        await self._retire(runtime.check_due(self.clock()))
+        attempt = self._hedged_attempt if call.can_hedge() else self._attempt
+        outcome = await attempt(call)
+        if call.wants_retry(outcome):
+            outcome = await self._retry(call, outcome, attempt)
+        return self._finish(call, outcome)
+
+    async def aclose(self) -> None:
+        """Stop discovery and close every pool (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks and self._loop is asyncio.get_running_loop():
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for runtime in self.mesh.runtimes.values():
+            for state in [*runtime.states.values(), *runtime.draining]:
+                await self._close_pool(state)
+        if self._passthrough is not None:
+            await self._passthrough.aclose()
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget."""
+        return self.mesh.snapshot()
+
+    # -- discovery ----------------------------------------------------------------------
+
+    def _ensure_discovery(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and all(not t.done() for t in self._tasks):
+            return
+        if self._closed:
+            return
+        for task in self._tasks:
+            if not task.done() and self._loop is loop:
+                task.cancel()
+        self._loop = loop
+        self._tasks = [loop.create_task(self._follow(rt), name=f"meshlib-discovery-{rt.name}")
+                       for rt in self._dynamic]
+
+    async def _follow(self, runtime: ServiceRuntime) -> None:
+        try:
+            async for update in runtime.discovery.updates():
+                await self._retire(runtime.apply(update, self.clock()))
+        finally:
+            await runtime.discovery.aclose()
+
+    async def _await_discovery(self, call: Call) -> None:
+        runtime = call.runtime
+        if runtime.ready.is_set():
+            return
+        if not await runtime.wait_ready_async(call.remaining(self.clock())):
+            if call.remaining(self.clock()) <= 0:
+                raise call.deadline_error(self.clock(), "discovery has not answered")
+            raise NoEndpointsError(
+                f"discovery for service {runtime.name!r} has not answered yet",
+                request=call.request)
+
+    # -- the request path -------------------------------------------------------------
+
+    async def _retry(self, call: Call, first: Outcome, attempt: Any) -> Outcome:
+        pending = [first]
+        predicate = _AsyncMeshRetry(self, call)
+
+        async def next_attempt() -> Outcome:
+            while predicate.to_drain:
+                await adrain(predicate.to_drain.pop())
+            if pending:
+                return pending.pop()
+            outcome: Outcome = await attempt(call)
+            return outcome
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(call.policy.retries + 1),
+            wait=partial(_wait, call),
+            retry=predicate,
+            sleep=self.sleep,
+            retry_error_callback=_last,
+        )
+        result: Outcome = await retrying(next_attempt)
+        return result
+
+    async def _attempt(self, call: Call) -> Outcome:
+        """One attempt: pick, admit, send, record. Never raises for transport errors."""
+        now = self.clock()
+        extra = call.attempts > 0
+        if call.remaining(now) <= 0:
+            if extra:
+                call.runtime.budget.refund(now)
+            return Outcome(None, error=call.deadline_error(now), sent=False)
+        try:
+            state = call.choose(now)
+        except httpx.TransportError as exc:
+            exc.request = call.request
+            return Outcome(None, error=exc, sent=False)
+        if extra and not call.admits(state, now):
+            state.breaker.release()
+            call.runtime.budget.refund(now)
+            telemetry.decision(call, "no_retry", "deadline too short for the chosen endpoint")
+            return Outcome(None, error=call.deadline_error(now, "not enough time left"),
+                           sent=False, final=True)
+        return await self._send(call, state, now, hedge=False)
+
+    async def _send(self, call: Call, state: EndpointState, start: float, *,
+                    hedge: bool) -> Outcome:
+        request = call.fork_request() if call.policy.hedge is not None else call.request
+        extensions = call.begin(state, start, request)
+        span = telemetry.start_attempt(call, state, request, hedge=hedge)
+        return await self._transmit(call, state, request, extensions, span, start)
+
+    async def _transmit(self, call: Call, state: EndpointState, request: httpx.Request,
+                        extensions: dict[str, Any], span: Span, start: float) -> Outcome:
+        pool = self._pool_for(state)
+        try:
+            response = await pool.send(request, extensions, partial(self._release, state))
+        except httpx.TransportError as exc:
+            exc.request = call.request
+            now = self.clock()
+            outcome = Outcome(state, error=exc, sent=sent_before_failure(exc))
+            call.observe(state, outcome, now - start, now)
+            telemetry.end_attempt(span, call, outcome, now - start)
+            self._release(state)
+            return outcome
+        except BaseException as exc:  # cancelled (a losing hedge, or the caller): count nothing
+            state.breaker.release()
+            self._release(state)
+            span.record_exception(exc)
+            span.end()
+            raise
+        now = self.clock()
+        outcome = Outcome(state, response=response)
+        call.observe(state, outcome, now - start, now)
+        telemetry.end_attempt(span, call, outcome, now - start)
+        return outcome
+
+    async def _hedged_attempt(self, call: Call) -> Outcome:
+        """The first attempt plus hedges after the hedge delay; the first good answer wins."""
+        now = self.clock()
+        if call.remaining(now) <= 0:
+            return Outcome(None, error=call.deadline_error(now), sent=False)
+        try:
+            state = call.choose(now)
+        except httpx.TransportError as exc:
+            exc.request = call.request
+            return Outcome(None, error=exc, sent=False)
+        hedge = call.policy.hedge
+        assert hedge is not None
+        pending = {asyncio.ensure_future(self._send(call, state, now, hedge=False))}
+        started, hedging = 1, True
+        last: Outcome | None = None
+        try:
+            while pending:
+                left = call.remaining(self.clock())
+                can_add = hedging and started < hedge.max_attempts
+                timeout = min(call.hedge_delay(), left) if can_add else left
+                done, pending = await asyncio.wait(pending, timeout=max(timeout, 0.0),
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    outcome = task.result()
+                    if last is not None and last.response is not None:
+                        await adrain(last.response)
+                    if not call.wants_retry(outcome):
+                        return outcome
+                    last = outcome
+                if done:
+                    continue
+                if call.remaining(self.clock()) <= 0:
+                    break
+                if can_add:
+                    hedge_state, reason = call.choose_hedge(self.clock())
+                    if hedge_state is None:
+                        telemetry.decision(call, "no_hedge", reason)
+                        hedging = False
+                        continue
+                    telemetry.decision(call, "hedge", reason, endpoint=hedge_state.address)
+                    started += 1
+                    pending.add(asyncio.ensure_future(
+                        self._send(call, hedge_state, self.clock(), hedge=True)))
+        finally:
+            await _cancel_all(pending)
+        if last is not None:
+            return last
+        return Outcome(None, error=call.deadline_error(self.clock(), "no attempt answered"),
+                       sent=True, final=True)
+
+    def _finish(self, call: Call, outcome: Outcome) -> httpx.Response:
+        response = outcome.response
+        if response is None:
+            if call.remaining(self.clock()) <= 0.001:
+                telemetry.deadline_expired(call)
+            return call.result(outcome, self.clock())
+        response.extensions["meshlib"] = call.describe(outcome.state)
+        return response
+
+    # -- pools and endpoints ------------------------------------------------------------
+
+    def _pool_for(self, state: EndpointState) -> AsyncEndpointPool:
+        pool = state.pool
+        if pool is None:
+            pool = state.pool = AsyncEndpointPool(state.endpoint.host, state.endpoint.port,
+                                                  self.settings)
+        return pool  # type: ignore[no-any-return]
+
+    def _release(self, state: EndpointState) -> None:
+        state.finish()
+        if state.retired and state.inflight <= 0 and state.pool is not None:
+            pool, state.pool = state.pool, None
+            task = asyncio.ensure_future(pool.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _retire(self, states: list[EndpointState]) -> None:
+        for state in states:
+            await self._close_pool(state)
+
+    async def _close_pool(self, state: EndpointState) -> None:
+        pool, state.pool = state.pool, None
+        if pool is not None:
+            await pool.aclose()
+
+    def _passthrough_transport(self) -> httpx.AsyncBaseTransport:
+        if self._passthrough is None:
+            self._passthrough = httpx.AsyncHTTPTransport(**self._passthrough_kwargs)
+        return self._passthrough
+
+
+async def _cancel_all(tasks: set[asyncio.Task[Outcome]]) -> None:
+    """Cancel losing attempts and wait for them, so their connections are released."""
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)  # the caller's own cancellation still propagates
+    for task in tasks:
+        if task.cancelled() or task.exception() is not None:
+            continue
+        outcome = task.result()
+        if outcome.response is not None:
+            await outcome.response.aclose()

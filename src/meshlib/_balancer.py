@@ -1,0 +1,173 @@
+"""Load balancers: pick one endpoint among candidates. Logic only, no I/O.
+
+The service runtime filters candidates (priority group, zone, open breakers,
+endpoints already tried) and hands the rest to a balancer's ``pick``, which
+never blocks. Weights come from discovery (SRV weight, registry weight).
+
+- ``p2c-ewma``: power of two choices over ``peak_ewma * (inflight + 1) / weight``
+  (Finagle's and Linkerd's cost). An endpoint with no latency sample yet costs
+  the mean of the sampled ones, so it gets a fair first share without a
+  stampede; a failure counts as a slow sample (see ``FAILURE_PENALTY``) so an
+  instance failing fast does not look like the fastest.
+- ``least-request``: power of two choices over ``(inflight + 1) / weight``
+  (Envoy's ``LEAST_REQUEST``).
+- ``round-robin``: smooth weighted round-robin (nginx's algorithm).
+- ``random``: weighted random.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from ._endpoint import EndpointState
+
+__all__ = [
+    "FAILURE_PENALTY",
+    "Balancer",
+    "LeastRequest",
+    "P2CEwma",
+    "RandomBalancer",
+    "RoundRobin",
+    "make_balancer",
+]
+
+#: a failed attempt is recorded as a latency sample of at least this many seconds
+FAILURE_PENALTY = 1.0
+#: cost basis when no endpoint has a latency sample yet
+DEFAULT_RTT = 0.001
+
+
+class Balancer(Protocol):
+    """Chooses one of a non-empty list of candidate endpoints."""
+
+    name: str
+
+    def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
+        """Return one of ``candidates`` (never empty); must not block."""
+        ...
+
+
+def _uniform_weights(candidates: Sequence[EndpointState]) -> bool:
+    first = candidates[0].endpoint.weight
+    return all(c.endpoint.weight == first for c in candidates)
+
+
+def _two(candidates: Sequence[EndpointState], rng: random.Random) -> tuple[EndpointState,
+                                                                            EndpointState]:
+    """Two distinct candidates, drawn with probability proportional to weight."""
+    if _uniform_weights(candidates):
+        a, b = rng.sample(range(len(candidates)), 2)
+        return candidates[a], candidates[b]
+    weights = [c.endpoint.weight for c in candidates]
+    first = rng.choices(range(len(candidates)), weights)[0]
+    rest = [i for i in range(len(candidates)) if i != first]
+    second = rng.choices(rest, [weights[i] for i in rest])[0]
+    return candidates[first], candidates[second]
+
+
+class _PowerOfTwo:
+    name = "p2c"
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()
+
+    def cost(self, state: EndpointState, now: float, default_rtt: float) -> float:
+        raise NotImplementedError
+
+    def default_rtt(self, candidates: Sequence[EndpointState], now: float) -> float:
+        return DEFAULT_RTT
+
+    def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
+        if len(candidates) == 1:
+            return candidates[0]
+        a, b = _two(candidates, self.rng)
+        default = self.default_rtt(candidates, now)
+        cost_a, cost_b = self.cost(a, now, default), self.cost(b, now, default)
+        if cost_a == cost_b:
+            return a if self.rng.random() < 0.5 else b
+        return a if cost_a < cost_b else b
+
+
+class P2CEwma(_PowerOfTwo):
+    """Power of two choices over peak-EWMA latency times outstanding requests."""
+
+    name = "p2c-ewma"
+
+    def default_rtt(self, candidates: Sequence[EndpointState], now: float) -> float:
+        total, count = 0.0, 0
+        for state in candidates:
+            value = state.ewma(now)
+            if value is not None:
+                total += value
+                count += 1
+        return total / count if count else DEFAULT_RTT
+
+    def cost(self, state: EndpointState, now: float, default_rtt: float) -> float:
+        rtt = state.ewma(now)
+        if rtt is None:
+            rtt = default_rtt
+        return rtt * (state.inflight + 1) / state.endpoint.weight
+
+
+class LeastRequest(_PowerOfTwo):
+    """Power of two choices over outstanding requests per unit of weight."""
+
+    name = "least-request"
+
+    def cost(self, state: EndpointState, now: float, default_rtt: float) -> float:
+        return (state.inflight + 1) / state.endpoint.weight
+
+
+class RoundRobin:
+    """Smooth weighted round-robin; plain rotation when weights are equal."""
+
+    name = "round-robin"
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._counter = (rng or random.Random()).randrange(1 << 16)
+        self._lock = threading.Lock()
+
+    def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
+        with self._lock:
+            if _uniform_weights(candidates):
+                self._counter += 1
+                return candidates[self._counter % len(candidates)]
+            total = 0.0
+            best = candidates[0]
+            for state in candidates:
+                state.rr_current += state.endpoint.weight
+                total += state.endpoint.weight
+                if state.rr_current > best.rr_current:
+                    best = state
+            best.rr_current -= total
+            return best
+
+
+class RandomBalancer:
+    """Weighted random choice."""
+
+    name = "random"
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()
+
+    def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
+        if _uniform_weights(candidates):
+            return candidates[self.rng.randrange(len(candidates))]
+        return self.rng.choices(candidates, [c.endpoint.weight for c in candidates])[0]
+
+
+_FACTORIES: dict[str, Callable[[random.Random | None], Balancer]] = {
+    "p2c-ewma": P2CEwma,
+    "least-request": LeastRequest,
+    "round-robin": RoundRobin,
+    "random": RandomBalancer,
+}
+
+
+def make_balancer(name: str, rng: random.Random | None = None) -> Balancer:
+    """A new balancer by policy name: p2c-ewma, least-request, round-robin or random."""
+    return _FACTORIES[name](rng)

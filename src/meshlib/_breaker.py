@@ -1,0 +1,128 @@
+"""Per-endpoint circuit breaker: pybreaker's state machine, wrapped thinly.
+
+Why a wrapper and not ``breaker.call(fn)`` around the request:
+
+- pybreaker has no asyncio support (``call_async`` is Tornado-only), and
+  ``breaker.call(async_fn)`` records success before the coroutine runs;
+- its sync ``call`` holds the breaker's lock for the whole call, serialising
+  every request to the endpoint;
+- it counts cancellation as a failure, and in half-open it lets every
+  caller through, where meshlib wants exactly one trial request.
+
+So the request runs outside pybreaker, and its outcome is fed in afterwards
+through pybreaker's public ``call`` with a trivial function that returns
+(success) or raises (failure). pybreaker still owns the counting and the
+closed/open/half-open transitions; this wrapper adds admission (skip an
+open endpoint, admit one trial after ``reset_timeout``) on a monotonic clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import pybreaker
+
+from ._policy import Breaker
+
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "EndpointBreaker"]
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+Transition = Callable[[str, str, str], None]  # (endpoint name, old state, new state)
+
+
+class _AttemptFailed(Exception):
+    """Raised inside pybreaker to record a failed attempt."""
+
+
+def _succeed() -> None:
+    return None
+
+
+def _fail() -> None:
+    raise _AttemptFailed
+
+
+class _Listener(pybreaker.CircuitBreakerListener):
+    def __init__(self, owner: EndpointBreaker) -> None:
+        self.owner = owner
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        self.owner._on_state_change(
+            getattr(old_state, "name", str(old_state)), getattr(new_state, "name", str(new_state))
+        )
+
+
+class EndpointBreaker:
+    """The breaker of one endpoint. Time is ``time.monotonic()`` seconds, passed in."""
+
+    __slots__ = (
+        "_cb", "_now", "_on_transition", "_opened_at", "_state", "_trial", "config", "name",
+    )
+
+    def __init__(self, config: Breaker, name: str, on_transition: Transition | None = None,
+                 now: float = 0.0) -> None:
+        self.config = config
+        self.name = name
+        self._on_transition = on_transition
+        self._state = CLOSED
+        self._opened_at = now
+        self._trial = False
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=config.failures, reset_timeout=config.reset_timeout, name=name,
+            listeners=[_Listener(self)], throw_new_error_on_trip=False,
+        )
+        self._now = now
+
+
+    def _on_state_change(self, old: str, new: str) -> None:
+        new = HALF_OPEN if new == "half-open" else new
+        if new == OPEN:
+            self._opened_at = self._now
+        self._state = new
+        if self._on_transition is not None and old != new:
+            self._on_transition(self.name, old, new)
+
+    def state(self, now: float) -> str:
+        """``closed``, ``open`` or ``half-open`` (open past ``reset_timeout`` reads half-open)."""
+        if self._state == OPEN and now - self._opened_at >= self.config.reset_timeout:
+            return HALF_OPEN
+        return self._state
+
+    def available(self, now: float) -> bool:
+        """Whether a request may be sent now (closed, or a trial is due and none is running)."""
+        if self._state == CLOSED:
+            return True
+        return not self._trial and self.state(now) == HALF_OPEN
+
+    def admit(self, now: float) -> bool:
+        """Claim the right to send one request; the half-open trial is given to one caller."""
+        if self._state == CLOSED:
+            return True
+        if self._trial or self.state(now) != HALF_OPEN:
+            return False
+        self._trial = True
+        return True
+
+    def record(self, success: bool, now: float) -> None:
+        """Feed an attempt's outcome into pybreaker's state machine."""
+        self._now = now
+        if self._trial:
+            self._trial = False
+            if self._state == OPEN:
+                self._cb.half_open()
+        elif self._state == OPEN:
+            return  # an attempt admitted before the breaker opened: already counted
+        with contextlib.suppress(_AttemptFailed, pybreaker.CircuitBreakerError):
+            self._cb.call(_succeed if success else _fail)
+
+    def release(self) -> None:
+        """Give up an admitted attempt with no outcome (cancelled): nothing is counted."""
+        self._trial = False
+
+    @property
+    def fail_counter(self) -> int:
+        """Consecutive failures pybreaker has counted."""
+        return int(self._cb.fail_counter)

@@ -1,0 +1,284 @@
+"""One logical mesh request across its attempts: every decision, no I/O.
+
+The sync and async transports drive a :class:`Call`: they ask it for an
+endpoint, for the per-attempt headers and timeouts, hand it each attempt's
+outcome, and ask whether (and after how long a sleep) to try again. The
+rules of API.md live here once:
+
+- the deadline spans all attempts and backoff; nothing is sent past it;
+- the idempotency gate (``_gate``) decides which failures may be retried;
+- every extra attempt (retry or hedge) draws a token from the service's
+  retry budget *before* it sleeps or is sent;
+- ``Retry-After`` on a ``retry_on`` status is honoured if it fits the deadline;
+- deadline-aware admission: an extra attempt whose endpoint usually takes
+  longer than the time left is not sent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import RetryCallState, wait_random_exponential
+
+from ._balancer import FAILURE_PENALTY
+from ._endpoint import EndpointState
+from ._errors import DeadlineExceeded, MeshError
+from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
+from ._policy import Policy
+from ._scope import current_deadline
+from ._service import ServiceRuntime
+
+__all__ = ["DEADLINE_HEADER", "Call", "Outcome", "Verdict"]
+
+DEADLINE_HEADER = "x-mesh-timeout-ms"
+_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one attempt (or hedged group of attempts) produced."""
+
+    state: EndpointState | None
+    response: httpx.Response | None = None
+    error: BaseException | None = None
+    #: whether the failure may have reached the server (always True for a response)
+    sent: bool = True
+    #: the call must stop here and return this outcome (an extra attempt was not admitted)
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether to try again, after how long, and why (for span events)."""
+
+    retry: bool
+    reason: str
+    sleep: float = 0.0
+
+
+class Call:
+    """The state and decisions of one logical request to a mesh service."""
+
+    __slots__ = (
+        "_waits", "attempts", "balancer", "base_timeouts", "deadline", "events", "hedged",
+        "idempotent", "next_sleep", "policy", "replayable", "request", "runtime", "tried",
+    )
+
+    def __init__(self, runtime: ServiceRuntime, policy: Policy, request: httpx.Request,
+                 now: float) -> None:
+        self.runtime = runtime
+        self.policy = policy
+        self.request = request
+        self.deadline = min(now + policy.timeout, current_deadline())
+        self.idempotent = is_idempotent(request, policy.idempotent)
+        self.replayable = is_replayable(request)
+        self.balancer = runtime.balancer(policy.balancer)
+        self.attempts = 0
+        self.tried: set[str] = set()
+        self.hedged = False
+        self.next_sleep = 0.0
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        timeouts = request.extensions.get("timeout") or {}
+        self.base_timeouts: dict[str, float | None] = {
+            key: timeouts.get(key) for key in _TIMEOUT_KEYS
+        }
+        self._waits = wait_random_exponential(multiplier=policy.backoff.base,
+                                              max=policy.backoff.max)
+
+    # -- time ---------------------------------------------------------------------
+
+    def remaining(self, now: float) -> float:
+        """Seconds left before the deadline (may be negative)."""
+        return self.deadline - now
+
+    def deadline_error(self, now: float, cause: str = "") -> DeadlineExceeded:
+        """The error for a deadline that has passed."""
+        budget = self.policy.timeout
+        detail = f": {cause}" if cause else ""
+        return DeadlineExceeded(
+            f"deadline for {self.request.method} {self.request.url} passed after "
+            f"{self.attempts} attempt(s) (timeout {budget:g} s){detail}", request=self.request,
+        )
+
+    # -- attempts ---------------------------------------------------------------------
+
+    def choose(self, now: float) -> EndpointState:
+        """Pick and admit an endpoint, preferring one not tried yet by this call."""
+        state = self.runtime.pick(self.balancer, self.tried, now)
+        self.tried.add(state.address)
+        return state
+
+    def fork_request(self) -> httpx.Request:
+        """A copy of the request for a concurrent (hedged) attempt: own headers, same body."""
+        r = self.request
+        return httpx.Request(r.method, r.url, headers=r.headers.copy(), stream=r.stream,
+                             extensions=dict(r.extensions))
+
+    def begin(self, state: EndpointState, now: float, request: httpx.Request) -> dict[str, Any]:
+        """Start an attempt: count it, stamp the deadline header; return its extensions."""
+        state.begin()
+        self.attempts += 1
+        left = self.remaining(now)
+        request.headers[DEADLINE_HEADER] = str(max(int(left * 1000.0), 0))
+        limit = left
+        if self.policy.attempt_timeout is not None:
+            limit = min(limit, self.policy.attempt_timeout)
+        limit = max(limit, 0.0)
+        timeouts = {
+            key: limit if value is None else min(value, limit)
+            for key, value in self.base_timeouts.items()
+        }
+        extensions = dict(request.extensions)
+        extensions["timeout"] = timeouts
+        sni = self.runtime.sni
+        if sni is not None:
+            extensions["sni_hostname"] = sni
+        return extensions
+
+    def is_failure(self, outcome: Outcome) -> bool:
+        """A transport error or a 5xx answer: what breakers and EWMA count as failed."""
+        return outcome.error is not None or (
+            outcome.response is not None and outcome.response.status_code >= 500
+        )
+
+    def observe(self, state: EndpointState, outcome: Outcome, latency: float,
+                now: float) -> None:
+        """Record an attempt's latency and outcome (headers received, or failed)."""
+        failed = self.is_failure(outcome)
+        state.observe(latency, now, failed=failed, penalty=FAILURE_PENALTY)
+        state.breaker.record(not failed, now)
+        if not failed:
+            self.runtime.latencies.add(latency)
+
+    def wants_retry(self, outcome: Outcome) -> bool:
+        """Cheap first check: could this outcome be retried at all? (No budget drawn.)"""
+        if outcome.final:
+            return False
+        if outcome.error is not None:
+            return isinstance(outcome.error, httpx.TransportError) and not isinstance(
+                outcome.error, (DeadlineExceeded, MeshError)
+            )
+        assert outcome.response is not None
+        return outcome.response.status_code in self.policy.retry_on
+
+    def verdict(self, outcome: Outcome, retry_state: RetryCallState | None,
+                now: float) -> Verdict:
+        """Decide whether to retry ``outcome``; draws the budget token when it says yes."""
+        if not self.wants_retry(outcome):
+            return Verdict(False, "success" if outcome.error is None else "not retryable")
+        if self.attempts > self.policy.retries:
+            return Verdict(False, "retries exhausted")
+        sent = outcome.response is not None or (
+            outcome.error is not None and sent_before_failure(outcome.error)
+        )
+        if not self.replayable:
+            return Verdict(False, "request body is a stream that cannot be replayed")
+        if sent and not self.idempotent:
+            return Verdict(False, "not idempotent and the request may have been processed")
+        sleep = self._backoff(retry_state)
+        left = self.remaining(now)
+        if outcome.response is not None:
+            retry_after = parse_retry_after(outcome.response.headers.get("retry-after"))
+            if retry_after is not None:
+                if retry_after >= left:
+                    return Verdict(False, f"Retry-After {retry_after:g} s exceeds the deadline")
+                sleep = max(sleep, retry_after)
+        sleep = min(sleep, max(left, 0.0))
+        if left - sleep <= 0:
+            return Verdict(False, "deadline too short for another attempt")
+        estimate = self.best_estimate(now)
+        if estimate is not None and estimate >= left - sleep:
+            return Verdict(False, f"deadline too short: {left - sleep:.3f} s left, endpoints "
+                                  f"usually take {estimate:.3f} s")
+        if not self.runtime.budget.try_withdraw(now):
+            return Verdict(False, "retry budget exhausted")
+        return Verdict(True, self.retry_reason(outcome), sleep)
+
+    def retry_reason(self, outcome: Outcome) -> str:
+        """Why an outcome is being retried, for span events."""
+        if outcome.response is not None:
+            return f"status {outcome.response.status_code}"
+        return type(outcome.error).__name__
+
+    def _backoff(self, retry_state: RetryCallState | None) -> float:
+        if retry_state is None:
+            return 0.0
+        return float(self._waits(retry_state))
+
+    def best_estimate(self, now: float) -> float | None:
+        """The lowest latency estimate among endpoints this call has not tried (or all)."""
+        best = math.inf
+        for state in self.runtime.states.values():
+            if state.address in self.tried and len(self.tried) < len(self.runtime.states):
+                continue
+            value = state.ewma(now)
+            if value is not None and value < best and state.breaker.available(now):
+                best = value
+        return None if math.isinf(best) else best
+
+    def hedge_delay(self) -> float:
+        """Seconds to wait for the first attempt before hedging (fixed, or the service's p95)."""
+        hedge = self.policy.hedge
+        assert hedge is not None
+        if hedge.delay == "p95":
+            p95 = self.runtime.latencies.percentile(0.95)
+            return hedge.fallback if p95 is None else p95
+        return float(hedge.delay)
+
+    def can_hedge(self) -> bool:
+        """Whether this request may be hedged at all (policy, idempotency, replayable body)."""
+        return (self.policy.hedge is not None and self.idempotent and self.replayable
+                and len(self.runtime.states) > 1)
+
+    def choose_hedge(self, now: float) -> tuple[EndpointState | None, str]:
+        """Pick an endpoint for a hedge and draw its budget token, or say why not."""
+        if self.remaining(now) <= 0:
+            return None, "deadline passed"
+        try:
+            state = self.runtime.pick(self.balancer, self.tried, now)
+        except MeshError:
+            return None, "no available endpoint"
+        if state.address in self.tried:
+            state.breaker.release()
+            return None, "no other endpoint to hedge to"
+        if not self.admits(state, now):
+            state.breaker.release()
+            return None, "deadline too short for a hedge"
+        if not self.runtime.budget.try_withdraw(now):
+            state.breaker.release()
+            return None, "retry budget exhausted"
+        self.tried.add(state.address)
+        self.hedged = True
+        return state, "first attempt slower than the hedge delay"
+
+    def admits(self, state: EndpointState, now: float) -> bool:
+        """Deadline-aware admission of an extra attempt to ``state``."""
+        estimate = state.ewma(now)
+        return estimate is None or estimate < self.remaining(now)
+
+    def result(self, outcome: Outcome, now: float) -> httpx.Response:
+        """The response to return for the final outcome, or raise its error."""
+        if outcome.response is not None:
+            return outcome.response
+        error = outcome.error
+        assert error is not None
+        if isinstance(error, httpx.TimeoutException) and not isinstance(error, DeadlineExceeded) \
+                and self.remaining(now) <= 0.001:
+            raise self.deadline_error(now, str(error)) from error
+        raise error
+
+    def describe(self, state: EndpointState | None) -> dict[str, Any]:
+        """The ``response.extensions["meshlib"]`` dict."""
+        return {
+            "service": self.runtime.name,
+            "endpoint": state.address if state is not None else None,
+            "attempts": self.attempts,
+            "hedged": self.hedged,
+        }
+
+
+Clock = Callable[[], float]

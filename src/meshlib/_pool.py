@@ -1,0 +1,225 @@
+"""Connection pools pinned to one endpoint, that keep the caller's URL.
+
+Each (service, endpoint) gets an ``httpcore`` connection pool whose network
+backend connects to the endpoint's address whatever host the URL names. The
+request keeps ``http://SERVICE/...`` all the way down, so TLS SNI and the
+certificate check use the service name (never the IP), ``response.request.url``
+is what the caller wrote, and respx mocks keyed on the service URL still
+match (respx patches httpcore's pool). httpcore pools by scheme, host and
+port, not by endpoint, which is why there is one pool per endpoint.
+
+httpcore's exceptions are mapped to httpx's here, once, to the most
+specific type, as httpx's own transport does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+import httpcore
+import httpx
+from httpcore._backends.auto import AutoBackend  # public in httpcore's docs, not exported
+
+__all__ = [
+    "AsyncEndpointPool",
+    "EndpointPool",
+    "PoolSettings",
+    "map_httpcore_exceptions",
+]
+
+_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def map_httpcore_exceptions() -> Iterator[None]:
+    """Re-raise httpcore's exceptions as the most specific httpx exception."""
+    try:
+        yield
+    except Exception as exc:
+        for source, target in _EXCEPTIONS:
+            if isinstance(exc, source):
+                raise target(str(exc)) from exc
+        raise
+
+
+class PoolSettings:
+    """What every endpoint pool of a transport shares: one SSL context, limits, HTTP versions."""
+
+    def __init__(self, *, verify: ssl.SSLContext | str | bool = True, cert: Any = None,
+                 trust_env: bool = True, http1: bool = True, http2: bool = False,
+                 limits: httpx.Limits | None = None, local_address: str | None = None,
+                 socket_options: Any = None) -> None:
+        self.ssl_context = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        self.http1 = http1
+        self.http2 = http2
+        self.limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self.local_address = local_address
+        self.socket_options = socket_options
+
+    def pool_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for an httpcore pool."""
+        return {
+            "ssl_context": self.ssl_context,
+            "max_connections": self.limits.max_connections,
+            "max_keepalive_connections": self.limits.max_keepalive_connections,
+            "keepalive_expiry": self.limits.keepalive_expiry,
+            "http1": self.http1,
+            "http2": self.http2,
+            "local_address": self.local_address,
+            "socket_options": self.socket_options,
+        }
+
+
+def _core_request(request: httpx.Request, extensions: dict[str, Any]) -> httpcore.Request:
+    return httpcore.Request(
+        method=request.method,
+        url=httpcore.URL(
+            scheme=request.url.raw_scheme,
+            host=request.url.raw_host,
+            port=request.url.port,
+            target=request.url.raw_path,
+        ),
+        headers=request.headers.raw,
+        content=request.stream,
+        extensions=extensions,
+    )
+
+
+class _PinnedBackend(httpcore.SyncBackend):
+    """Connects to one endpoint whatever host the URL names."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__()
+        self.host, self.port = host, port
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return super().connect_tcp(self.host, self.port, timeout=timeout,
+                                   local_address=local_address, socket_options=socket_options)
+
+
+class _AsyncPinnedBackend(AutoBackend):
+    """Connects to one endpoint whatever host the URL names (asyncio or trio)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__()
+        self.host, self.port = host, port
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None,
+                          ) -> httpcore.AsyncNetworkStream:
+        return await super().connect_tcp(self.host, self.port, timeout=timeout,
+                                         local_address=local_address,
+                                         socket_options=socket_options)
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    """The response body; calls ``on_close`` once when the body is closed."""
+
+    __slots__ = ("_on_close", "_stream")
+
+    def __init__(self, stream: Iterable[bytes], on_close: Callable[[], None] | None) -> None:
+        self._stream = stream
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        with map_httpcore_exceptions():
+            yield from self._stream
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
+
+
+class _AsyncResponseStream(httpx.AsyncByteStream):
+    """The async response body; calls ``on_close`` once when the body is closed."""
+
+    __slots__ = ("_on_close", "_stream")
+
+    def __init__(self, stream: Any, on_close: Callable[[], None] | None) -> None:
+        self._stream = stream
+        self._on_close = on_close
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with map_httpcore_exceptions():
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self._stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
+
+
+class EndpointPool:
+    """A sync connection pool to one endpoint of one service."""
+
+    def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
+        self._pool = httpcore.ConnectionPool(network_backend=_PinnedBackend(host, port),
+                                             **settings.pool_kwargs())
+
+    def send(self, request: httpx.Request, extensions: dict[str, Any],
+             on_close: Callable[[], None] | None = None) -> httpx.Response:
+        """Send ``request`` (its URL unchanged) to the endpoint."""
+        with map_httpcore_exceptions():
+            resp = self._pool.handle_request(_core_request(request, extensions))
+        assert isinstance(resp.stream, Iterable)
+        return httpx.Response(status_code=resp.status, headers=resp.headers,
+                              stream=_ResponseStream(resp.stream, on_close),
+                              extensions=resp.extensions)
+
+    def close(self) -> None:
+        """Close every connection of the pool."""
+        self._pool.close()
+
+
+class AsyncEndpointPool:
+    """An async connection pool to one endpoint of one service."""
+
+    def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
+        self._pool = httpcore.AsyncConnectionPool(network_backend=_AsyncPinnedBackend(host, port),
+                                                  **settings.pool_kwargs())
+
+    async def send(self, request: httpx.Request, extensions: dict[str, Any],
+                   on_close: Callable[[], None] | None = None) -> httpx.Response:
+        """Send ``request`` (its URL unchanged) to the endpoint."""
+        with map_httpcore_exceptions():
+            resp = await self._pool.handle_async_request(_core_request(request, extensions))
+        return httpx.Response(status_code=resp.status, headers=resp.headers,
+                              stream=_AsyncResponseStream(resp.stream, on_close),
+                              extensions=resp.extensions)
+
+    async def aclose(self) -> None:
+        """Close every connection of the pool."""
+        await self._pool.aclose()

@@ -1,0 +1,258 @@
+"""A service as the user configures it (``Service``), and its live state (``ServiceRuntime``).
+
+The runtime holds the endpoint set discovery last gave, the per-endpoint
+statistics and breakers, the retry budget and recent latencies. It picks
+endpoints and records outcomes; it does no I/O, so the sync and async
+transports share it unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._balancer import Balancer, make_balancer
+from ._breaker import EndpointBreaker
+from ._budget import BudgetLedger
+from ._discovery import Discovery, EndpointSetTracker, Update
+from ._endpoint import Endpoint, EndpointState
+from ._errors import CircuitOpenError, ConfigError, NoEndpointsError
+from ._latency import LatencyWindow
+from ._policy import Policy
+
+__all__ = ["Service", "ServiceRuntime"]
+
+Transition = Callable[[str, str, str, str], None]  # service, endpoint, old, new
+
+
+class Service:
+    """A logical service: where its endpoints come from, and optionally its own policy.
+
+    ``discovery`` is a discovery URL (``static://``, ``dns+srv://``, ``dns://``,
+    ``file://``, ``etcd://``, ``consul://``). ``tls_server_name`` is the name
+    the server certificate is checked against for ``https://SERVICE/...``
+    (default: the service name).
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("discovery", "policy", "tls_server_name")
+
+    def __init__(self, discovery: str, *, policy: Policy | None = None,
+                 tls_server_name: str | None = None) -> None:
+        if not isinstance(discovery, str) or "://" not in discovery:
+            raise ConfigError(f"Service discovery must be a discovery URL, got {discovery!r}")
+        if policy is not None and not isinstance(policy, Policy):
+            raise ConfigError(f"Service policy must be a meshlib.Policy, got {policy!r}")
+        if tls_server_name is not None and (not isinstance(tls_server_name, str)
+                                            or not tls_server_name):
+            raise ConfigError(f"Service tls_server_name must be a name, got {tls_server_name!r}")
+        self.discovery = discovery
+        self.policy = policy
+        self.tls_server_name = tls_server_name
+
+    def __repr__(self) -> str:
+        return (f"Service({self.discovery!r}, policy={self.policy!r}, "
+                f"tls_server_name={self.tls_server_name!r})")
+
+
+Service.__module__ = "meshlib"
+
+
+def _sanitize(endpoint: Endpoint) -> Endpoint:
+    if endpoint.weight > 0:
+        return endpoint
+    return Endpoint(endpoint.host, endpoint.port, 0.01, endpoint.zone, endpoint.priority)
+
+
+class ServiceRuntime:
+    """Live state of one service inside one transport."""
+
+    def __init__(self, name: str, service: Service, discovery: Discovery, policy: Policy, *,
+                 zone: str | None = None, on_transition: Transition | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.service = service
+        self.discovery = discovery
+        self.policy = policy
+        self.zone = zone
+        self.clock = clock
+        self.sni = service.tls_server_name
+        self.budget = BudgetLedger(policy.retry_budget)
+        self.latencies = LatencyWindow()
+        self.states: dict[str, EndpointState] = {}
+        self._groups: tuple[tuple[EndpointState, ...], ...] = ()
+        self._balancers: dict[str, Balancer] = {}
+        self._on_transition = on_transition
+        self._tracker = EndpointSetTracker(name, discovery.url)
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.draining: set[EndpointState] = set()
+        initial = discovery.initial()
+        if initial is not None:
+            self.apply(initial, clock())
+
+    # -- discovery side ---------------------------------------------------------------
+
+    def apply(self, update: Update, now: float) -> list[EndpointState]:
+        """Take a discovery answer; return retired endpoints that are idle (close their pools)."""
+        accepted = self._tracker.accept(update, now)
+        retired: list[EndpointState] = []
+        if accepted is not None:
+            retired = self._replace(accepted, now)
+        self._mark_ready()
+        return retired
+
+    def _replace(self, endpoints: tuple[Endpoint, ...], now: float) -> list[EndpointState]:
+        with self._lock:
+            fresh: dict[str, EndpointState] = {}
+            for raw in endpoints:
+                endpoint = _sanitize(raw)
+                state = self.states.get(endpoint.address) or fresh.get(endpoint.address)
+                if state is None:
+                    state = EndpointState(endpoint, self._new_breaker(endpoint.address, now))
+                else:
+                    state.endpoint = endpoint
+                fresh[endpoint.address] = state
+            gone = [s for a, s in self.states.items() if a not in fresh]
+            self.states = fresh
+            priorities = sorted({s.endpoint.priority for s in fresh.values()})
+            self._groups = tuple(
+                tuple(s for s in fresh.values() if s.endpoint.priority == p) for p in priorities
+            )
+            idle: list[EndpointState] = []
+            for state in gone:
+                state.retired = True
+                if state.inflight == 0:
+                    idle.append(state)
+                else:
+                    self.draining.add(state)
+            return idle
+
+    def _new_breaker(self, address: str, now: float) -> EndpointBreaker:
+        def transition(name: str, old: str, new: str) -> None:
+            if self._on_transition is not None:
+                self._on_transition(self.name, name, old, new)
+
+        return EndpointBreaker(self.policy.breaker, address, transition, now)
+
+    def _mark_ready(self) -> None:
+        if self.ready.is_set():
+            return
+        self.ready.set()
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_resolve, future)
+
+    def check_due(self, now: float) -> list[EndpointState]:
+        """Apply a pending empty answer whose grace has passed; return idle retired endpoints."""
+        accepted = self._tracker.due(now)
+        return self._replace(accepted, now) if accepted is not None else []
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until discovery has answered once, at most ``timeout`` seconds."""
+        return self.ready.wait(max(timeout, 0.0))
+
+    async def wait_ready_async(self, timeout: float) -> bool:
+        """Wait (async) until discovery has answered once, at most ``timeout`` seconds."""
+        if self.ready.is_set():
+            return True
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._waiters.append((loop, future))
+        if self.ready.is_set():
+            return True
+        try:
+            await asyncio.wait_for(future, max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            return self.ready.is_set()
+        return True
+
+    # -- request side -----------------------------------------------------------------
+
+    def balancer(self, name: str) -> Balancer:
+        """This service's balancer of that kind (one per kind, created on first use)."""
+        balancer = self._balancers.get(name)
+        if balancer is None:
+            balancer = self._balancers.setdefault(name, make_balancer(name))
+        return balancer
+
+    def pick(self, balancer: Balancer, exclude: frozenset[str] | set[str],
+             now: float) -> EndpointState:
+        """Choose and admit an endpoint: lowest priority group with an available endpoint,
+        preferring endpoints not in ``exclude`` and in the client's zone.
+
+        Raises ``NoEndpointsError`` when discovery knows none and ``CircuitOpenError``
+        when every endpoint's breaker is open.
+        """
+        groups = self._groups
+        if not groups:
+            raise NoEndpointsError(f"no endpoints known for service {self.name!r}")
+        for _ in range(4):  # a half-open trial may be taken by another caller meanwhile
+            candidates = self._candidates(groups, exclude, now)
+            if not candidates:
+                break
+            state = balancer.pick(candidates, now)
+            if state.breaker.admit(now):
+                return state
+        raise CircuitOpenError(
+            f"every endpoint of service {self.name!r} has an open circuit breaker"
+        )
+
+    def _candidates(self, groups: tuple[tuple[EndpointState, ...], ...],
+                    exclude: frozenset[str] | set[str], now: float) -> list[EndpointState]:
+        fallback: list[EndpointState] = []
+        for group in groups:
+            available = [s for s in group if s.breaker.available(now)]
+            if not available:
+                continue
+            if exclude:
+                fresh = [s for s in available if s.address not in exclude]
+                if not fresh:
+                    fallback = fallback or available
+                    continue
+                available = fresh
+            return self._zoned(available)
+        return self._zoned(fallback) if fallback else fallback
+
+    def _zoned(self, candidates: list[EndpointState]) -> list[EndpointState]:
+        zone = self.zone
+        if zone is None:
+            return candidates
+        local = [s for s in candidates if s.endpoint.zone == zone]
+        return local or candidates
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """JSON-ready state: endpoints with EWMA, in-flight, breaker, counters; budget balance."""
+        endpoints = []
+        for state in list(self.states.values()):
+            ewma = state.ewma(now)
+            endpoints.append({
+                "endpoint": state.address,
+                "ewma_ms": None if ewma is None else round(ewma * 1000.0, 3),
+                "inflight": state.inflight,
+                "breaker": state.breaker.state(now),
+                "requests": state.requests,
+                "failures": state.failures,
+                "weight": state.endpoint.weight,
+                "zone": state.endpoint.zone,
+                "priority": state.endpoint.priority,
+            })
+        return {
+            "discovery": self.discovery.url,
+            "ready": self.ready.is_set(),
+            "balancer": self.policy.balancer,
+            "endpoints": endpoints,
+            "retry_budget": {"balance": round(self.budget.balance(now), 3)},
+        }
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,415 @@
+"""``MeshTransport``: the sync httpx transport that carries out a ``Call``'s decisions.
+
+Only I/O lives here (sending, sleeping, threads); every decision is made by
+``_call.Call`` and ``_service.ServiceRuntime``, shared with the async twin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import threading
+import time
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import httpx
+from opentelemetry.trace import Span
+from tenacity import RetryCallState, Retrying, retry_base, stop_after_attempt
+
+from ._call import Call, Outcome
+from ._endpoint import EndpointState
+from ._errors import NoEndpointsError
+from ._gate import sent_before_failure
+from ._mesh import Mesh, ServicesArg
+from ._policy import Policy
+from ._pool import EndpointPool, PoolSettings
+from ._service import ServiceRuntime
+from ._telemetry import telemetry
+
+__all__ = ["MeshTransport"]
+
+_POOL_KEYS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "local_address",
+              "socket_options")
+_DRAIN_LIMIT = 64 * 1024
+
+
+def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    pool = {k: v for k, v in kwargs.items() if k in _POOL_KEYS}
+    rest = {k: v for k, v in kwargs.items() if k not in _POOL_KEYS}
+    return pool, rest
+
+
+def drain(response: httpx.Response) -> None:
+    """Read a small body (so the connection is reused) and close the response."""
+    try:
+        length = response.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) <= _DRAIN_LIMIT:
+            response.read()
+    except httpx.HTTPError:
+        pass
+    finally:
+        response.close()
+
+
+class _MeshRetry(retry_base):
+    """tenacity's retry predicate, delegating to the call's verdict."""
+
+    def __init__(self, transport: MeshTransport, call: Call) -> None:
+        self.transport, self.call = transport, call
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
+        call = self.call
+        verdict = call.verdict(outcome, retry_state, self.transport.clock())
+        if verdict.retry:
+            telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
+            call.next_sleep = verdict.sleep
+            if outcome.response is not None:
+                drain(outcome.response)
+        elif call.wants_retry(outcome):
+            telemetry.decision(call, "no_retry", verdict.reason)
+        return verdict.retry
+
+
+def _wait(call: Call, retry_state: RetryCallState) -> float:
+    return call.next_sleep
+
+
+def _last(retry_state: RetryCallState) -> Outcome:
+    return retry_state.outcome.result()  # type: ignore[union-attr, no-any-return]
+
+
+class MeshTransport(httpx.BaseTransport):
+    """An httpx transport that routes requests for mesh services to their endpoints.
+
+    ``services`` maps service names to discovery URLs or :class:`meshlib.Service`;
+    ``None`` reads ``MESHLIB_SERVICES``. ``transport_kwargs`` are httpx transport
+    options (``verify``, ``cert``, ``http2``, ``limits``, ...) applied to every
+    endpoint pool and to the pass-through transport; ``passthrough=`` supplies a
+    transport of your own for hosts that are not services.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
+                 environ: Mapping[str, str] | None = None, **transport_kwargs: Any) -> None:
+        passthrough = transport_kwargs.pop("passthrough", None)
+        pool_kwargs, other = _split_kwargs(transport_kwargs)
+        self.mesh = Mesh(services, policy, environ=environ)
+        self.clock = self.mesh.clock
+        self.settings = PoolSettings(**pool_kwargs)
+        self._passthrough_kwargs = {**pool_kwargs, **other, "verify": self.settings.ssl_context}
+        self._passthrough_kwargs.pop("cert", None)
+        self._passthrough: httpx.BaseTransport | None = passthrough
+        self._lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
+        self.sleep = time.sleep
+        self._discovery = _DiscoveryThread(self) if self.mesh.dynamic else None
+
+    # -- httpx transport API ------------------------------------------------------------
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the mesh if its host is a service, else pass it through."""
+        runtime = self.mesh.route(request)
+        if runtime is None:
+            return self._passthrough_transport().handle_request(request)
+        call = Call(runtime, self.mesh.policy_for(runtime), request, self.clock())
+        self._await_discovery(call)
+        runtime.budget.deposit(self.clock())
+        self._retire(runtime.check_due(self.clock()))
+        attempt = self._hedged_attempt if call.can_hedge() else self._attempt
+        outcome = attempt(call)
+        if call.wants_retry(outcome):
+            outcome = self._retry(call, outcome, attempt)
+        return self._finish(call, outcome)
+
+    def close(self) -> None:
+        """Stop discovery and close every pool (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._discovery is not None:
+            self._discovery.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        for runtime in self.mesh.runtimes.values():
+            for state in [*runtime.states.values(), *runtime.draining]:
+                self._close_pool(state)
+        if self._passthrough is not None:
+            self._passthrough.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget."""
+        return self.mesh.snapshot()
+
+    # -- the request path -------------------------------------------------------------
+
+    def _await_discovery(self, call: Call) -> None:
+        runtime = call.runtime
+        if runtime.ready.is_set():
+            return
+        left = call.remaining(self.clock())
+        if not runtime.wait_ready(left):
+            if call.remaining(self.clock()) <= 0:
+                raise call.deadline_error(self.clock(), "discovery has not answered")
+            raise NoEndpointsError(
+                f"discovery for service {runtime.name!r} has not answered yet",
+                request=call.request)
+
+    def _retry(self, call: Call, first: Outcome, attempt: Any) -> Outcome:
+        pending = [first]
+
+        def next_attempt() -> Outcome:
+            return pending.pop() if pending else attempt(call)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(call.policy.retries + 1),
+            wait=partial(_wait, call),
+            retry=_MeshRetry(self, call),
+            sleep=self.sleep,
+            retry_error_callback=_last,
+        )
+        result: Outcome = retrying(next_attempt)
+        return result
+
+    def _attempt(self, call: Call) -> Outcome:
+        """One attempt: pick, admit, send, record. Never raises for transport errors."""
+        now = self.clock()
+        extra = call.attempts > 0
+        if call.remaining(now) <= 0:
+            if extra:
+                call.runtime.budget.refund(now)
+            return Outcome(None, error=call.deadline_error(now), sent=False)
+        try:
+            state = call.choose(now)
+        except NoEndpointsError as exc:
+            exc.request = call.request
+            return Outcome(None, error=exc, sent=False)
+        except httpx.TransportError as exc:
+            exc.request = call.request
+            return Outcome(None, error=exc, sent=False)
+        if extra and not call.admits(state, now):
+            state.breaker.release()
+            call.runtime.budget.refund(now)
+            telemetry.decision(call, "no_retry", "deadline too short for the chosen endpoint")
+            return Outcome(None, error=call.deadline_error(now, "not enough time left"),
+                           sent=False, final=True)
+        return self._send(call, state, now, hedge=False)
+
+    def _send(self, call: Call, state: EndpointState, start: float, *, hedge: bool) -> Outcome:
+        request = call.fork_request() if hedge or call.policy.hedge is not None else call.request
+        extensions = call.begin(state, start, request)
+        span = telemetry.start_attempt(call, state, request, hedge=hedge)
+        return self._transmit(call, state, request, extensions, span, start)
+
+    def _transmit(self, call: Call, state: EndpointState, request: httpx.Request,
+                  extensions: dict[str, Any], span: Span, start: float) -> Outcome:
+        pool = self._pool_for(call.runtime, state)
+        try:
+            response = pool.send(request, extensions, partial(self._release, state))
+        except httpx.TransportError as exc:
+            exc.request = call.request
+            now = self.clock()
+            outcome = Outcome(state, error=exc, sent=sent_before_failure(exc))
+            call.observe(state, outcome, now - start, now)
+            telemetry.end_attempt(span, call, outcome, now - start)
+            self._release(state)
+            return outcome
+        except BaseException as exc:
+            state.breaker.release()
+            self._release(state)
+            span.record_exception(exc)
+            span.end()
+            raise
+        now = self.clock()
+        outcome = Outcome(state, response=response)
+        call.observe(state, outcome, now - start, now)
+        telemetry.end_attempt(span, call, outcome, now - start)
+        return outcome
+
+    def _hedged_attempt(self, call: Call) -> Outcome:
+        """The first attempt plus hedges after the hedge delay; the first good answer wins."""
+        now = self.clock()
+        if call.remaining(now) <= 0:
+            return Outcome(None, error=call.deadline_error(now), sent=False)
+        try:
+            state = call.choose(now)
+        except httpx.TransportError as exc:
+            exc.request = call.request
+            return Outcome(None, error=exc, sent=False)
+        executor = self._pool_executor()
+        # decisions stay in this thread; workers only send (with the caller's context)
+        first = self._submit(executor, call, state, now, hedge=False)
+        hedge = call.policy.hedge
+        assert hedge is not None
+        last: Outcome | None = None
+        pending = {first}
+        started, hedging = 1, True
+        while pending:
+            now = self.clock()
+            left = call.remaining(now)
+            can_add = hedging and started < hedge.max_attempts
+            timeout = min(call.hedge_delay(), left) if can_add else left
+            done, pending = concurrent.futures.wait(
+                pending, timeout=max(timeout, 0.0),
+                return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                outcome = future.result()
+                if not call.wants_retry(outcome):
+                    self._abandon(pending)
+                    if last is not None and last.response is not None:
+                        drain(last.response)
+                    return outcome
+                if last is not None and last.response is not None:
+                    drain(last.response)
+                last = outcome
+            if done:
+                continue
+            if call.remaining(self.clock()) <= 0:
+                break
+            if can_add:
+                hedge_state, reason = call.choose_hedge(self.clock())
+                if hedge_state is None:
+                    telemetry.decision(call, "no_hedge", reason)
+                    hedging = False
+                    continue
+                telemetry.decision(call, "hedge", reason, endpoint=hedge_state.address)
+                started += 1
+                pending.add(self._submit(executor, call, hedge_state, self.clock(), hedge=True))
+        self._abandon(pending)
+        if last is not None:
+            return last
+        return Outcome(None, error=call.deadline_error(self.clock(), "no attempt answered"),
+                       sent=True, final=True)
+
+    def _submit(self, executor: concurrent.futures.ThreadPoolExecutor, call: Call,
+                state: EndpointState, start: float, *, hedge: bool,
+                ) -> concurrent.futures.Future[Outcome]:
+        """Start an attempt here (count, headers, span) and send it from a worker thread."""
+        request = call.fork_request()
+        extensions = call.begin(state, start, request)
+        span = telemetry.start_attempt(call, state, request, hedge=hedge)
+        return executor.submit(contextvars.copy_context().run, self._transmit, call, state,
+                               request, extensions, span, start)
+
+    def _abandon(self, pending: set[concurrent.futures.Future[Outcome]]) -> None:
+        """Losing attempts: close their responses whenever they arrive."""
+        for future in pending:
+            future.add_done_callback(_close_outcome)
+
+    def _finish(self, call: Call, outcome: Outcome) -> httpx.Response:
+        response = outcome.response
+        if response is None:
+            if call.remaining(self.clock()) <= 0.001:
+                telemetry.deadline_expired(call)
+            return call.result(outcome, self.clock())
+        response.extensions["meshlib"] = call.describe(outcome.state)
+        return response
+
+    # -- pools and endpoints ------------------------------------------------------------
+
+    def _pool_for(self, runtime: ServiceRuntime, state: EndpointState) -> EndpointPool:
+        pool = state.pool
+        if pool is None:
+            with self._lock:
+                pool = state.pool
+                if pool is None:
+                    pool = state.pool = EndpointPool(state.endpoint.host, state.endpoint.port,
+                                                     self.settings)
+        return pool  # type: ignore[no-any-return]
+
+    def _release(self, state: EndpointState) -> None:
+        state.finish()
+        if state.retired and state.inflight <= 0:
+            self._close_pool(state)
+
+    def _retire(self, states: list[EndpointState]) -> None:
+        for state in states:
+            self._close_pool(state)
+
+    def _close_pool(self, state: EndpointState) -> None:
+        with self._lock:
+            pool, state.pool = state.pool, None
+        if pool is not None:
+            pool.close()
+
+    def _pool_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        executor = self._executor
+        if executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=16, thread_name_prefix="meshlib-hedge")
+                executor = self._executor
+        return executor
+
+    def _passthrough_transport(self) -> httpx.BaseTransport:
+        transport = self._passthrough
+        if transport is None:
+            with self._lock:
+                if self._passthrough is None:
+                    self._passthrough = httpx.HTTPTransport(**self._passthrough_kwargs)
+                transport = self._passthrough
+        return transport
+
+
+def _close_outcome(future: concurrent.futures.Future[Outcome]) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return
+    outcome = future.result()
+    if outcome.response is not None:
+        outcome.response.close()
+
+
+class _DiscoveryThread:
+    """Runs the background discovery of a sync transport: one thread, one event loop."""
+
+    def __init__(self, transport: MeshTransport) -> None:
+        self.transport = transport
+        self.loop = asyncio.new_event_loop()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="meshlib-discovery", daemon=True)
+        self.thread.start()
+        self._started.wait(5.0)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        for runtime in self.transport.mesh.dynamic:
+            self._tasks.append(self.loop.create_task(self._follow(runtime)))
+        self.loop.call_soon(self._started.set)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    async def _follow(self, runtime: ServiceRuntime) -> None:
+        transport = self.transport
+        try:
+            async for update in runtime.discovery.updates():
+                transport._retire(runtime.apply(update, transport.clock()))
+        finally:
+            await runtime.discovery.aclose()
+
+    def stop(self) -> None:
+        """Cancel discovery and end the thread."""
+        if self.loop.is_closed():
+            return
+
+        async def cancel_all() -> None:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.loop.stop()
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop)
+        except RuntimeError:
+            return
+        self.thread.join(timeout=5.0)
