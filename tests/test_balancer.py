@@ -1,0 +1,173 @@
+"""Balancers: latency awareness, spreading, weights, zones; simulated with a fake clock."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter
+
+import pytest
+
+from meshlib._balancer import FAILURE_PENALTY, LeastRequest, P2CEwma, make_balancer
+from meshlib._breaker import EndpointBreaker
+from meshlib._discovery._static import StaticDiscovery
+from meshlib._endpoint import Endpoint, EndpointState
+from meshlib._policy import Breaker, Policy
+from meshlib._service import Service, ServiceRuntime
+
+
+def _states(n: int, weights: list[float] | None = None) -> list[EndpointState]:
+    weights = weights or [1.0] * n
+    return [
+        EndpointState(Endpoint("127.0.0.1", 9000 + i, weights[i]),
+                      EndpointBreaker(Breaker(), f"e{i}"))
+        for i in range(n)
+    ]
+
+
+def simulate(balancer_name: str, latencies: list[float], requests: int = 4000,
+             concurrency: int = 8, seed: int = 7,
+             weights: list[float] | None = None) -> Counter[int]:
+    """Closed-loop load: ``concurrency`` workers, each sends the next request when one ends."""
+    states = _states(len(latencies), weights)
+    balancer = make_balancer(balancer_name, random.Random(seed))
+    jitter = random.Random(seed + 1)
+    now = 0.0
+    events: list[tuple[float, int, int]] = []
+    picks: Counter[int] = Counter()
+    sent = 0
+    seq = 0
+    for _ in range(concurrency):
+        index = states.index(balancer.pick(states, now))
+        states[index].begin()
+        picks[index] += 1
+        sent += 1
+        latency = latencies[index] * jitter.uniform(0.8, 1.2)
+        heapq.heappush(events, (now + latency, seq, index))
+        seq += 1
+    while events:
+        done_at, _, index = heapq.heappop(events)
+        started = done_at - latencies[index]
+        now = done_at
+        states[index].observe(now - started, now, failed=False, penalty=FAILURE_PENALTY)
+        states[index].finish()
+        if sent < requests:
+            nxt = states.index(balancer.pick(states, now))
+            states[nxt].begin()
+            picks[nxt] += 1
+            sent += 1
+            latency = latencies[nxt] * jitter.uniform(0.8, 1.2)
+            heapq.heappush(events, (now + latency, seq, nxt))
+            seq += 1
+    return picks
+
+
+def test_p2c_ewma_starves_a_ten_times_slower_endpoint() -> None:
+    """p2c-ewma sends an endpoint 10x slower than the rest under 5% of the traffic."""
+    picks = simulate("p2c-ewma", [0.010, 0.010, 0.010, 0.100])
+    share = picks[3] / sum(picks.values())
+    assert share < 0.05, picks
+
+
+def test_round_robin_gives_the_slow_endpoint_its_full_share() -> None:
+    """round-robin ignores latency: the slow endpoint gets a quarter of four."""
+    picks = simulate("round-robin", [0.010, 0.010, 0.010, 0.100])
+    assert picks[3] / sum(picks.values()) == pytest.approx(0.25, abs=0.01)
+
+
+def test_least_request_avoids_the_slow_endpoint_under_concurrency() -> None:
+    """least-request sends less to an endpoint that holds requests longer."""
+    picks = simulate("least-request", [0.010, 0.010, 0.010, 0.100], concurrency=16)
+    assert picks[3] / sum(picks.values()) < 0.15, picks
+
+
+def test_random_spreads_evenly() -> None:
+    """random gives each of four equal endpoints about a quarter."""
+    picks = simulate("random", [0.01] * 4)
+    for i in range(4):
+        assert picks[i] / sum(picks.values()) == pytest.approx(0.25, abs=0.04)
+
+
+@pytest.mark.parametrize("name", ["p2c-ewma", "least-request", "round-robin", "random"])
+def test_weights_give_proportional_traffic(name: str) -> None:
+    """Under equal latency a weight-3 endpoint gets about three times a weight-1 one."""
+    picks = simulate(name, [0.01, 0.01], weights=[1.0, 3.0], requests=8000)
+    ratio = picks[1] / picks[0]
+    # p2c draws its two candidates by weight and divides cost by weight, so the split
+    # is near 1:3 but not exact; the others are exactly (round-robin) or statistically 1:3.
+    assert 2.0 < ratio < 4.5, picks
+
+
+def test_p2c_ewma_unsampled_endpoint_costs_the_mean() -> None:
+    """A new endpoint with no samples is priced at the mean of the others, not zero."""
+    states = _states(3)
+    states[0].observe(0.010, 1.0, failed=False, penalty=FAILURE_PENALTY)
+    states[1].observe(0.030, 1.0, failed=False, penalty=FAILURE_PENALTY)
+    balancer = P2CEwma(random.Random(1))
+    default = balancer.default_rtt(states, 1.0)
+    assert default == pytest.approx(0.020)
+    assert balancer.cost(states[2], 1.0, default) == pytest.approx(0.020)
+
+
+def test_peak_ewma_jumps_up_and_decays_down() -> None:
+    """A slow sample raises the estimate at once; it decays towards zero when idle."""
+    state = _states(1)[0]
+    state.observe(0.010, 0.0, failed=False, penalty=FAILURE_PENALTY)
+    state.observe(0.200, 0.001, failed=False, penalty=FAILURE_PENALTY)
+    assert state.ewma(0.001) == pytest.approx(0.200)
+    assert state.ewma(10.001) == pytest.approx(0.200 * 0.3679, rel=0.01)
+
+
+def test_failures_raise_cost_so_a_fast_failing_endpoint_is_avoided() -> None:
+    """An endpoint answering 503 in 1 ms does not become the favourite (no black hole)."""
+    states = _states(2)
+    now = 0.0
+    for _ in range(20):
+        now += 0.01
+        states[0].observe(0.001, now, failed=True, penalty=FAILURE_PENALTY)
+        states[1].observe(0.020, now, failed=False, penalty=FAILURE_PENALTY)
+    balancer = P2CEwma(random.Random(3))
+    picks = Counter(states.index(balancer.pick(states, now)) for _ in range(200))
+    assert picks[1] == 200
+
+
+def test_least_request_prefers_fewer_in_flight() -> None:
+    """least-request picks the endpoint with fewer outstanding requests."""
+    states = _states(2)
+    for _ in range(5):
+        states[0].begin()
+    balancer = LeastRequest(random.Random(2))
+    assert all(balancer.pick(states, 0.0) is states[1] for _ in range(50))
+
+
+def _runtime(endpoints: list[Endpoint], zone: str | None = None) -> ServiceRuntime:
+    url = "static://" + ",".join(e.address for e in endpoints)
+    runtime = ServiceRuntime("svc", Service(url), StaticDiscovery(url), Policy(), zone=zone,
+                             clock=lambda: 0.0)
+    runtime.apply(tuple(endpoints), 0.0)
+    return runtime
+
+
+def test_zone_aware_routing_prefers_the_local_zone_while_healthy() -> None:
+    """With MESHLIB_ZONE set, endpoints in the same zone get all traffic while available."""
+    endpoints = [Endpoint("127.0.0.1", 1, zone="a"), Endpoint("127.0.0.1", 2, zone="b"),
+                 Endpoint("127.0.0.1", 3, zone="b")]
+    runtime = _runtime(endpoints, zone="a")
+    balancer = runtime.balancer("p2c-ewma")
+    assert {runtime.pick(balancer, set(), 0.0).address for _ in range(50)} == {"127.0.0.1:1"}
+    local = runtime.states["127.0.0.1:1"]
+    for _ in range(5):
+        local.breaker.record(False, 0.0)
+    picked = {runtime.pick(balancer, set(), 0.0).address for _ in range(50)}
+    assert picked == {"127.0.0.1:2", "127.0.0.1:3"}
+
+
+def test_lower_srv_priority_group_is_used_first() -> None:
+    """Endpoints of a higher priority number get traffic only when the lower group is down."""
+    endpoints = [Endpoint("127.0.0.1", 1, priority=10), Endpoint("127.0.0.1", 2, priority=20)]
+    runtime = _runtime(endpoints)
+    balancer = runtime.balancer("round-robin")
+    assert {runtime.pick(balancer, set(), 0.0).address for _ in range(20)} == {"127.0.0.1:1"}
+    for _ in range(5):
+        runtime.states["127.0.0.1:1"].breaker.record(False, 0.0)
+    assert runtime.pick(balancer, set(), 0.0).address == "127.0.0.1:2"

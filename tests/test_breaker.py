@@ -1,0 +1,57 @@
+"""Per-endpoint breaker on pybreaker: open, half-open single trial, close, reopen."""
+
+from __future__ import annotations
+
+from meshlib._breaker import CLOSED, HALF_OPEN, OPEN, EndpointBreaker
+from meshlib._policy import Breaker
+
+
+def test_consecutive_failures_open_the_breaker() -> None:
+    """``failures`` consecutive failures open it; a success in between resets the count."""
+    transitions: list[tuple[str, str]] = []
+    breaker = EndpointBreaker(Breaker(failures=3, reset_timeout=30), "e",
+                              lambda name, old, new: transitions.append((old, new)))
+    breaker.record(False, 0.0)
+    breaker.record(False, 0.0)
+    breaker.record(True, 0.0)
+    breaker.record(False, 0.0)
+    breaker.record(False, 0.0)
+    assert breaker.state(0.0) == CLOSED
+    breaker.record(False, 0.0)
+    assert breaker.state(0.0) == OPEN
+    assert not breaker.available(1.0)
+    assert transitions == [("closed", "open")]
+
+
+def test_half_open_admits_exactly_one_trial() -> None:
+    """After reset_timeout, one caller gets the trial; others are refused until it ends."""
+    breaker = EndpointBreaker(Breaker(failures=1, reset_timeout=5), "e")
+    breaker.record(False, 10.0)
+    assert not breaker.admit(14.0)
+    assert breaker.state(15.0) == HALF_OPEN
+    assert breaker.admit(15.0)
+    assert not breaker.admit(15.0)
+    assert not breaker.available(15.0)
+
+
+def test_trial_success_closes_and_failure_reopens() -> None:
+    """A successful trial closes the breaker; a failed one opens it for another timeout."""
+    breaker = EndpointBreaker(Breaker(failures=1, reset_timeout=5), "e")
+    breaker.record(False, 0.0)
+    assert breaker.admit(6.0)
+    breaker.record(False, 6.0)
+    assert breaker.state(6.0) == OPEN
+    assert not breaker.available(10.0)
+    assert breaker.admit(11.5)
+    breaker.record(True, 11.5)
+    assert breaker.state(11.5) == CLOSED
+    assert breaker.fail_counter == 0
+
+
+def test_released_trial_counts_nothing() -> None:
+    """A cancelled trial frees the slot for another caller without counting a failure."""
+    breaker = EndpointBreaker(Breaker(failures=1, reset_timeout=1), "e")
+    breaker.record(False, 0.0)
+    assert breaker.admit(2.0)
+    breaker.release()
+    assert breaker.admit(2.0)
