@@ -1,0 +1,122 @@
+"""Deadlines: one budget of time across attempts, clamped timeouts, propagation header."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from conftest import BackendFactory
+
+import meshlib
+from meshlib import Backoff, Breaker, Policy
+
+FAST = Policy(backoff=Backoff(base=0.001, max=0.005))
+
+
+def test_expired_deadline_raises_without_sending(backends: BackendFactory) -> None:
+    """Inside an expired meshlib.deadline nothing is sent and DeadlineExceeded is raised."""
+    b = backends(1)
+    with meshlib.MeshClient(services={"svc": b.static_url}) as client:
+        with meshlib.deadline(0):
+            with pytest.raises(meshlib.DeadlineExceeded):
+                client.get("http://svc/")
+    assert b.count == 0
+
+
+def test_deadline_exceeded_is_an_httpx_timeout(backends: BackendFactory) -> None:
+    """except httpx.TimeoutException catches it, as with plain httpx."""
+    b = backends(1, delay_ms=500)
+    with meshlib.MeshClient(services={"svc": b.static_url}) as client:
+        with pytest.raises(httpx.TimeoutException) as info:
+            with meshlib.deadline(0.1):
+                client.get("http://svc/")
+    assert isinstance(info.value, meshlib.DeadlineExceeded)
+
+
+def test_policy_timeout_spans_all_attempts(backends: BackendFactory) -> None:
+    """Three stalled endpoints and timeout=0.3: the call ends near 0.3 s, not 3 x 0.3 s."""
+    b = backends(3, delay_ms=2000)
+    with meshlib.MeshClient(services={"svc": b.static_url},
+                            policy=FAST.replace(timeout=0.3)) as client:
+        start = time.monotonic()
+        with pytest.raises(meshlib.DeadlineExceeded):
+            client.get("http://svc/")
+        elapsed = time.monotonic() - start
+    assert elapsed < 1.0
+    assert b.count == 1  # the single attempt used the whole deadline; no doomed retry
+
+
+def test_attempt_timeout_bounds_each_attempt_and_retries_elsewhere(
+        backends: BackendFactory) -> None:
+    """attempt_timeout=0.1 cuts a stalled attempt and retries on the healthy endpoint."""
+    b = backends(2, delay_ms=[3000, 0])
+    policy = FAST.replace(timeout=2, attempt_timeout=0.1, balancer="round-robin")
+    with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        for _ in range(4):
+            response = client.get("http://svc/")
+            assert response.status_code == 200
+            assert response.extensions["meshlib"]["endpoint"] == b.addresses[1]
+
+
+def test_scoped_deadline_is_stricter_than_the_policy(backends: BackendFactory) -> None:
+    """meshlib.deadline(0.2) beats Policy.timeout=10 and shows in x-mesh-timeout-ms."""
+    b = backends(1)
+    with meshlib.MeshClient(services={"svc": b.static_url}) as client:
+        with meshlib.deadline(0.2):
+            response = client.get("http://svc/")
+    left = int(response.json()["headers"]["x-mesh-timeout-ms"])
+    assert 0 < left <= 200
+
+
+def test_httpx_timeouts_are_clamped_to_the_deadline(backends: BackendFactory) -> None:
+    """A client timeout of 30 s cannot outlive a 0.2 s deadline."""
+    b = backends(1, delay_ms=1000)
+    with meshlib.MeshClient(services={"svc": b.static_url}, timeout=30,
+                            policy=FAST.replace(timeout=0.2)) as client:
+        start = time.monotonic()
+        with pytest.raises(meshlib.DeadlineExceeded):
+            client.get("http://svc/")
+    assert time.monotonic() - start < 0.8
+
+
+def test_deadline_aware_admission_skips_a_doomed_retry(backends: BackendFactory) -> None:
+    """With 0.2 s left and endpoints that take 0.3 s, a failed attempt is not retried."""
+    b = backends(2, delay_ms=300)
+    policy = FAST.replace(breaker=Breaker(failures=1000))
+    with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        for _ in range(4):  # learn that both endpoints take ~0.3 s
+            client.get("http://svc/")
+        for server in b:
+            server.delay_ms = 0
+            server.status = 503
+        b.reset_counts()
+        with meshlib.deadline(0.2):
+            response = client.get("http://svc/")
+    assert response.status_code == 503
+    assert b.count == 1  # the retry was judged unable to finish and not sent
+
+
+async def test_async_deadline_spans_attempts(backends: BackendFactory) -> None:
+    """The async client honours the deadline the same way."""
+    b = backends(2, delay_ms=2000)
+    async with meshlib.AsyncMeshClient(services={"svc": b.static_url},
+                                       policy=FAST.replace(timeout=0.3)) as client:
+        start = time.monotonic()
+        with pytest.raises(meshlib.DeadlineExceeded):
+            await client.get("http://svc/")
+    assert time.monotonic() - start < 1.0
+
+
+async def test_async_scoped_deadline_follows_the_task(backends: BackendFactory) -> None:
+    """A deadline set in a task applies to the mesh calls that task makes."""
+    b = backends(1)
+    async with meshlib.AsyncMeshClient(services={"svc": b.static_url}) as client:
+        @meshlib.deadline(0.25)
+        async def handler() -> int:
+            response = await client.get("http://svc/")
+            return int(response.json()["headers"]["x-mesh-timeout-ms"])
+
+        left = await asyncio.create_task(handler())
+    assert 0 < left <= 250
