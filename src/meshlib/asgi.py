@@ -1,0 +1,216 @@
+"""Server-side deadline propagation for ASGI applications.
+
+Wrap an ASGI application in :class:`MeshMiddleware` and every HTTP request that
+carries a deadline header runs inside :class:`meshlib.deadline`, so every mesh
+request the handler makes (with :class:`meshlib.MeshClient` or
+:class:`meshlib.AsyncMeshClient`) inherits what is left of the caller's
+deadline::
+
+    from meshlib.asgi import MeshMiddleware
+
+    app = MeshMiddleware(app, snapshot_path="/_mesh", clients=[client])
+
+Headers read (both optional; when both are present the earlier deadline wins):
+
+* ``x-mesh-timeout-ms``: whole milliseconds left, as meshlib clients send it;
+* ``grpc-timeout``: the gRPC format, 1 to 8 digits and a unit ``H`` (hours),
+  ``M`` (minutes), ``S`` (seconds), ``m`` (milliseconds), ``u`` (microseconds)
+  or ``n`` (nanoseconds), e.g. ``250m``.
+
+A malformed or negative value is ignored and logged at DEBUG level on the
+``meshlib.asgi`` logger; the request is served as if the header were absent.
+A value of ``0`` still calls the application: its mesh requests then fail fast
+with :class:`meshlib.DeadlineExceeded`.
+
+The middleware has no dependency beyond the standard library and meshlib: it
+works with Starlette, FastAPI, Quart or a bare ASGI callable. Only ``http``
+scopes are affected; ``websocket`` and ``lifespan`` scopes pass through
+untouched (a websocket session is long-lived, a request deadline does not fit it).
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Protocol, runtime_checkable
+
+from ._call import DEADLINE_HEADER
+from ._scope import deadline
+
+__all__ = ["GRPC_TIMEOUT_HEADER", "MeshMiddleware", "SupportsSnapshot", "parse_deadline"]
+
+logger = logging.getLogger("meshlib.asgi")
+
+GRPC_TIMEOUT_HEADER = "grpc-timeout"
+"""The gRPC deadline header, read by both middlewares."""
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_MS_RE = re.compile(r"[0-9]{1,15}")
+_GRPC_RE = re.compile(r"([0-9]{1,8})([HMSmun])")
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_SHOW = 64  # characters of a bad header value shown in the debug log
+
+
+@runtime_checkable
+class SupportsSnapshot(Protocol):
+    """Anything with a meshlib-style ``snapshot()``: clients and transports."""
+
+    def snapshot(self) -> Mapping[str, Any]:
+        """A JSON-serialisable dict with a ``"services"`` mapping."""
+        ...
+
+
+def _parse_ms(value: str) -> float | None:
+    text = value.strip()
+    if _MS_RE.fullmatch(text):
+        return int(text) / 1000.0
+    return None
+
+
+def _parse_grpc(value: str) -> float | None:
+    match = _GRPC_RE.fullmatch(value.strip())
+    if match is None:
+        return None
+    return int(match.group(1)) * _GRPC_UNITS[match.group(2)]
+
+
+def _parse_values(name: str, values: Iterable[str], parse: Callable[[str], float | None],
+                  log: logging.Logger) -> float | None:
+    best: float | None = None
+    for raw in values:
+        # Repeated headers may arrive joined with commas (WSGI, proxies).
+        for part in raw.split(","):
+            seconds = parse(part)
+            if seconds is None:
+                log.debug("ignoring invalid %s header value %r", name, part[:_SHOW])
+            elif best is None or seconds < best:
+                best = seconds
+    return best
+
+
+def parse_deadline(mesh_timeout_ms: Iterable[str] = (), grpc_timeout: Iterable[str] = (),
+                   *, log: logging.Logger = logger) -> float | None:
+    """Seconds left according to deadline header values, or ``None`` if there is none.
+
+    ``mesh_timeout_ms`` holds the values of every ``x-mesh-timeout-ms`` header
+    (whole milliseconds, ``>= 0``), ``grpc_timeout`` those of every
+    ``grpc-timeout`` header (gRPC format). Comma-joined values are split. The
+    smallest valid value wins; invalid ones are logged at DEBUG on ``log`` and
+    ignored.
+    """
+    candidates = [
+        _parse_values(DEADLINE_HEADER, mesh_timeout_ms, _parse_ms, log),
+        _parse_values(GRPC_TIMEOUT_HEADER, grpc_timeout, _parse_grpc, log),
+    ]
+    found = [c for c in candidates if c is not None]
+    return min(found) if found else None
+
+
+def _snapshot_body(clients: Iterable[SupportsSnapshot], log: logging.Logger) -> tuple[int, bytes]:
+    """Status and JSON body of the snapshot endpoint: every client's services merged.
+
+    A service name seen in more than one client is kept once per client, the
+    later ones as ``name#2``, ``name#3``...
+    """
+    services: dict[str, Any] = {}
+    try:
+        for client in clients:
+            for name, state in dict(client.snapshot().get("services", {})).items():
+                key, n = str(name), 1
+                while key in services:
+                    n += 1
+                    key = f"{name}#{n}"
+                services[key] = state
+        body = json.dumps({"services": services}, default=str)
+    except Exception as exc:  # a broken client must not break the server
+        log.exception("meshlib snapshot failed")
+        return 500, json.dumps({"error": f"snapshot failed: {type(exc).__name__}"}).encode()
+    return 200, body.encode()
+
+
+_SNAPSHOT_METHODS = ("GET", "HEAD")
+
+
+class MeshMiddleware:
+    """ASGI middleware: run each HTTP request inside the caller's mesh deadline.
+
+    ``app`` is any ASGI 3 application. ``snapshot_path`` (off by default)
+    serves ``{"services": ...}``, merged from the ``snapshot()`` of every object
+    in ``clients`` (``MeshClient``, ``AsyncMeshClient`` or a transport), as
+    ``application/json`` on a ``GET`` to exactly that path; any request to
+    that path is answered by the middleware and never reaches ``app`` (other
+    methods get 405). ``clients`` is kept as the mutable list
+    :attr:`clients`, so clients built later (e.g. in a lifespan handler) can be
+    appended.
+
+    Only expose ``snapshot_path`` where its audience may see your topology:
+    it lists service names, endpoint addresses and their health.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, app: ASGIApp, *, snapshot_path: str | None = None,
+                 clients: Iterable[SupportsSnapshot] = ()) -> None:
+        if snapshot_path is not None and not snapshot_path.startswith("/"):
+            raise ValueError(f"snapshot_path must start with '/', got {snapshot_path!r}")
+        self.app = app
+        self.snapshot_path = snapshot_path
+        self.clients: list[SupportsSnapshot] = list(clients)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection scope."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.snapshot_path is not None and scope.get("path") == self.snapshot_path:
+            await self._serve_snapshot(scope, send)
+            return
+        seconds = self._deadline(scope)
+        if seconds is None:
+            await self.app(scope, receive, send)
+            return
+        # Same task as the application: the contextvar is visible to it, and to
+        # every task it starts (they copy the context).
+        with deadline(seconds):
+            await self.app(scope, receive, send)
+
+    @staticmethod
+    def _deadline(scope: Scope) -> float | None:
+        mesh: list[str] = []
+        grpc: list[str] = []
+        for raw_name, raw_value in scope.get("headers") or ():
+            name = bytes(raw_name).lower()
+            if name == b"x-mesh-timeout-ms":
+                mesh.append(bytes(raw_value).decode("latin-1"))
+            elif name == b"grpc-timeout":
+                grpc.append(bytes(raw_value).decode("latin-1"))
+        if not mesh and not grpc:
+            return None
+        return parse_deadline(mesh, grpc, log=logger)
+
+    async def _serve_snapshot(self, scope: Scope, send: Send) -> None:
+        method = str(scope.get("method", "GET")).upper()
+        if method not in _SNAPSHOT_METHODS:
+            body = json.dumps({"error": "method not allowed"}).encode()
+            await _respond(send, 405, body, [(b"allow", b"GET, HEAD")], head=False)
+            return
+        status, body = _snapshot_body(self.clients, logger)
+        await _respond(send, status, body, [(b"cache-control", b"no-store")],
+                       head=method == "HEAD")
+
+
+async def _respond(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]],
+                   *, head: bool) -> None:
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})

@@ -1,0 +1,26 @@
+"""The examples run end to end as their users would run them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_two_services() -> None:
+    run = EXAMPLES / "two_services" / "run.py"
+    proc = subprocess.run([sys.executable, str(run)], capture_output=True, text=True,
+                          timeout=60, cwd=run.parent, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    a_saw = re.search(r"^A saw x-mesh-timeout-ms: (\d+)$", out, re.MULTILINE)
+    b_saw = re.search(r"^B saw x-mesh-timeout-ms: (\d+)$", out, re.MULTILINE)
+    b_left = re.search(r"^B time left in its handler: ([\d.]+) ms$", out, re.MULTILINE)
+    assert a_saw and b_saw and b_left, out
+    # a bit less than 800 at each hop, never more than what the hop before sent
+    assert 0 < int(b_saw.group(1)) <= int(a_saw.group(1)) < 800
+    assert 0 < float(b_left.group(1)) <= int(b_saw.group(1))
+    assert "servers stopped" in out
