@@ -14,7 +14,7 @@ from meshlib._discovery import DiscoveryFailure, DiscoveryOptions, discovery_fro
 from meshlib._discovery._dns import ZERO_WEIGHT, AddressDiscovery, SrvDiscovery
 from meshlib._endpoint import Endpoint
 from meshlib._errors import ConfigError
-from servers import Bind, Dnsmasq, free_port, next_update
+from servers import Bind, Dnsmasq, free_port, next_update, require_binary
 
 SRV = "_http._tcp.svc.mesh.test"
 
@@ -299,3 +299,13 @@ def test_registry_maps_dns_schemes() -> None:
     """The dns+srv and dns schemes build the DNS kinds."""
     assert isinstance(discovery_from_url("dns+srv://_a._tcp.b.test"), SrvDiscovery)
     assert isinstance(discovery_from_url("dns://b.test:1"), AddressDiscovery)
+
+
+def test_missing_binary_skips_or_fails_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing server binary skips the test, or fails it when CI=true."""
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        require_binary("meshlib-no-such-server")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception):
+        require_binary("meshlib-no-such-server")
