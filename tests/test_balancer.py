@@ -171,3 +171,23 @@ def test_lower_srv_priority_group_is_used_first() -> None:
     for _ in range(5):
         runtime.states["127.0.0.1:1"].breaker.record(False, 0.0)
     assert runtime.pick(balancer, set(), 0.0).address == "127.0.0.1:2"
+
+
+def test_p2c_ewma_on_a_small_set_shares_equal_endpoints_and_skips_the_slow_one() -> None:
+    """Three endpoints, one 10x slower, sequential load: equals share, the slow one starves."""
+    picks = simulate("p2c-ewma", [0.005, 0.005, 0.050], concurrency=1, requests=3000)
+    total = sum(picks.values())
+    assert picks[2] / total < 0.02, picks
+    assert picks[0] / total > 0.3 and picks[1] / total > 0.3, picks
+
+
+def test_p2c_ewma_second_best_is_not_fed_by_a_failing_third() -> None:
+    """A slow endpoint is not chosen just because it was paired with a failing one."""
+    states = _states(3)
+    now = 1.0
+    states[0].observe(0.001, now, failed=False, penalty=FAILURE_PENALTY)
+    states[1].observe(0.010, now, failed=False, penalty=FAILURE_PENALTY)
+    states[2].observe(0.001, now, failed=True, penalty=FAILURE_PENALTY)
+    balancer = P2CEwma(random.Random(5))
+    picks = Counter(states.index(balancer.pick(states, now)) for _ in range(300))
+    assert picks == Counter({0: 300})

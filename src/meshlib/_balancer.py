@@ -8,7 +8,14 @@ never blocks. Weights come from discovery (SRV weight, registry weight).
   (Finagle's and Linkerd's cost). An endpoint with no latency sample yet costs
   the mean of the sampled ones, so it gets a fair first share without a
   stampede; a failure counts as a slow sample (see ``FAILURE_PENALTY``) so an
-  instance failing fast does not look like the fastest.
+  instance failing fast does not look like the fastest. On a small set
+  (``SMALL_SET`` candidates or fewer) two random choices are a poor sample:
+  with three endpoints, one slow and one failing, p2c would still send the
+  slow one a third of the traffic (whenever the pair excludes the best). So
+  there every candidate is priced, and the choice is made at random, by
+  weight, among those within ``NEAR_BEST`` (plus ``NEAR_SLACK``) of the cheapest: equal endpoints
+  share the load, a clearly worse one gets none until its estimate decays
+  and it is probed again.
 - ``least-request``: power of two choices over ``(inflight + 1) / weight``
   (Envoy's ``LEAST_REQUEST``).
 - ``round-robin``: smooth weighted round-robin (nginx's algorithm).
@@ -38,6 +45,12 @@ __all__ = [
 FAILURE_PENALTY = 1.0
 #: cost basis when no endpoint has a latency sample yet
 DEFAULT_RTT = 0.001
+#: p2c-ewma prices every candidate when there are at most this many
+SMALL_SET = 5
+#: on a small set, candidates costing up to this factor of the cheapest ...
+NEAR_BEST = 1.25
+#: ... plus this many seconds are near-equal (sub-millisecond differences are noise)
+NEAR_SLACK = 0.002
 
 
 class Balancer(Protocol):
@@ -110,6 +123,19 @@ class P2CEwma(_PowerOfTwo):
         if rtt is None:
             rtt = default_rtt
         return rtt * (state.inflight + 1) / state.endpoint.weight
+
+    def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
+        if len(candidates) > SMALL_SET or len(candidates) == 1:
+            return super().pick(candidates, now)
+        default = self.default_rtt(candidates, now)
+        costs = [self.cost(state, now, default) for state in candidates]
+        limit = min(costs) * NEAR_BEST + NEAR_SLACK
+        near = [state for state, cost in zip(candidates, costs) if cost <= limit]
+        if len(near) == 1:
+            return near[0]
+        if _uniform_weights(near):
+            return near[self.rng.randrange(len(near))]
+        return self.rng.choices(near, [state.endpoint.weight for state in near])[0]
 
 
 class LeastRequest(_PowerOfTwo):
