@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from meshlib._discovery import DiscoveryFailure, discovery_from_url
@@ -15,7 +16,7 @@ from meshlib._discovery._etcd import EtcdDiscovery, parse_etcd_url
 from meshlib._endpoint import Endpoint
 from meshlib._errors import ConfigError
 from meshlib.etcd import EtcdRegistration
-from servers import Etcd, next_update
+from servers import Etcd, free_port, next_update
 
 PREFIX = "/mesh/users"
 
@@ -185,3 +186,14 @@ def test_registration_validates_its_arguments() -> None:
         EtcdRegistration("etcd://127.0.0.1:2379/mesh", "127.0.0.1", 80, ttl=1)
     with pytest.raises(ConfigError):
         EtcdRegistration("etcd://127.0.0.1:2379/", "127.0.0.1", 80)
+
+
+async def test_registration_needs_a_reachable_etcd() -> None:
+    """register() and aregister() raise httpx errors when etcd is not there."""
+    registration = EtcdRegistration(f"etcd://127.0.0.1:{free_port()}/mesh", "127.0.0.1", 80)
+    with pytest.raises(httpx.ConnectError):
+        registration.register()
+    with pytest.raises(httpx.ConnectError):
+        await registration.aregister()
+    registration.deregister()
+    await registration.aderegister()

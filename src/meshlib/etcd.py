@@ -44,7 +44,7 @@ from ._discovery._file import EntryError, parse_entry
 from ._endpoint import format_address
 from ._errors import ConfigError
 
-__all__ = ["EtcdRegistration"]
+__all__ = ["EtcdError", "EtcdRegistration"]
 
 logger = logging.getLogger("meshlib.etcd")
 
@@ -66,6 +66,12 @@ class EtcdRegistration:
 
     The object is reusable: ``register()`` after ``deregister()`` registers
     again. Use either the sync or the async methods for one registration.
+
+    ``register()`` / ``aregister()`` raise ``httpx.HTTPError`` when etcd cannot
+    be reached and :class:`EtcdError` when it refuses; later keep-alive
+    failures are logged as warnings on ``meshlib.etcd`` and retried, and a lost
+    lease is replaced. ``deregister()`` never raises for an unreachable etcd
+    (the lease then simply expires).
     """
 
     def __init__(self, url: str, host: str, port: int, *, weight: float | None = None,
@@ -106,7 +112,7 @@ class EtcdRegistration:
     def _lease_id(body: dict[str, Any]) -> str:
         lease = body.get("ID")
         if not lease or lease == "0":
-            raise _EtcdCallError(f"etcd granted no lease: {body!r}")
+            raise EtcdError(f"etcd granted no lease: {body!r}")
         return str(lease)
 
     @staticmethod
@@ -147,7 +153,7 @@ class EtcdRegistration:
         try:
             if self.lease is not None:
                 self._call(client, "/v3/lease/revoke", {"ID": self.lease})
-        except (httpx.HTTPError, _EtcdCallError) as exc:
+        except (httpx.HTTPError, EtcdError) as exc:
             logger.warning("could not revoke lease of %s (it expires in %d s): %s",
                            self.key, self.ttl, exc)
         finally:
@@ -171,7 +177,7 @@ class EtcdRegistration:
                 if not self._alive(body):
                     logger.warning("etcd lease of %s was lost; registering again", self.key)
                     self._grant_and_put()
-            except (httpx.HTTPError, _EtcdCallError) as exc:
+            except (httpx.HTTPError, EtcdError) as exc:
                 logger.warning("etcd keep-alive for %s failed: %s", self.key, exc)
 
     def __enter__(self) -> EtcdRegistration:
@@ -213,7 +219,7 @@ class EtcdRegistration:
         try:
             if self.lease is not None:
                 await self._acall(client, "/v3/lease/revoke", {"ID": self.lease})
-        except (httpx.HTTPError, _EtcdCallError) as exc:
+        except (httpx.HTTPError, EtcdError) as exc:
             logger.warning("could not revoke lease of %s (it expires in %d s): %s",
                            self.key, self.ttl, exc)
         finally:
@@ -240,7 +246,7 @@ class EtcdRegistration:
                 if not self._alive(body):
                     logger.warning("etcd lease of %s was lost; registering again", self.key)
                     await self._agrant_and_put()
-            except (httpx.HTTPError, _EtcdCallError) as exc:
+            except (httpx.HTTPError, EtcdError) as exc:
                 logger.warning("etcd keep-alive for %s failed: %s", self.key, exc)
 
     async def __aenter__(self) -> EtcdRegistration:
@@ -252,18 +258,21 @@ class EtcdRegistration:
         await self.aderegister()
 
 
-class _EtcdCallError(Exception):
-    """etcd answered a call with an error."""
+class EtcdError(RuntimeError):
+    """etcd answered a registration call with an error (for example an unknown lease).
+
+    .. versionadded:: 0.1
+    """
 
 
 def _checked(response: httpx.Response) -> dict[str, Any]:
-    """The JSON object of a successful gateway answer; :class:`_EtcdCallError` otherwise."""
+    """The JSON object of a successful gateway answer; :class:`EtcdError` otherwise."""
     try:
         body = response.json()
     except ValueError:
         body = None
     if response.status_code != 200 or not isinstance(body, dict) or "error" in body:
-        raise _EtcdCallError(f"{response.request.url.path} answered HTTP "
+        raise EtcdError(f"{response.request.url.path} answered HTTP "
                              f"{response.status_code}: {response.text[:200]}")
     return body
 
