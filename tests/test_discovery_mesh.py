@@ -1,0 +1,121 @@
+"""Dynamic discovery seen through MeshClient: updates, draining, start-up, bad answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BackendFactory
+
+import meshlib
+from meshlib._backend import Backend
+from meshlib._discovery._file import FileDiscovery
+
+
+@pytest.fixture(autouse=True)
+def _fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FileDiscovery, "POLL_INTERVAL", 0.05)
+
+
+def _write(path: Path, backend: Backend, indexes: list[int]) -> None:
+    entries = [{"host": backend[i].host, "port": backend[i].port} for i in indexes]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries))
+    os.replace(tmp, path)  # atomic rename, as deploy tools do
+
+
+def _wait_for(predicate: object, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _endpoints(client: meshlib.MeshClient | meshlib.AsyncMeshClient) -> set[str]:
+    return {e["endpoint"] for e in client.snapshot()["services"]["svc"]["endpoints"]}
+
+
+def test_client_follows_file_changes(tmp_path: Path, backends: BackendFactory) -> None:
+    """Endpoints added and removed in the file are used and dropped by the client."""
+    b = backends(3)
+    path = tmp_path / "svc.json"
+    _write(path, b, [0])
+    with meshlib.MeshClient(services={"svc": f"file://{path}"}) as client:
+        assert client.get("http://svc/").headers["x-backend"] == b.addresses[0]
+        _write(path, b, [1, 2])
+        assert _wait_for(lambda: _endpoints(client) == {b.addresses[1], b.addresses[2]})
+        b.reset_counts()
+        for _ in range(20):
+            client.get("http://svc/")
+    assert b[0].count == 0
+    assert b[1].count + b[2].count == 20
+
+
+def test_leaving_endpoint_drains_then_its_pool_is_closed(tmp_path: Path,
+                                                          backends: BackendFactory) -> None:
+    """A request in flight to a removed endpoint completes; then its connections close."""
+    b = backends(2, delay_ms=[0, 0])
+    path = tmp_path / "svc.json"
+    _write(path, b, [0])
+    with meshlib.MeshClient(services={"svc": f"file://{path}"}) as client:
+        client.get("http://svc/")
+        runtime = client.mesh_transport.mesh.runtimes["svc"]
+        state = runtime.states[b.addresses[0]]
+        with client.stream("GET", "http://svc/") as streamed:  # holds the endpoint busy
+            _write(path, b, [1])
+            assert _wait_for(lambda: _endpoints(client) == {b.addresses[1]})
+            assert state.retired and state.pool is not None  # still serving the stream
+            assert streamed.read()
+        assert state.pool is None  # closed once the last response was closed
+        assert _wait_for(lambda: b[0].connection_count == 0)
+        assert client.get("http://svc/").headers["x-backend"] == b.addresses[1]
+
+
+def test_garbage_keeps_the_last_good_endpoints(tmp_path: Path, backends: BackendFactory,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A corrupt file is logged once and the last good set keeps serving."""
+    b = backends(1)
+    path = tmp_path / "svc.json"
+    _write(path, b, [0])
+    with meshlib.MeshClient(services={"svc": f"file://{path}"}) as client:
+        client.get("http://svc/")
+        path.write_text("{not json")
+        time.sleep(0.3)
+        for _ in range(5):
+            assert client.get("http://svc/").status_code == 200
+        assert _endpoints(client) == {b.addresses[0]}
+    warnings = [r for r in caplog.records if "failed, keeping" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_first_request_waits_for_discovery_then_raises_no_endpoints(tmp_path: Path) -> None:
+    """A service whose registry has nothing raises NoEndpointsError, nothing hangs."""
+    path = tmp_path / "missing.json"
+    with meshlib.MeshClient(services={"svc": f"file://{path}"}) as client:
+        start = time.monotonic()
+        with pytest.raises(meshlib.NoEndpointsError):
+            client.get("http://svc/")
+        assert time.monotonic() - start < 2.0
+
+
+async def test_async_client_follows_file_changes(tmp_path: Path,
+                                                 backends: BackendFactory) -> None:
+    """AsyncMeshClient runs discovery as a task and follows changes too."""
+    import asyncio
+
+    b = backends(2)
+    path = tmp_path / "svc.json"
+    _write(path, b, [0])
+    async with meshlib.AsyncMeshClient(services={"svc": f"file://{path}"}) as client:
+        assert (await client.get("http://svc/")).headers["x-backend"] == b.addresses[0]
+        _write(path, b, [1])
+        for _ in range(100):
+            if _endpoints(client) == {b.addresses[1]}:
+                break
+            await asyncio.sleep(0.02)
+        assert (await client.get("http://svc/")).headers["x-backend"] == b.addresses[1]
