@@ -130,7 +130,7 @@ class P2CEwma(_PowerOfTwo):
         default = self.default_rtt(candidates, now)
         costs = [self.cost(state, now, default) for state in candidates]
         limit = min(costs) * NEAR_BEST + NEAR_SLACK
-        near = [state for state, cost in zip(candidates, costs) if cost <= limit]
+        near = [state for state, cost in zip(candidates, costs, strict=True) if cost <= limit]
         if len(near) == 1:
             return near[0]
         if _uniform_weights(near):

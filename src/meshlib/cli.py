@@ -63,7 +63,9 @@ async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
             if not watch:
                 return 0
     finally:
-        await updates.aclose()
+        aclose = getattr(updates, "aclose", None)  # async generators have it
+        if aclose is not None:
+            await aclose()
         await discovery.aclose()
 
 
