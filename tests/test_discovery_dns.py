@@ -186,7 +186,7 @@ async def test_ttl_is_honoured_and_changes_are_followed(run: Any) -> None:
         second = await next_update(updates, lambda u: is_set(u) and len(u) == 2, timeout=5)
         elapsed = time.monotonic() - changed_at
     assert addresses(second) == ["127.0.0.1:18081", "127.0.0.1:18082"]
-    assert elapsed < 2.5
+    assert elapsed < 3.0
 
 
 async def test_ttl_below_one_second_is_treated_as_one(run: Any) -> None:
@@ -199,7 +199,7 @@ async def test_ttl_below_one_second_is_treated_as_one(run: Any) -> None:
             assert is_set(await next_update(updates, lambda _: True))
             stamps.append(time.monotonic())
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert all(0.9 <= gap < 1.8 for gap in gaps), gaps
+    assert all(0.9 <= gap < 2.5 for gap in gaps), gaps
 
 
 async def test_nxdomain_is_a_failure_then_recovers(run: Any) -> None:
