@@ -17,6 +17,7 @@ import httpx
 from opentelemetry.trace import Span
 from tenacity import AsyncRetrying, RetryCallState, retry_base, stop_after_attempt
 
+from . import testing
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
 from ._errors import NoEndpointsError
@@ -85,7 +86,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._passthrough_kwargs.pop("cert", None)
         self._passthrough: httpx.AsyncBaseTransport | None = passthrough
         self._closed = False
-        self.sleep = asyncio.sleep
+        self.sleep = testing.asleep
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._dynamic = self.mesh.dynamic
@@ -158,10 +159,11 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             return
         if not await runtime.wait_ready_async(call.remaining(self.clock())):
             if call.remaining(self.clock()) <= 0:
-                raise call.deadline_error(self.clock(), "discovery has not answered")
-            raise NoEndpointsError(
+                raise telemetry.not_sent(
+                    call, call.deadline_error(self.clock(), "discovery has not answered"))
+            raise telemetry.not_sent(call, NoEndpointsError(
                 f"discovery for service {runtime.name!r} has not answered yet",
-                request=call.request)
+                request=call.request))
 
     # -- the request path -------------------------------------------------------------
 
@@ -231,8 +233,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         except BaseException as exc:  # cancelled (a losing hedge, or the caller): count nothing
             state.breaker.release()
             self._release(state)
-            span.record_exception(exc)
-            span.end()
+            telemetry.abort_attempt(span, call, exc)
             raise
         now = self.clock()
         outcome = Outcome(state, response=response)
@@ -291,6 +292,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                        sent=True, final=True)
 
     def _finish(self, call: Call, outcome: Outcome) -> httpx.Response:
+        telemetry.finish(call, outcome)
         response = outcome.response
         if response is None:
             if call.remaining(self.clock()) <= 0.001:

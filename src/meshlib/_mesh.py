@@ -28,7 +28,7 @@ from ._errors import ConfigError
 from ._policy import Policy
 from ._scope import current_overrides
 from ._service import Service, ServiceRuntime
-from ._telemetry import telemetry
+from ._telemetry import register_mesh, telemetry
 
 __all__ = ["Mesh", "ServicesArg"]
 
@@ -65,6 +65,7 @@ class Mesh:
                 on_transition=telemetry.breaker_transition, clock=clock,
             )
         self._scoped: dict[int, tuple[Mapping[str, Any], Policy, Policy]] = {}
+        register_mesh(self)  # for the meshlib.endpoints gauge (weakly held)
 
     def route(self, request: httpx.Request) -> ServiceRuntime | None:
         """The service a request goes to, or ``None`` to pass it through."""

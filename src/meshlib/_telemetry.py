@@ -1,37 +1,107 @@
-"""OpenTelemetry traces and metrics, through opentelemetry-api only.
+"""OpenTelemetry traces, metrics and logs for mesh requests, through opentelemetry-api only.
 
 Without an SDK every call here is a no-op of the API and costs close to
-nothing; attribute work is guarded by ``span.is_recording()``. Instruments
-are created once per process (the API's proxies bind them to whatever
-provider is installed later).
+nothing (about a microsecond per attempt, see ``docs/telemetry.md``):
+attribute work is guarded by ``span.is_recording()`` and instruments are
+created once per process (the API's proxies bind them to whatever provider
+is installed later).
+
+Traces
+    One CLIENT span per attempt (retries and hedges each get their own),
+    named after the method and carrying the HTTP client semantic conventions
+    plus ``meshlib.*`` attributes. Spans are children of the caller's current
+    span, and W3C trace context is injected into each attempt's headers via
+    the global propagator.
+
+    Decisions become span events on the attempt they are about: the verdict
+    on an attempt's outcome (``meshlib.retry`` / ``meshlib.no_retry``) goes
+    on that attempt's span, a hedge (``meshlib.hedge`` / ``meshlib.no_hedge``)
+    on the span of the attempt still in flight, and a request that sent
+    nothing (``meshlib.circuit_open`` / ``meshlib.no_endpoints``) on the last
+    attempt's span, or on the caller's span when there was no attempt. To
+    make that possible, the span of an attempt whose outcome may be retried
+    is *parked* when the attempt ends (its end time is fixed then) and ended
+    once the verdict is in: when the next attempt starts or the logical
+    request finishes.
+
+Metrics
+    ``http.client.request.duration`` (seconds, per attempt), the counters
+    ``meshlib.retries``, ``meshlib.hedges``, ``meshlib.retry_budget.refusals``,
+    ``meshlib.deadline.expiries``, ``meshlib.breaker.transitions`` and
+    ``meshlib.requests.not_sent``, and the observable gauge ``meshlib.endpoints``
+    (endpoints per service and breaker state, across the live clients that
+    :func:`register_mesh` registered).
+
+Logs
+    Under the ``meshlib`` logger: breaker transitions at INFO (discovery
+    changes are logged at INFO by ``meshlib.discovery``); per-request
+    decisions only at DEBUG.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from ._breaker import CLOSED, HALF_OPEN, OPEN
+from ._errors import CircuitOpenError, DeadlineExceeded, NoEndpointsError
 
 if TYPE_CHECKING:
     from ._call import Call, Outcome
     from ._endpoint import EndpointState
+    from ._mesh import Mesh
 
-__all__ = ["Telemetry", "telemetry"]
+__all__ = ["DURATION_BUCKETS", "Telemetry", "register_mesh", "telemetry"]
 
 logger = logging.getLogger("meshlib")
 
-#: the HTTP semantic conventions' advisory buckets for http.client.request.duration
+#: the HTTP semantic conventions' advisory buckets for ``http.client.request.duration``
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )
 
+_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"})
+#: query parameters the semantic conventions say to redact in ``url.full``
+_SECRET_QUERY_KEYS = frozenset({"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"})
+_BREAKER_STATES = (CLOSED, HALF_OPEN, OPEN)
+
+
+class _Trace:
+    """The attempt spans of one logical request, kept only while tracing records.
+
+    ``open``: spans of attempts in flight, oldest first. ``parked``: spans of
+    finished attempts awaiting a verdict, with their end time (ns).
+    """
+
+    __slots__ = ("__weakref__", "open", "parked")
+
+    def __init__(self) -> None:
+        self.open: list[Span] = []
+        self.parked: list[tuple[Span, int]] = []
+
+    def take_parked(self) -> list[tuple[Span, int]]:
+        parked, self.parked = self.parked, []
+        return parked
+
+    def __del__(self) -> None:
+        # a request abandoned between attempts (e.g. cancelled during backoff)
+        with contextlib.suppress(Exception):
+            _end_all(self.take_parked())
+
 
 class Telemetry:
-    """Spans and metrics for mesh attempts and decisions."""
+    """Spans, metrics and logs for mesh attempts and decisions (one per process)."""
 
     def __init__(self) -> None:
         self.tracer = trace.get_tracer("meshlib")
@@ -47,50 +117,95 @@ class Telemetry:
             "meshlib.hedges", unit="{hedge}", description="Hedged attempts sent.")
         self.budget_refusals = meter.create_counter(
             "meshlib.retry_budget.refusals", unit="{refusal}",
-            description="Extra attempts refused because the retry budget was empty.")
+            description="Retries and hedges refused because the retry budget was empty.")
         self.deadline_expiries = meter.create_counter(
             "meshlib.deadline.expiries", unit="{request}",
             description="Logical requests that ended because their deadline passed.")
         self.breaker_transitions = meter.create_counter(
             "meshlib.breaker.transitions", unit="{transition}",
             description="Circuit breaker state changes.")
+        self.not_sent_requests = meter.create_counter(
+            "meshlib.requests.not_sent", unit="{request}",
+            description="Logical requests that failed fast with nothing sent "
+                        "(every breaker open, no endpoints).")
+        self.endpoints = meter.create_observable_gauge(
+            "meshlib.endpoints", callbacks=[_observe_endpoints], unit="{endpoint}",
+            description="Endpoints known per service, by circuit breaker state.")
+        self._traces: weakref.WeakKeyDictionary[httpx.Request, _Trace] = (
+            weakref.WeakKeyDictionary())
+        self._lock = threading.Lock()
+        self._tracing = False
+
+    # -- attempts ---------------------------------------------------------------------
 
     def start_attempt(self, call: Call, state: EndpointState, request: httpx.Request, *,
-                      hedge: bool = False) -> trace.Span:
-        """Open the CLIENT span of one attempt and inject trace context into its headers."""
-        span = self.tracer.start_span(request.method, kind=SpanKind.CLIENT)
-        if span.is_recording():
-            endpoint = state.endpoint
-            span.set_attribute("http.request.method", request.method)
-            span.set_attribute("url.full", _redacted(request.url))
-            span.set_attribute("server.address", call.runtime.name)
-            span.set_attribute("server.port", request.url.port or (
-                443 if request.url.scheme == "https" else 80))
-            span.set_attribute("network.peer.address", endpoint.host)
-            span.set_attribute("network.peer.port", endpoint.port)
-            span.set_attribute("meshlib.service", call.runtime.name)
-            span.set_attribute("meshlib.endpoint", state.address)
-            span.set_attribute("meshlib.balancer", call.policy.balancer)
+                      hedge: bool = False) -> Span:
+        """Open the CLIENT span of one attempt and inject trace context into its headers.
+
+        Call after ``call.begin()`` (so ``call.attempts`` counts this attempt).
+        """
+        if not self._tracing:
+            self._tracing = _tracing_installed()
+        if not self._tracing:
+            # no provider: a non-recording span that carries the caller's context, if any
+            span = self.tracer.start_span(request.method, kind=SpanKind.CLIENT)
+        else:
+            method = request.method
+            known = method in _KNOWN_METHODS
+            url = request.url
+            attributes: dict[str, Any] = {
+                "http.request.method": method if known else "_OTHER",
+                "url.full": _redacted(url),
+                "server.address": call.runtime.name,
+                "server.port": url.port or (443 if url.scheme == "https" else 80),
+                "network.peer.address": state.endpoint.host,
+                "network.peer.port": state.endpoint.port,
+                "meshlib.service": call.runtime.name,
+                "meshlib.endpoint": state.address,
+                "meshlib.balancer": call.policy.balancer,
+            }
+            if not known:
+                attributes["http.request.method_original"] = method
             if call.attempts > 1:
-                span.set_attribute("http.request.resend_count", call.attempts - 1)
+                attributes["http.request.resend_count"] = call.attempts - 1
             if hedge:
-                span.set_attribute("meshlib.hedge", True)
-        ctx = trace.set_span_in_context(span) if span.is_recording() else otel_context.get_current()
-        propagate.inject(request.headers, context=ctx)
+                attributes["meshlib.hedge"] = True
+            span = self.tracer.start_span(method if known else "HTTP", kind=SpanKind.CLIENT,
+                                          attributes=attributes)
+        propagate.inject(request.headers, context=trace.set_span_in_context(span))
+        if span.is_recording():
+            with self._lock:
+                record = self._traces.get(call.request)
+                if record is None:
+                    record = self._traces[call.request] = _Trace()
+                parked = record.take_parked()  # the verdicts on earlier attempts are in
+                record.open.append(span)
+            _end_all(parked)
+            if call.attempts == 1 and call.policy.hedge is not None and not hedge:
+                self._why_no_hedge(call, span)
         return span
 
-    def end_attempt(self, span: trace.Span, call: Call, outcome: Outcome, latency: float) -> None:
-        """Close an attempt's span and record its duration."""
+    def end_attempt(self, span: Span, call: Call, outcome: Outcome, latency: float) -> None:
+        """Close an attempt: record its duration, status and error on the span.
+
+        A span whose outcome may still be retried is parked (end time fixed
+        now) so that the verdict can be added to it as an event.
+        """
         request = call.request
-        status = outcome.response.status_code if outcome.response is not None else None
-        error_type = None
+        response = outcome.response
+        status = response.status_code if response is not None else None
         if outcome.error is not None:
-            error_type = type(outcome.error).__name__
-        elif status is not None and status >= 500:
+            error_type: str | None = _error_type(outcome.error)
+        elif status is not None and status >= 400:
             error_type = str(status)
+        else:
+            error_type = None
+        url = request.url
         attributes: dict[str, Any] = {
             "http.request.method": request.method,
             "server.address": call.runtime.name,
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            "url.scheme": url.scheme,
             "meshlib.service": call.runtime.name,
         }
         if status is not None:
@@ -98,22 +213,67 @@ class Telemetry:
         if error_type is not None:
             attributes["error.type"] = error_type
         self.duration.record(latency, attributes)
-        if span.is_recording():
-            if status is not None:
-                span.set_attribute("http.response.status_code", status)
-            if error_type is not None:
-                span.set_attribute("error.type", error_type)
-                span.set_status(Status(StatusCode.ERROR, error_type))
+        if not span.is_recording():
+            span.end()
+            return
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+            if response is not None and response.http_version:
+                span.set_attribute("network.protocol.version",
+                                   response.http_version.removeprefix("HTTP/"))
+        if error_type is not None:
+            span.set_attribute("error.type", error_type)
+            if outcome.error is not None:
+                span.record_exception(outcome.error)
+                span.set_status(Status(StatusCode.ERROR, str(outcome.error)))
+            else:
+                span.set_status(Status(StatusCode.ERROR))
+        park = call.wants_retry(outcome)
+        with self._lock:
+            record = self._traces.get(call.request)
+            if record is not None:
+                _discard(record.open, span)
+                if park:
+                    record.parked.append((span, time.time_ns()))
+                    return
         span.end()
 
-    def decision(self, call: Call, name: str, reason: str, **attributes: Any) -> None:
-        """Record why an attempt was (or was not) retried or hedged, as a span event."""
-        span = trace.get_current_span()
-        call.events.append((name, {"reason": reason, **attributes}))
+    def abort_attempt(self, span: Span, call: Call, error: BaseException) -> None:
+        """Close the span of an attempt that ended without an outcome (cancelled, interrupted)."""
         if span.is_recording():
-            span.add_event(f"meshlib.{name}", {"meshlib.reason": reason,
-                                                "meshlib.service": call.runtime.name,
-                                                **attributes})
+            with self._lock:
+                record = self._traces.get(call.request)
+                if record is not None:
+                    _discard(record.open, span)
+            if isinstance(error, Exception):
+                span.set_attribute("error.type", _error_type(error))
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+            else:  # CancelledError: a losing hedge, or the caller gave up
+                span.add_event("meshlib.cancelled", {"meshlib.reason": type(error).__name__})
+        span.end()
+
+    def finish(self, call: Call, outcome: Outcome) -> None:
+        """The logical request is over: end parked spans; note a request that sent nothing."""
+        error = outcome.error
+        if error is not None and not outcome.sent and isinstance(
+                error, (CircuitOpenError, NoEndpointsError)):
+            self.not_sent(call, error)
+        with self._lock:
+            record = self._traces.pop(call.request, None)
+        if record is not None:
+            _end_all(record.take_parked())
+
+    # -- decisions --------------------------------------------------------------------
+
+    def decision(self, call: Call, name: str, reason: str, **attributes: Any) -> None:
+        """Record why a request was (or was not) retried or hedged.
+
+        ``name`` is ``retry``, ``no_retry``, ``hedge`` or ``no_hedge``. The
+        event goes on the attempt it is about (see the module docstring);
+        the counters for retries, hedges and budget refusals move here.
+        """
+        call.events.append((name, {"reason": reason, **attributes}))
         labels = {"meshlib.service": call.runtime.name}
         if name == "retry":
             self.retries.add(1, labels)
@@ -121,22 +281,148 @@ class Telemetry:
             self.hedges.add(1, labels)
         elif "budget" in reason:
             self.budget_refusals.add(1, labels)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s (attempt %d): %s: %s %s", call.request.method, call.request.url,
+                         call.attempts, name, reason, attributes or "")
+        span = self._decision_span(call, hedging=name in ("hedge", "no_hedge"))
+        if span is not None:
+            event: dict[str, Any] = {"meshlib.reason": reason,
+                                     "meshlib.service": call.runtime.name}
+            for key, value in attributes.items():
+                event[key if "." in key else f"meshlib.{key}"] = value
+            span.add_event(f"meshlib.{name}", event)
+
+    def not_sent(self, call: Call, error: BaseException) -> BaseException:
+        """Record a logical request that ends with nothing sent; return ``error`` to raise.
+
+        Counts ``meshlib.requests.not_sent`` (or a deadline expiry) and adds a
+        ``meshlib.circuit_open`` / ``meshlib.no_endpoints`` /
+        ``meshlib.deadline_exceeded`` event.
+        """
+        labels = {"meshlib.service": call.runtime.name, "error.type": _error_type(error)}
+        if isinstance(error, DeadlineExceeded):
+            name = "deadline_exceeded"
+            self.deadline_expiries.add(1, {"meshlib.service": call.runtime.name})
+        else:
+            name = "circuit_open" if isinstance(error, CircuitOpenError) else "no_endpoints"
+            self.not_sent_requests.add(1, labels)
+        logger.debug("%s %s: nothing sent: %s", call.request.method, call.request.url, error)
+        span = self._decision_span(call, hedging=False)
+        if span is not None:
+            span.add_event(f"meshlib.{name}", {"meshlib.reason": str(error), **labels})
+        return error
 
     def deadline_expired(self, call: Call) -> None:
         """Count a logical request that ended on its deadline."""
         self.deadline_expiries.add(1, {"meshlib.service": call.runtime.name})
 
     def breaker_transition(self, service: str, endpoint: str, old: str, new: str) -> None:
-        """Log and count a breaker state change."""
+        """Log (INFO) and count a breaker state change; add an event to the current span."""
         logger.info("circuit breaker of %s endpoint %s: %s -> %s", service, endpoint, old, new)
-        self.breaker_transitions.add(1, {"meshlib.service": service, "meshlib.from": old,
-                                         "meshlib.to": new})
+        attributes = {"meshlib.service": service, "meshlib.breaker.from": old,
+                      "meshlib.breaker.to": new}
+        self.breaker_transitions.add(1, attributes)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event("meshlib.breaker_transition",
+                           {**attributes, "meshlib.endpoint": endpoint})
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _decision_span(self, call: Call, *, hedging: bool) -> Span | None:
+        """The span a decision belongs on: the judged attempt, the one in flight, or the
+        caller's."""
+        if self._tracing:
+            with self._lock:
+                record = self._traces.get(call.request)
+                if record is not None:
+                    if hedging and record.open:
+                        return record.open[0]
+                    if record.parked:
+                        return record.parked[-1][0]
+                    if record.open:
+                        return record.open[0]
+        span = trace.get_current_span()
+        return span if span.is_recording() else None
+
+    def _why_no_hedge(self, call: Call, span: Span) -> None:
+        """On the first attempt of a request whose policy hedges: say why it will not be."""
+        if call.can_hedge():
+            return
+        if not call.idempotent:
+            reason = "not idempotent"
+        elif not call.replayable:
+            reason = "request body is a stream that cannot be replayed"
+        else:
+            reason = "only one endpoint"
+        call.events.append(("no_hedge", {"reason": reason}))
+        span.add_event("meshlib.no_hedge", {"meshlib.reason": reason,
+                                            "meshlib.service": call.runtime.name})
+
+
+def _tracing_installed() -> bool:
+    """Whether a real tracer provider is installed (once set, it stays)."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+def _end_all(parked: list[tuple[Span, int]]) -> None:
+    for span, end_time in parked:
+        span.end(end_time=end_time)
+
+
+def _discard(spans: list[Span], span: Span) -> None:
+    for i, item in enumerate(spans):
+        if item is span:
+            del spans[i]
+            return
+
+
+def _error_type(error: BaseException) -> str:
+    """The semantic conventions' ``error.type`` of an exception: its qualified class name."""
+    cls = type(error)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 def _redacted(url: httpx.URL) -> str:
+    """``url.full`` with credentials and signature query parameters replaced by ``REDACTED``."""
     if url.userinfo:
-        return str(url.copy_with(username="REDACTED", password="REDACTED"))
+        url = url.copy_with(username="REDACTED", password="REDACTED")
+    if url.query and any(key in _SECRET_QUERY_KEYS for key in url.params):
+        params = [(k, "REDACTED" if k in _SECRET_QUERY_KEYS else v)
+                  for k, v in url.params.multi_items()]
+        url = url.copy_with(params=params)
     return str(url)
+
+
+# -- the endpoints gauge: a weak registry of live meshes --------------------------------
+
+_meshes: weakref.WeakSet[Mesh] = weakref.WeakSet()
+_meshes_lock = threading.Lock()
+
+
+def register_mesh(mesh: Mesh) -> None:
+    """Let the ``meshlib.endpoints`` gauge observe ``mesh`` for as long as it lives."""
+    with _meshes_lock:
+        _meshes.add(mesh)
+
+
+def _observe_endpoints(options: CallbackOptions) -> Iterable[Observation]:
+    """Endpoints per (service, breaker state), summed over the registered meshes."""
+    with _meshes_lock:
+        meshes = list(_meshes)
+    counts: dict[tuple[str, str], int] = {}
+    for mesh in meshes:
+        now = mesh.clock()
+        for runtime in list(mesh.runtimes.values()):
+            for state_name in _BREAKER_STATES:
+                counts.setdefault((runtime.name, state_name), 0)
+            for state in list(runtime.states.values()):
+                key = (runtime.name, state.breaker.state(now))
+                counts[key] = counts.get(key, 0) + 1
+    return [Observation(n, {"meshlib.service": service, "meshlib.breaker.state": state})
+            for (service, state), n in counts.items()]
 
 
 telemetry = Telemetry()

@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import threading
-import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -19,6 +18,7 @@ import httpx
 from opentelemetry.trace import Span
 from tenacity import RetryCallState, Retrying, retry_base, stop_after_attempt
 
+from . import testing
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
 from ._errors import NoEndpointsError
@@ -107,7 +107,7 @@ class MeshTransport(httpx.BaseTransport):
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
-        self.sleep = time.sleep
+        self.sleep = testing.sleep
         self._discovery = _DiscoveryThread(self) if self.mesh.dynamic else None
 
     # -- httpx transport API ------------------------------------------------------------
@@ -156,10 +156,11 @@ class MeshTransport(httpx.BaseTransport):
         left = call.remaining(self.clock())
         if not runtime.wait_ready(left):
             if call.remaining(self.clock()) <= 0:
-                raise call.deadline_error(self.clock(), "discovery has not answered")
-            raise NoEndpointsError(
+                raise telemetry.not_sent(
+                    call, call.deadline_error(self.clock(), "discovery has not answered"))
+            raise telemetry.not_sent(call, NoEndpointsError(
                 f"discovery for service {runtime.name!r} has not answered yet",
-                request=call.request)
+                request=call.request))
 
     def _retry(self, call: Call, first: Outcome, attempt: Any) -> Outcome:
         pending = [first]
@@ -223,8 +224,7 @@ class MeshTransport(httpx.BaseTransport):
         except BaseException as exc:
             state.breaker.release()
             self._release(state)
-            span.record_exception(exc)
-            span.end()
+            telemetry.abort_attempt(span, call, exc)
             raise
         now = self.clock()
         outcome = Outcome(state, response=response)
@@ -303,6 +303,7 @@ class MeshTransport(httpx.BaseTransport):
             future.add_done_callback(_close_outcome)
 
     def _finish(self, call: Call, outcome: Outcome) -> httpx.Response:
+        telemetry.finish(call, outcome)
         response = outcome.response
         if response is None:
             if call.remaining(self.clock()) <= 0.001:
@@ -344,7 +345,7 @@ class MeshTransport(httpx.BaseTransport):
             with self._lock:
                 if self._executor is None:
                     self._executor = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=16, thread_name_prefix="meshlib-hedge")
+                        max_workers=64, thread_name_prefix="meshlib-hedge")
                 executor = self._executor
         return executor
 
