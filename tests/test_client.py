@@ -13,9 +13,8 @@ import pytest
 import respx
 
 import meshlib
-from meshlib._backend import Backend
-
 from conftest import BackendFactory
+from meshlib._backend import Backend
 
 
 def _body(response: httpx.Response) -> dict[str, Any]:

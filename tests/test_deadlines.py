@@ -7,9 +7,9 @@ import time
 
 import httpx
 import pytest
-from conftest import BackendFactory
 
 import meshlib
+from conftest import BackendFactory
 from meshlib import Backoff, Breaker, Policy
 
 FAST = Policy(backoff=Backoff(base=0.001, max=0.005))
@@ -18,10 +18,9 @@ FAST = Policy(backoff=Backoff(base=0.001, max=0.005))
 def test_expired_deadline_raises_without_sending(backends: BackendFactory) -> None:
     """Inside an expired meshlib.deadline nothing is sent and DeadlineExceeded is raised."""
     b = backends(1)
-    with meshlib.MeshClient(services={"svc": b.static_url}) as client:
-        with meshlib.deadline(0):
-            with pytest.raises(meshlib.DeadlineExceeded):
-                client.get("http://svc/")
+    with meshlib.MeshClient(services={"svc": b.static_url}) as client, meshlib.deadline(0):
+        with pytest.raises(meshlib.DeadlineExceeded):
+            client.get("http://svc/")
     assert b.count == 0
 
 
@@ -63,9 +62,8 @@ def test_attempt_timeout_bounds_each_attempt_and_retries_elsewhere(
 def test_scoped_deadline_is_stricter_than_the_policy(backends: BackendFactory) -> None:
     """meshlib.deadline(0.2) beats Policy.timeout=10 and shows in x-mesh-timeout-ms."""
     b = backends(1)
-    with meshlib.MeshClient(services={"svc": b.static_url}) as client:
-        with meshlib.deadline(0.2):
-            response = client.get("http://svc/")
+    with meshlib.MeshClient(services={"svc": b.static_url}) as client, meshlib.deadline(0.2):
+        response = client.get("http://svc/")
     left = int(response.json()["headers"]["x-mesh-timeout-ms"])
     assert 0 < left <= 200
 

@@ -6,9 +6,9 @@ import asyncio
 import time
 
 import pytest
-from conftest import BackendFactory
 
 import meshlib
+from conftest import BackendFactory
 from meshlib import Backoff, Breaker, Hedge, Policy
 
 FAST = Policy(backoff=Backoff(base=0.001, max=0.005), breaker=Breaker(failures=10**6))

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import BackendFactory
 
 import meshlib
+from conftest import BackendFactory
 from meshlib import Backoff, Breaker, Policy, RetryBudget
 
 FAST = Policy(backoff=Backoff(base=0.001, max=0.005))
