@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BackendFactory
 
 import meshlib
+from conftest import BackendFactory
 from meshlib._backend import Backend
 from meshlib._discovery._file import FileDiscovery
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import BackendFactory
-from servers import Dnsmasq
 
 import meshlib
+from conftest import BackendFactory
+from servers import Dnsmasq
 
 SRV = "_http._tcp.svc.mesh.test"
 
