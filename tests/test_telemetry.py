@@ -10,6 +10,8 @@ name, so spans and metric points are told apart by ``meshlib.service``.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -360,3 +362,36 @@ def test_url_full_redacts_credentials_and_signatures() -> None:
     url = httpx.URL("https://me:secret@users/x?sig=abc&page=2")
     assert _redacted(url) == "https://REDACTED:REDACTED@users/x?sig=REDACTED&page=2"
     assert _redacted(httpx.URL("http://users/x?page=2")) == "http://users/x?page=2"
+
+
+NO_SDK_SCRIPT = """
+import httpx
+from opentelemetry import context, propagate, trace
+import meshlib
+from meshlib._backend import Backend
+
+backend = Backend(1).start()
+try:
+    with meshlib.MeshClient(services={"svc": backend.static_url}) as client:
+        client.get("http://svc/")
+        assert "traceparent" not in backend[0].last_request.headers
+        incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        token = context.attach(propagate.extract({"traceparent": incoming}))
+        try:
+            client.get("http://svc/")
+        finally:
+            context.detach(token)
+        assert backend[0].last_request.headers["traceparent"] == incoming
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+finally:
+    backend.stop()
+print("ok")
+"""
+
+
+def test_without_an_sdk_trace_context_passes_through() -> None:
+    """No SDK: nothing is injected without a context; an incoming trace context is forwarded."""
+    proc = subprocess.run([sys.executable, "-c", NO_SDK_SCRIPT], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -49,6 +49,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -135,6 +136,7 @@ class Telemetry:
             weakref.WeakKeyDictionary())
         self._lock = threading.Lock()
         self._tracing = False
+        self._next_check = 0.0
 
     # -- attempts ---------------------------------------------------------------------
 
@@ -145,9 +147,12 @@ class Telemetry:
         Call after ``call.begin()`` (so ``call.attempts`` counts this attempt).
         """
         if not self._tracing:
-            self._tracing = _tracing_installed()
+            now = time.monotonic()
+            if now >= self._next_check:  # a provider may be installed later: look now and then
+                self._next_check = now + 1.0
+                self._tracing = _tracing_installed()
         if not self._tracing:
-            # no provider: a non-recording span that carries the caller's context, if any
+            # no provider (yet): a non-recording span that carries the caller's context, if any
             span = self.tracer.start_span(request.method, kind=SpanKind.CLIENT)
         else:
             method = request.method
@@ -172,8 +177,14 @@ class Telemetry:
                 attributes["meshlib.hedge"] = True
             span = self.tracer.start_span(method if known else "HTTP", kind=SpanKind.CLIENT,
                                           attributes=attributes)
-        propagate.inject(request.headers, context=trace.set_span_in_context(span))
+        if span.get_span_context().is_valid:
+            propagate.inject(request.headers, context=trace.set_span_in_context(span))
+        else:  # no span to propagate: only what the caller's context holds (baggage), if any
+            current = otel_context.get_current()
+            if current:
+                propagate.inject(request.headers, context=current)
         if span.is_recording():
+            self._tracing = True
             with self._lock:
                 record = self._traces.get(call.request)
                 if record is None:
