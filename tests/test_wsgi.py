@@ -137,7 +137,7 @@ def test_stream_without_header_has_no_deadline(served: tuple[str, Backend]) -> N
 def test_grpc_timeout_header(served: tuple[str, Backend], value: str, upper_ms: float) -> None:
     url, _ = served
     data = httpx.get(f"{url}/call", headers={"grpc-timeout": value}, timeout=5).json()
-    assert upper_ms * 0.5 < data["left_ms"] <= upper_ms
+    assert 0 < data["left_ms"] <= upper_ms
     assert 0 < int(data["downstream_ms"]) <= upper_ms
 
 
