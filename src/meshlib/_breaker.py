@@ -115,6 +115,8 @@ class EndpointBreaker:
                 self._cb.half_open()
         elif self._state == OPEN:
             return  # an attempt admitted before the breaker opened: already counted
+        elif success and self._state == CLOSED and self._cb.fail_counter == 0:
+            return  # nothing would change: skip pybreaker's lock on the common path
         with contextlib.suppress(_AttemptFailed, pybreaker.CircuitBreakerError):
             self._cb.call(_succeed if success else _fail)
 

@@ -86,8 +86,7 @@ class Call:
         self.base_timeouts: dict[str, float | None] = {
             key: timeouts.get(key) for key in _TIMEOUT_KEYS
         }
-        self._waits = wait_random_exponential(multiplier=policy.backoff.base,
-                                              max=policy.backoff.max)
+        self._waits: wait_random_exponential | None = None  # built on the first retry
 
     # -- time ---------------------------------------------------------------------
 
@@ -207,6 +206,9 @@ class Call:
     def _backoff(self, retry_state: RetryCallState | None) -> float:
         if retry_state is None:
             return 0.0
+        if self._waits is None:
+            backoff = self.policy.backoff
+            self._waits = wait_random_exponential(multiplier=backoff.base, max=backoff.max)
         return float(self._waits(retry_state))
 
     def best_estimate(self, now: float) -> float | None:

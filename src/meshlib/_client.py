@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,9 +23,19 @@ def _transport_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in _TRANSPORT_ARGS if k in kwargs}
 
 
-def _service_mounts(names: Any, transport: Any) -> dict[str, Any]:
-    # service hosts are mounted explicitly so a proxy from the environment never captures them
-    return {f"all://{name}": transport for name in names}
+def _service_mounts(names: Any, transport: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Mounts that keep service hosts away from proxies (a proxy must never capture them).
+
+    Only needed when a proxy or other mounts are in play: httpx matches every
+    mount pattern on every request, so none are added otherwise.
+    """
+    mounts = dict(kwargs.pop("mounts", None) or {})
+    proxied = kwargs.get("proxy") is not None or (
+        kwargs.get("trust_env", True) and urllib.request.getproxies()
+    )
+    if mounts or proxied:
+        mounts.update({f"all://{name}": transport for name in names})
+    return mounts
 
 
 class MeshClient(httpx.Client):
@@ -46,8 +57,7 @@ class MeshClient(httpx.Client):
         self.mesh_transport = MeshTransport(services=services, policy=policy, environ=environ,
                                             passthrough=user_transport,
                                             **_transport_kwargs(kwargs))
-        mounts = dict(kwargs.pop("mounts", None) or {})
-        mounts.update(_service_mounts(self.mesh_transport.mesh.runtimes, self.mesh_transport))
+        mounts = _service_mounts(self.mesh_transport.mesh.runtimes, self.mesh_transport, kwargs)
         try:
             super().__init__(transport=self.mesh_transport, mounts=mounts, **kwargs)
         except BaseException:
@@ -73,8 +83,7 @@ class AsyncMeshClient(httpx.AsyncClient):
         self.mesh_transport = AsyncMeshTransport(services=services, policy=policy,
                                                  environ=environ, passthrough=user_transport,
                                                  **_transport_kwargs(kwargs))
-        mounts = dict(kwargs.pop("mounts", None) or {})
-        mounts.update(_service_mounts(self.mesh_transport.mesh.runtimes, self.mesh_transport))
+        mounts = _service_mounts(self.mesh_transport.mesh.runtimes, self.mesh_transport, kwargs)
         super().__init__(transport=self.mesh_transport, mounts=mounts, **kwargs)
 
     def snapshot(self) -> dict[str, Any]:
