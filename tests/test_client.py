@@ -211,3 +211,14 @@ def test_ipv6_endpoints(backends: BackendFactory) -> None:
     with meshlib.MeshClient(services={"users": b.static_url}) as client:
         response = client.get("http://users/")
     assert response.extensions["meshlib"]["endpoint"].startswith("[::1]:")
+
+
+def test_a_proxy_from_the_environment_never_captures_service_hosts(
+        monkeypatch: pytest.MonkeyPatch, backends: BackendFactory) -> None:
+    """With HTTP_PROXY set, service requests still go straight to their endpoints."""
+    b = backends(1)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    with meshlib.MeshClient(services={"users": b.static_url}) as client:
+        response = client.get("http://users/")
+    assert response.extensions["meshlib"]["endpoint"] == b.addresses[0]
