@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from meshlib._scope import time_left
+from meshlib import time_left
 from meshlib.asgi import MeshMiddleware
 
 

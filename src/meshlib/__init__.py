@@ -13,7 +13,7 @@ from ._client import AsyncMeshClient, MeshClient
 from ._endpoint import Endpoint
 from ._errors import CircuitOpenError, ConfigError, DeadlineExceeded, MeshError, NoEndpointsError
 from ._policy import Backoff, Breaker, Hedge, Policy, RetryBudget
-from ._scope import deadline, policy
+from ._scope import current_deadline, deadline, policy, time_left
 from ._service import Service
 from ._transport import MeshTransport
 
@@ -37,8 +37,10 @@ __all__ = [
     "RetryBudget",
     "Service",
     "__version__",
+    "current_deadline",
     "deadline",
     "policy",
+    "time_left",
 ]
 
 for _name in ("MeshTransport", "AsyncMeshTransport"):
