@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import meshlib
 from conftest import BackendFactory
 from meshlib import Backoff, Breaker, Hedge, Policy, RetryBudget
-from meshlib._telemetry import DURATION_BUCKETS, _redacted
+from meshlib._telemetry import DURATION_BUCKETS, _redacted, telemetry
 
 EXPORTER = InMemorySpanExporter()
 TRACER_PROVIDER = TracerProvider()
@@ -134,6 +134,7 @@ def test_retried_request_yields_one_client_span_per_attempt(backends: BackendFac
     assert (first.attributes or {})["error.type"] == "503"
     assert first.status.status_code is StatusCode.ERROR
     assert (second.attributes or {})["http.response.status_code"] == 200
+    assert (second.attributes or {})["network.protocol.version"] == "1.1"
     assert "error.type" not in (second.attributes or {})
     assert second.status.status_code is StatusCode.UNSET
     # the verdict on the 503 is an event on the span of the attempt that got it
@@ -395,3 +396,17 @@ def test_without_an_sdk_trace_context_passes_through() -> None:
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_provider_installed_after_the_last_look_still_gets_full_spans(
+        backends: BackendFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A provider set between two provider checks: the first spans still get every attribute."""
+    monkeypatch.setattr(telemetry, "_tracing", False)
+    monkeypatch.setattr(telemetry, "_next_check", time.monotonic() + 3600.0)
+    b = backends(1)
+    with meshlib.MeshClient(services={"tel-late": b.static_url}) as client:
+        client.get("http://tel-late/")
+    (span,) = _spans("tel-late", wait_for=1)
+    assert span.name == "GET"
+    assert (span.attributes or {})["server.address"] == "tel-late"
+    assert (span.attributes or {})["http.response.status_code"] == 200

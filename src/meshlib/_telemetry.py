@@ -154,29 +154,13 @@ class Telemetry:
         if not self._tracing:
             # no provider (yet): a non-recording span that carries the caller's context, if any
             span = self.tracer.start_span(request.method, kind=SpanKind.CLIENT)
+            if span.is_recording():  # a provider was installed since the last look
+                name, attributes = _attempt_attributes(call, state, request, hedge)
+                span.update_name(name)
+                span.set_attributes(attributes)
         else:
-            method = request.method
-            known = method in _KNOWN_METHODS
-            url = request.url
-            attributes: dict[str, Any] = {
-                "http.request.method": method if known else "_OTHER",
-                "url.full": _redacted(url),
-                "server.address": call.runtime.name,
-                "server.port": url.port or (443 if url.scheme == "https" else 80),
-                "network.peer.address": state.endpoint.host,
-                "network.peer.port": state.endpoint.port,
-                "meshlib.service": call.runtime.name,
-                "meshlib.endpoint": state.address,
-                "meshlib.balancer": call.policy.balancer,
-            }
-            if not known:
-                attributes["http.request.method_original"] = method
-            if call.attempts > 1:
-                attributes["http.request.resend_count"] = call.attempts - 1
-            if hedge:
-                attributes["meshlib.hedge"] = True
-            span = self.tracer.start_span(method if known else "HTTP", kind=SpanKind.CLIENT,
-                                          attributes=attributes)
+            name, attributes = _attempt_attributes(call, state, request, hedge)
+            span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         if span.get_span_context().is_valid:
             propagate.inject(request.headers, context=trace.set_span_in_context(span))
         else:  # no span to propagate: only what the caller's context holds (baggage), if any
@@ -369,6 +353,32 @@ class Telemetry:
         call.events.append(("no_hedge", {"reason": reason}))
         span.add_event("meshlib.no_hedge", {"meshlib.reason": reason,
                                             "meshlib.service": call.runtime.name})
+
+
+def _attempt_attributes(call: Call, state: EndpointState, request: httpx.Request,
+                        hedge: bool) -> tuple[str, dict[str, Any]]:
+    """An attempt span's name and its attributes (HTTP client semantic conventions)."""
+    method = request.method
+    known = method in _KNOWN_METHODS
+    url = request.url
+    attributes: dict[str, Any] = {
+        "http.request.method": method if known else "_OTHER",
+        "url.full": _redacted(url),
+        "server.address": call.runtime.name,
+        "server.port": url.port or (443 if url.scheme == "https" else 80),
+        "network.peer.address": state.endpoint.host,
+        "network.peer.port": state.endpoint.port,
+        "meshlib.service": call.runtime.name,
+        "meshlib.endpoint": state.address,
+        "meshlib.balancer": call.policy.balancer,
+    }
+    if not known:
+        attributes["http.request.method_original"] = method
+    if call.attempts > 1:
+        attributes["http.request.resend_count"] = call.attempts - 1
+    if hedge:
+        attributes["meshlib.hedge"] = True
+    return (method if known else "HTTP"), attributes
 
 
 def _tracing_installed() -> bool:
