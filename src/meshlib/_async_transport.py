@@ -14,14 +14,23 @@ from functools import partial
 from typing import Any
 
 import httpx
-from opentelemetry.trace import Span
 from tenacity import AsyncRetrying, RetryCallState, retry_base, stop_after_attempt
 
 from . import testing
+from ._attempts import (
+    STOP,
+    HedgeRace,
+    Launch,
+    aborted,
+    answered,
+    failed,
+    finish,
+    launch,
+    pick,
+    undiscovered,
+)
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
-from ._errors import NoEndpointsError
-from ._gate import sent_before_failure
 from ._mesh import Mesh, ServicesArg
 from ._policy import Policy
 from ._pool import AsyncEndpointPool, PoolSettings
@@ -101,15 +110,18 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             return await self._passthrough_transport().handle_async_request(request)
         if self._dynamic:
             self._ensure_discovery()
-        call = Call(runtime, self.mesh.policy_for(runtime), request, self.clock())
-        await self._await_discovery(call)
-        runtime.budget.deposit(self.clock())
-        await self._retire(runtime.check_due(self.clock()))
+        now = self.clock()
+        call = Call(runtime, self.mesh.policy_for(runtime), request, now)
+        if not runtime.ready.is_set() and not await runtime.wait_ready_async(
+                call.remaining(now)):
+            raise undiscovered(call, self.clock())
+        runtime.budget.deposit(now)
+        await self._retire(runtime.check_due(now))
         attempt = self._hedged_attempt if call.can_hedge() else self._attempt
         outcome = await attempt(call)
         if call.wants_retry(outcome):
             outcome = await self._retry(call, outcome, attempt)
-        return self._finish(call, outcome)
+        return finish(call, outcome, self.clock())
 
     async def aclose(self) -> None:
         """Stop discovery and close every pool (idempotent)."""
@@ -153,18 +165,6 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         finally:
             await runtime.discovery.aclose()
 
-    async def _await_discovery(self, call: Call) -> None:
-        runtime = call.runtime
-        if runtime.ready.is_set():
-            return
-        if not await runtime.wait_ready_async(call.remaining(self.clock())):
-            if call.remaining(self.clock()) <= 0:
-                raise telemetry.not_sent(
-                    call, call.deadline_error(self.clock(), "discovery has not answered"))
-            raise telemetry.not_sent(call, NoEndpointsError(
-                f"discovery for service {runtime.name!r} has not answered yet",
-                request=call.request))
-
     # -- the request path -------------------------------------------------------------
 
     async def _retry(self, call: Call, first: Outcome, attempt: Any) -> Outcome:
@@ -191,115 +191,66 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     async def _attempt(self, call: Call) -> Outcome:
         """One attempt: pick, admit, send, record. Never raises for transport errors."""
-        now = self.clock()
-        extra = call.attempts > 0
-        if call.remaining(now) <= 0:
-            if extra:
-                call.runtime.budget.refund(now)
-            return Outcome(None, error=call.deadline_error(now), sent=False)
-        try:
-            state = call.choose(now)
-        except httpx.TransportError as exc:
-            exc.request = call.request
-            return Outcome(None, error=exc, sent=False)
-        if extra and not call.admits(state, now):
-            state.breaker.release()
-            call.runtime.budget.refund(now)
-            telemetry.decision(call, "no_retry", "deadline too short for the chosen endpoint")
-            return Outcome(None, error=call.deadline_error(now, "not enough time left"),
-                           sent=False, final=True)
-        return await self._send(call, state, now, hedge=False)
+        start = self.clock()
+        state = pick(call, start)
+        if isinstance(state, Outcome):
+            return state
+        sent = launch(call, state, start, hedge=False, concurrent=False)
+        return await self._transmit(call, state, sent)
 
-    async def _send(self, call: Call, state: EndpointState, start: float, *,
-                    hedge: bool) -> Outcome:
-        request = call.fork_request() if call.policy.hedge is not None else call.request
-        extensions = call.begin(state, start, request)
-        span = telemetry.start_attempt(call, state, request, hedge=hedge)
-        return await self._transmit(call, state, request, extensions, span, start)
-
-    async def _transmit(self, call: Call, state: EndpointState, request: httpx.Request,
-                        extensions: dict[str, Any], span: Span, start: float) -> Outcome:
+    async def _transmit(self, call: Call, state: EndpointState, sent: Launch) -> Outcome:
         pool = self._pool_for(state)
         try:
-            response = await pool.send(request, extensions, partial(self._release, state))
+            response = await pool.send(sent.request, sent.extensions,
+                                       partial(self._release, state))
         except httpx.TransportError as exc:
-            exc.request = call.request
-            now = self.clock()
-            outcome = Outcome(state, error=exc, sent=sent_before_failure(exc))
-            call.observe(state, outcome, now - start, now)
-            telemetry.end_attempt(span, call, outcome, now - start)
+            outcome = failed(call, state, sent, exc, self.clock())
             self._release(state)
             return outcome
         except BaseException as exc:  # cancelled (a losing hedge, or the caller): count nothing
-            state.breaker.release()
+            aborted(call, state, sent, exc)
             self._release(state)
-            telemetry.abort_attempt(span, call, exc)
             raise
-        now = self.clock()
-        outcome = Outcome(state, response=response)
-        call.observe(state, outcome, now - start, now)
-        telemetry.end_attempt(span, call, outcome, now - start)
-        return outcome
+        return answered(call, state, sent, response, self.clock())
 
     async def _hedged_attempt(self, call: Call) -> Outcome:
-        """The first attempt plus hedges after the hedge delay; the first good answer wins."""
-        now = self.clock()
-        if call.remaining(now) <= 0:
-            return Outcome(None, error=call.deadline_error(now), sent=False)
-        try:
-            state = call.choose(now)
-        except httpx.TransportError as exc:
-            exc.request = call.request
-            return Outcome(None, error=exc, sent=False)
-        hedge = call.policy.hedge
-        assert hedge is not None
-        pending = {asyncio.ensure_future(self._send(call, state, now, hedge=False))}
-        started, hedging = 1, True
-        last: Outcome | None = None
+        """The first attempt plus hedges after the hedge delay; the first good answer wins.
+
+        Losing attempts are cancelled, which releases their connections.
+        """
+        start = self.clock()
+        state = pick(call, start)
+        if isinstance(state, Outcome):
+            return state
+        race = HedgeRace(call)
+        pending = {self._start(call, state, start, hedge=False)}
         try:
             while pending:
-                left = call.remaining(self.clock())
-                can_add = hedging and started < hedge.max_attempts
-                timeout = min(call.hedge_delay(), left) if can_add else left
-                done, pending = await asyncio.wait(pending, timeout=max(timeout, 0.0),
+                done, pending = await asyncio.wait(pending, timeout=race.wait_time(self.clock()),
                                                    return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     outcome = task.result()
-                    if last is not None and last.response is not None:
-                        await adrain(last.response)
-                    if not call.wants_retry(outcome):
+                    won, stale = race.settle(outcome)
+                    if stale is not None:
+                        await adrain(stale)
+                    if won:
                         return outcome
-                    last = outcome
                 if done:
                     continue
-                if call.remaining(self.clock()) <= 0:
+                hedge_to = race.next_hedge(self.clock())
+                if hedge_to == STOP:
                     break
-                if can_add:
-                    hedge_state, reason = call.choose_hedge(self.clock())
-                    if hedge_state is None:
-                        telemetry.decision(call, "no_hedge", reason)
-                        hedging = False
-                        continue
-                    telemetry.decision(call, "hedge", reason, endpoint=hedge_state.address)
-                    started += 1
-                    pending.add(asyncio.ensure_future(
-                        self._send(call, hedge_state, self.clock(), hedge=True)))
+                if isinstance(hedge_to, EndpointState):
+                    pending.add(self._start(call, hedge_to, self.clock(), hedge=True))
         finally:
             await _cancel_all(pending)
-        if last is not None:
-            return last
-        return Outcome(None, error=call.deadline_error(self.clock(), "no attempt answered"),
-                       sent=True, final=True)
+        return race.result(self.clock())
 
-    def _finish(self, call: Call, outcome: Outcome) -> httpx.Response:
-        telemetry.finish(call, outcome)
-        response = outcome.response
-        if response is None:
-            if call.remaining(self.clock()) <= 0.001:
-                telemetry.deadline_expired(call)
-            return call.result(outcome, self.clock())
-        response.extensions["meshlib"] = call.describe(outcome.state)
-        return response
+    def _start(self, call: Call, state: EndpointState, start: float, *,
+               hedge: bool) -> asyncio.Task[Outcome]:
+        """Start an attempt now (count, headers, span) and send it in its own task."""
+        sent = launch(call, state, start, hedge=hedge, concurrent=True)
+        return asyncio.ensure_future(self._transmit(call, state, sent))
 
     # -- pools and endpoints ------------------------------------------------------------
 

@@ -15,14 +15,23 @@ from functools import partial
 from typing import Any
 
 import httpx
-from opentelemetry.trace import Span
 from tenacity import RetryCallState, Retrying, retry_base, stop_after_attempt
 
 from . import testing
+from ._attempts import (
+    STOP,
+    HedgeRace,
+    Launch,
+    aborted,
+    answered,
+    failed,
+    finish,
+    launch,
+    pick,
+    undiscovered,
+)
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
-from ._errors import NoEndpointsError
-from ._gate import sent_before_failure
 from ._mesh import Mesh, ServicesArg
 from ._policy import Policy
 from ._pool import EndpointPool, PoolSettings
@@ -117,15 +126,17 @@ class MeshTransport(httpx.BaseTransport):
         runtime = self.mesh.route(request)
         if runtime is None:
             return self._passthrough_transport().handle_request(request)
-        call = Call(runtime, self.mesh.policy_for(runtime), request, self.clock())
-        self._await_discovery(call)
-        runtime.budget.deposit(self.clock())
-        self._retire(runtime.check_due(self.clock()))
+        now = self.clock()
+        call = Call(runtime, self.mesh.policy_for(runtime), request, now)
+        if not runtime.ready.is_set() and not runtime.wait_ready(call.remaining(now)):
+            raise undiscovered(call, self.clock())
+        runtime.budget.deposit(now)
+        self._retire(runtime.check_due(now))
         attempt = self._hedged_attempt if call.can_hedge() else self._attempt
         outcome = attempt(call)
         if call.wants_retry(outcome):
             outcome = self._retry(call, outcome, attempt)
-        return self._finish(call, outcome)
+        return finish(call, outcome, self.clock())
 
     def close(self) -> None:
         """Stop discovery and close every pool (idempotent)."""
@@ -149,19 +160,6 @@ class MeshTransport(httpx.BaseTransport):
 
     # -- the request path -------------------------------------------------------------
 
-    def _await_discovery(self, call: Call) -> None:
-        runtime = call.runtime
-        if runtime.ready.is_set():
-            return
-        left = call.remaining(self.clock())
-        if not runtime.wait_ready(left):
-            if call.remaining(self.clock()) <= 0:
-                raise telemetry.not_sent(
-                    call, call.deadline_error(self.clock(), "discovery has not answered"))
-            raise telemetry.not_sent(call, NoEndpointsError(
-                f"discovery for service {runtime.name!r} has not answered yet",
-                request=call.request))
-
     def _retry(self, call: Call, first: Outcome, attempt: Any) -> Outcome:
         pending = [first]
 
@@ -180,137 +178,74 @@ class MeshTransport(httpx.BaseTransport):
 
     def _attempt(self, call: Call) -> Outcome:
         """One attempt: pick, admit, send, record. Never raises for transport errors."""
-        now = self.clock()
-        extra = call.attempts > 0
-        if call.remaining(now) <= 0:
-            if extra:
-                call.runtime.budget.refund(now)
-            return Outcome(None, error=call.deadline_error(now), sent=False)
-        try:
-            state = call.choose(now)
-        except NoEndpointsError as exc:
-            exc.request = call.request
-            return Outcome(None, error=exc, sent=False)
-        except httpx.TransportError as exc:
-            exc.request = call.request
-            return Outcome(None, error=exc, sent=False)
-        if extra and not call.admits(state, now):
-            state.breaker.release()
-            call.runtime.budget.refund(now)
-            telemetry.decision(call, "no_retry", "deadline too short for the chosen endpoint")
-            return Outcome(None, error=call.deadline_error(now, "not enough time left"),
-                           sent=False, final=True)
-        return self._send(call, state, now, hedge=False)
+        start = self.clock()
+        state = pick(call, start)
+        if isinstance(state, Outcome):
+            return state
+        sent = launch(call, state, start, hedge=False, concurrent=False)
+        return self._transmit(call, state, sent)
 
-    def _send(self, call: Call, state: EndpointState, start: float, *, hedge: bool) -> Outcome:
-        request = call.fork_request() if hedge or call.policy.hedge is not None else call.request
-        extensions = call.begin(state, start, request)
-        span = telemetry.start_attempt(call, state, request, hedge=hedge)
-        return self._transmit(call, state, request, extensions, span, start)
-
-    def _transmit(self, call: Call, state: EndpointState, request: httpx.Request,
-                  extensions: dict[str, Any], span: Span, start: float) -> Outcome:
+    def _transmit(self, call: Call, state: EndpointState, sent: Launch) -> Outcome:
         pool = self._pool_for(call.runtime, state)
         try:
-            response = pool.send(request, extensions, partial(self._release, state))
+            response = pool.send(sent.request, sent.extensions, partial(self._release, state))
         except httpx.TransportError as exc:
-            exc.request = call.request
-            now = self.clock()
-            outcome = Outcome(state, error=exc, sent=sent_before_failure(exc))
-            call.observe(state, outcome, now - start, now)
-            telemetry.end_attempt(span, call, outcome, now - start)
+            outcome = failed(call, state, sent, exc, self.clock())
             self._release(state)
             return outcome
         except BaseException as exc:
-            state.breaker.release()
+            aborted(call, state, sent, exc)
             self._release(state)
-            telemetry.abort_attempt(span, call, exc)
             raise
-        now = self.clock()
-        outcome = Outcome(state, response=response)
-        call.observe(state, outcome, now - start, now)
-        telemetry.end_attempt(span, call, outcome, now - start)
-        return outcome
+        return answered(call, state, sent, response, self.clock())
 
     def _hedged_attempt(self, call: Call) -> Outcome:
-        """The first attempt plus hedges after the hedge delay; the first good answer wins."""
-        now = self.clock()
-        if call.remaining(now) <= 0:
-            return Outcome(None, error=call.deadline_error(now), sent=False)
-        try:
-            state = call.choose(now)
-        except httpx.TransportError as exc:
-            exc.request = call.request
-            return Outcome(None, error=exc, sent=False)
+        """The first attempt plus hedges after the hedge delay; the first good answer wins.
+
+        Decisions stay in this thread; worker threads only send (in the caller's
+        context). A losing attempt cannot be interrupted: its response is closed
+        when it arrives.
+        """
+        start = self.clock()
+        state = pick(call, start)
+        if isinstance(state, Outcome):
+            return state
         executor = self._pool_executor()
-        # decisions stay in this thread; workers only send (with the caller's context)
-        first = self._submit(executor, call, state, now, hedge=False)
-        hedge = call.policy.hedge
-        assert hedge is not None
-        last: Outcome | None = None
-        pending = {first}
-        started, hedging = 1, True
+        race = HedgeRace(call)
+        pending = {self._submit(executor, call, state, start, hedge=False)}
         while pending:
-            now = self.clock()
-            left = call.remaining(now)
-            can_add = hedging and started < hedge.max_attempts
-            timeout = min(call.hedge_delay(), left) if can_add else left
             done, pending = concurrent.futures.wait(
-                pending, timeout=max(timeout, 0.0),
+                pending, timeout=race.wait_time(self.clock()),
                 return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
                 outcome = future.result()
-                if not call.wants_retry(outcome):
+                won, stale = race.settle(outcome)
+                if stale is not None:
+                    drain(stale)
+                if won:
                     self._abandon(pending)
-                    if last is not None and last.response is not None:
-                        drain(last.response)
                     return outcome
-                if last is not None and last.response is not None:
-                    drain(last.response)
-                last = outcome
             if done:
                 continue
-            if call.remaining(self.clock()) <= 0:
+            hedge_to = race.next_hedge(self.clock())
+            if hedge_to == STOP:
                 break
-            if can_add:
-                hedge_state, reason = call.choose_hedge(self.clock())
-                if hedge_state is None:
-                    telemetry.decision(call, "no_hedge", reason)
-                    hedging = False
-                    continue
-                telemetry.decision(call, "hedge", reason, endpoint=hedge_state.address)
-                started += 1
-                pending.add(self._submit(executor, call, hedge_state, self.clock(), hedge=True))
+            if isinstance(hedge_to, EndpointState):
+                pending.add(self._submit(executor, call, hedge_to, self.clock(), hedge=True))
         self._abandon(pending)
-        if last is not None:
-            return last
-        return Outcome(None, error=call.deadline_error(self.clock(), "no attempt answered"),
-                       sent=True, final=True)
+        return race.result(self.clock())
 
     def _submit(self, executor: concurrent.futures.ThreadPoolExecutor, call: Call,
                 state: EndpointState, start: float, *, hedge: bool,
                 ) -> concurrent.futures.Future[Outcome]:
         """Start an attempt here (count, headers, span) and send it from a worker thread."""
-        request = call.fork_request()
-        extensions = call.begin(state, start, request)
-        span = telemetry.start_attempt(call, state, request, hedge=hedge)
-        return executor.submit(contextvars.copy_context().run, self._transmit, call, state,
-                               request, extensions, span, start)
+        sent = launch(call, state, start, hedge=hedge, concurrent=True)
+        return executor.submit(contextvars.copy_context().run, self._transmit, call, state, sent)
 
     def _abandon(self, pending: set[concurrent.futures.Future[Outcome]]) -> None:
         """Losing attempts: close their responses whenever they arrive."""
         for future in pending:
             future.add_done_callback(_close_outcome)
-
-    def _finish(self, call: Call, outcome: Outcome) -> httpx.Response:
-        telemetry.finish(call, outcome)
-        response = outcome.response
-        if response is None:
-            if call.remaining(self.clock()) <= 0.001:
-                telemetry.deadline_expired(call)
-            return call.result(outcome, self.clock())
-        response.extensions["meshlib"] = call.describe(outcome.state)
-        return response
 
     # -- pools and endpoints ------------------------------------------------------------
 
