@@ -127,8 +127,13 @@ class P2CEwma(_PowerOfTwo):
     def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
         if len(candidates) > SMALL_SET or len(candidates) == 1:
             return super().pick(candidates, now)
-        default = self.default_rtt(candidates, now)
-        costs = [self.cost(state, now, default) for state in candidates]
+        rtts = [state.ewma(now) for state in candidates]
+        sampled = [rtt for rtt in rtts if rtt is not None]
+        default = sum(sampled) / len(sampled) if sampled else DEFAULT_RTT
+        costs = [
+            (default if rtt is None else rtt) * (state.inflight + 1) / state.endpoint.weight
+            for state, rtt in zip(candidates, rtts, strict=True)
+        ]
         limit = min(costs) * NEAR_BEST + NEAR_SLACK
         near = [state for state, cost in zip(candidates, costs, strict=True) if cost <= limit]
         if len(near) == 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._balancer import Balancer, make_balancer
@@ -92,6 +92,7 @@ class ServiceRuntime:
         self.ready = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.draining: set[EndpointState] = set()
+        self._not_closed = 0  # breakers not closed: when 0, every endpoint is available
         initial = discovery.initial()
         if initial is not None:
             self.apply(initial, clock())
@@ -127,6 +128,8 @@ class ServiceRuntime:
             idle: list[EndpointState] = []
             for state in gone:
                 state.retired = True
+                if state.breaker.state(now) != "closed":
+                    self._not_closed -= 1
                 if state.inflight == 0:
                     idle.append(state)
                 else:
@@ -135,6 +138,10 @@ class ServiceRuntime:
 
     def _new_breaker(self, address: str, now: float) -> EndpointBreaker:
         def transition(name: str, old: str, new: str) -> None:
+            if old == "closed":
+                self._not_closed += 1
+            elif new == "closed":
+                self._not_closed -= 1
             if self._on_transition is not None:
                 self._on_transition(self.name, name, old, new)
 
@@ -206,7 +213,10 @@ class ServiceRuntime:
         )
 
     def _candidates(self, groups: tuple[tuple[EndpointState, ...], ...],
-                    exclude: frozenset[str] | set[str], now: float) -> list[EndpointState]:
+                    exclude: frozenset[str] | set[str], now: float,
+                    ) -> Sequence[EndpointState]:
+        if not exclude and self._not_closed <= 0 and self.zone is None:
+            return groups[0]  # the common case: every breaker closed, first attempt
         fallback: list[EndpointState] = []
         for group in groups:
             available = [s for s in group if s.breaker.available(now)]

@@ -52,7 +52,7 @@ import httpx
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 from ._breaker import CLOSED, HALF_OPEN, OPEN
 from ._errors import CircuitOpenError, DeadlineExceeded, NoEndpointsError
@@ -136,7 +136,6 @@ class Telemetry:
             weakref.WeakKeyDictionary())
         self._lock = threading.Lock()
         self._tracing = False
-        self._next_check = 0.0
 
     # -- attempts ---------------------------------------------------------------------
 
@@ -147,20 +146,17 @@ class Telemetry:
         Call after ``call.begin()`` (so ``call.attempts`` counts this attempt).
         """
         if not self._tracing:
-            now = time.monotonic()
-            if now >= self._next_check:  # a provider may be installed later: look now and then
-                self._next_check = now + 1.0
-                self._tracing = _tracing_installed()
-        if not self._tracing:
-            # no provider (yet): a non-recording span that carries the caller's context, if any
-            span = self.tracer.start_span(request.method, kind=SpanKind.CLIENT)
-            if span.is_recording():  # a provider was installed since the last look
-                name, attributes = _attempt_attributes(call, state, request, hedge)
-                span.update_name(name)
-                span.set_attributes(attributes)
-        else:
-            name, attributes = _attempt_attributes(call, state, request, hedge)
-            span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+            # a provider may be installed at any time; looking is one global read
+            self._tracing = _tracing_installed()
+            if not self._tracing:
+                # no SDK: no span of our own, but the caller's context (a trace received
+                # from upstream, baggage) still travels to the next hop
+                current = otel_context.get_current()
+                if current:
+                    propagate.inject(request.headers, context=current)
+                return INVALID_SPAN
+        name, attributes = _attempt_attributes(call, state, request, hedge)
+        span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         if span.get_span_context().is_valid:
             propagate.inject(request.headers, context=trace.set_span_in_context(span))
         else:  # no span to propagate: only what the caller's context holds (baggage), if any
@@ -195,19 +191,20 @@ class Telemetry:
             error_type = str(status)
         else:
             error_type = None
-        url = request.url
-        attributes: dict[str, Any] = {
-            "http.request.method": request.method,
-            "server.address": call.runtime.name,
-            "server.port": url.port or (443 if url.scheme == "https" else 80),
-            "url.scheme": url.scheme,
-            "meshlib.service": call.runtime.name,
-        }
-        if status is not None:
-            attributes["http.response.status_code"] = status
-        if error_type is not None:
-            attributes["error.type"] = error_type
-        self.duration.record(latency, attributes)
+        if _metrics_installed():  # the attributes are not built for the API's no-op meter
+            url = request.url
+            attributes: dict[str, Any] = {
+                "http.request.method": request.method,
+                "server.address": call.runtime.name,
+                "server.port": url.port or (443 if url.scheme == "https" else 80),
+                "url.scheme": url.scheme,
+                "meshlib.service": call.runtime.name,
+            }
+            if status is not None:
+                attributes["http.response.status_code"] = status
+            if error_type is not None:
+                attributes["error.type"] = error_type
+            self.duration.record(latency, attributes)
         if not span.is_recording():
             span.end()
             return
@@ -254,6 +251,8 @@ class Telemetry:
         if error is not None and not outcome.sent and isinstance(
                 error, (CircuitOpenError, NoEndpointsError)):
             self.not_sent(call, error)
+        if not self._traces:  # nothing recorded (no SDK): no lock to take
+            return
         with self._lock:
             record = self._traces.pop(call.request, None)
         if record is not None:
@@ -379,6 +378,22 @@ def _attempt_attributes(call: Call, state: EndpointState, request: httpx.Request
     if hedge:
         attributes["meshlib.hedge"] = True
     return (method if known else "HTTP"), attributes
+
+
+def _no_meter_types() -> tuple[type, ...]:
+    try:  # the API's proxy is not re-exported publicly
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # pragma: no cover - a future API: then every meter is "real"
+        return (metrics.NoOpMeterProvider,)
+    return (_ProxyMeterProvider, metrics.NoOpMeterProvider)
+
+
+_NO_METERS = _no_meter_types()
+
+
+def _metrics_installed() -> bool:
+    """Whether a real meter provider is installed (the API's proxy binds to it then)."""
+    return not isinstance(metrics.get_meter_provider(), _NO_METERS)
 
 
 def _tracing_installed() -> bool:
