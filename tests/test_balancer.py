@@ -189,5 +189,25 @@ def test_p2c_ewma_second_best_is_not_fed_by_a_failing_third() -> None:
     states[1].observe(0.010, now, failed=False, penalty=FAILURE_PENALTY)
     states[2].observe(0.001, now, failed=True, penalty=FAILURE_PENALTY)
     balancer = P2CEwma(random.Random(5))
-    picks = Counter(states.index(balancer.pick(states, now)) for _ in range(300))
-    assert picks == Counter({0: 300})
+    picks = Counter(states.index(balancer.pick(states, now)) for _ in range(1000))
+    assert 0 < picks[1] < 20, picks  # only exploring picks (1% spread over three endpoints)
+    assert picks[0] > 970, picks
+
+
+def test_p2c_ewma_explores_so_one_unlucky_sample_does_not_exile_an_endpoint() -> None:
+    """A fast endpoint whose first sample was an outlier is probed, then preferred again."""
+    states = _states(2)
+    now = 1.0
+    states[0].observe(0.200, now, failed=False, penalty=FAILURE_PENALTY)  # a cold-start outlier
+    states[1].observe(0.020, now, failed=False, penalty=FAILURE_PENALTY)
+    balancer = P2CEwma(random.Random(11))
+    probes = 0
+    for _ in range(2000):  # 30 s of traffic
+        now += 0.015
+        chosen = balancer.pick(states, now)
+        probes += chosen is states[0]
+        chosen.observe(0.002 if chosen is states[0] else 0.020, now, failed=False,
+                       penalty=FAILURE_PENALTY)
+    picks = Counter(states.index(balancer.pick(states, now)) for _ in range(200))
+    assert probes > 0
+    assert picks[0] > 180, picks  # the outlier decayed (10 s time constant): preferred again

@@ -15,7 +15,7 @@ never blocks. Weights come from discovery (SRV weight, registry weight).
   there every candidate is priced, and the choice is made at random, by
   weight, among those within ``NEAR_BEST`` (plus ``NEAR_SLACK``) of the cheapest: equal endpoints
   share the load, a clearly worse one gets none until its estimate decays
-  and it is probed again.
+  or an exploring pick (``EXPLORE``, 1%) measures it again.
 - ``least-request``: power of two choices over ``(inflight + 1) / weight``
   (Envoy's ``LEAST_REQUEST``).
 - ``round-robin``: smooth weighted round-robin (nginx's algorithm).
@@ -51,6 +51,9 @@ SMALL_SET = 5
 NEAR_BEST = 1.25
 #: ... plus this many seconds are near-equal (sub-millisecond differences are noise)
 NEAR_SLACK = 0.002
+#: on a small set, this share of picks goes to a random candidate, so that an endpoint
+#: judged by one unlucky sample (a cold connection, a pause) is measured again soon
+EXPLORE = 0.01
 
 
 class Balancer(Protocol):
@@ -127,6 +130,8 @@ class P2CEwma(_PowerOfTwo):
     def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
         if len(candidates) > SMALL_SET or len(candidates) == 1:
             return super().pick(candidates, now)
+        if self.rng.random() < EXPLORE:
+            return candidates[self.rng.randrange(len(candidates))]
         rtts = [state.ewma(now) for state in candidates]
         sampled = [rtt for rtt in rtts if rtt is not None]
         default = sum(sampled) / len(sampled) if sampled else DEFAULT_RTT
