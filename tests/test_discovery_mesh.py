@@ -119,3 +119,30 @@ async def test_async_client_follows_file_changes(tmp_path: Path,
                 break
             await asyncio.sleep(0.02)
         assert (await client.get("http://svc/")).headers["x-backend"] == b.addresses[1]
+
+
+def test_async_client_survives_a_new_event_loop(tmp_path: Path, backends: BackendFactory) -> None:
+    """Used from two asyncio.run() calls, the async client restarts discovery on the new loop."""
+    import asyncio
+
+    b = backends(2)
+    path = tmp_path / "svc.json"
+    _write(path, b, [0])
+    client = meshlib.AsyncMeshClient(services={"svc": f"file://{path}"})
+
+    async def first() -> str:
+        return (await client.get("http://svc/")).headers["x-backend"]
+
+    async def second() -> str:
+        _write(path, b, [1])
+        assert (await client.get("http://svc/")).status_code == 200  # restarts discovery
+        for _ in range(100):
+            if _endpoints(client) == {b.addresses[1]}:
+                break
+            await asyncio.sleep(0.02)
+        response = await client.get("http://svc/")
+        await client.aclose()
+        return response.headers["x-backend"]
+
+    assert asyncio.run(first()) == b.addresses[0]
+    assert asyncio.run(second()) == b.addresses[1]

@@ -108,8 +108,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         runtime = self.mesh.route(request)
         if runtime is None:
             return await self._passthrough_transport().handle_async_request(request)
-        if self._dynamic:
-            self._ensure_discovery()
+        if asyncio.get_running_loop() is not self._loop or self._dynamic:
+            self._ensure_loop()
         now = self.clock()
         call = Call(runtime, self.mesh.policy_for(runtime), request, now)
         if not runtime.ready.is_set() and not await runtime.wait_ready_async(
@@ -145,14 +145,21 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     # -- discovery ----------------------------------------------------------------------
 
-    def _ensure_discovery(self) -> None:
+    def _ensure_loop(self) -> None:
+        """Follow the running event loop: (re)start discovery tasks on it, and forget the
+        connections of a previous loop that has been closed (they cannot be used again)."""
         loop = asyncio.get_running_loop()
         if self._loop is loop and all(not t.done() for t in self._tasks):
             return
         if self._closed:
             return
+        old = self._loop
+        if old is not None and old is not loop and old.is_closed():
+            for runtime in self.mesh.runtimes.values():
+                for state in runtime.states.values():
+                    state.pool = None
         for task in self._tasks:
-            if not task.done() and self._loop is loop:
+            if not task.done() and old is loop:
                 task.cancel()
         self._loop = loop
         self._tasks = [loop.create_task(self._follow(rt), name=f"meshlib-discovery-{rt.name}")

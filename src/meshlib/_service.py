@@ -154,7 +154,10 @@ class ServiceRuntime:
         with self._lock:
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
-            loop.call_soon_threadsafe(_resolve, future)
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that waiter's event loop is closed: nobody is waiting
+                continue
 
     def check_due(self, now: float) -> list[EndpointState]:
         """Apply a pending empty answer whose grace has passed; return idle retired endpoints."""
