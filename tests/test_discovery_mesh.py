@@ -146,3 +146,16 @@ def test_async_client_survives_a_new_event_loop(tmp_path: Path, backends: Backen
 
     assert asyncio.run(first()) == b.addresses[0]
     assert asyncio.run(second()) == b.addresses[1]
+
+
+def test_discovery_that_never_answers_raises_no_endpoints_at_the_deadline(
+        backends: BackendFactory) -> None:
+    """A registry that never answers: the request waits its deadline, then NoEndpointsError."""
+    registry = backends(1, mode="stall")  # accepts the blocking query, never answers
+    url = f"consul://{registry.addresses[0]}/svc"
+    with meshlib.MeshClient(services={"svc": url},
+                            policy=meshlib.Policy(timeout=0.3)) as client:
+        start = time.monotonic()
+        with pytest.raises(meshlib.NoEndpointsError, match="has not answered"):
+            client.get("http://svc/")
+        assert 0.25 <= time.monotonic() - start < 2.0

@@ -112,12 +112,15 @@ def aborted(call: Call, state: EndpointState, sent: Launch, exc: BaseException) 
 
 
 def undiscovered(call: Call, now: float) -> BaseException:
-    """The error for a service whose discovery has not answered within the deadline."""
-    if call.remaining(now) <= 0:
-        return telemetry.not_sent(call, call.deadline_error(now, "discovery has not answered"))
+    """The error for a service whose discovery has not answered within the deadline.
+
+    API.md: the request waits for the first answer within its deadline, then
+    raises ``NoEndpointsError`` (not ``DeadlineExceeded``) if there is still none.
+    """
+    waited = max(now - call.started, 0.0)
     return telemetry.not_sent(call, NoEndpointsError(
-        f"discovery for service {call.runtime.name!r} has not answered yet",
-        request=call.request))
+        f"discovery for service {call.runtime.name!r} ({call.runtime.discovery.url}) "
+        f"has not answered after {waited:.2f} s", request=call.request))
 
 
 def finish(call: Call, outcome: Outcome, now: float) -> httpx.Response:

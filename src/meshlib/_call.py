@@ -65,7 +65,8 @@ class Call:
 
     __slots__ = (
         "_waits", "attempts", "balancer", "base_timeouts", "deadline", "events", "hedged",
-        "idempotent", "next_sleep", "policy", "replayable", "request", "runtime", "tried",
+        "idempotent", "next_sleep", "policy", "replayable", "request", "runtime", "started",
+        "tried",
     )
 
     def __init__(self, runtime: ServiceRuntime, policy: Policy, request: httpx.Request,
@@ -73,6 +74,7 @@ class Call:
         self.runtime = runtime
         self.policy = policy
         self.request = request
+        self.started = now
         self.deadline = min(now + policy.timeout, current_deadline())
         self.idempotent = is_idempotent(request, policy.idempotent)
         self.replayable = is_replayable(request)
