@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict src
+	$(VENV)/bin/mypy --strict src tests/typing_api.py
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q

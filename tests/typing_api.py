@@ -1,0 +1,59 @@
+"""Exercises the public API under ``mypy --strict`` (run by ``make typecheck``), not by pytest."""
+
+from __future__ import annotations
+
+import httpx
+
+import meshlib
+import meshlib.testing
+from meshlib.asgi import MeshMiddleware as AsgiMiddleware
+from meshlib.etcd import EtcdRegistration
+from meshlib.wsgi import MeshMiddleware as WsgiMiddleware
+
+
+def sync_usage() -> int:
+    """Typical sync use: services, policy, scopes, errors, extensions, snapshot."""
+    policy = meshlib.Policy(
+        timeout=2.0, attempt_timeout=0.5, retries=1, retry_on=(503,),
+        retry_budget=meshlib.RetryBudget(ratio=0.1), backoff=meshlib.Backoff(base=0.01),
+        balancer="least-request", breaker=meshlib.Breaker(failures=3, reset_timeout=5.0),
+        hedge=meshlib.Hedge(delay="p95"), idempotent=None,
+    ).replace(retries=2)
+    services: dict[str, str | meshlib.Service] = {
+        "users": "static://127.0.0.1:8001",
+        "orders": meshlib.Service("dns+srv://_http._tcp.orders.test", policy=policy,
+                                  tls_server_name="orders.internal"),
+    }
+    with meshlib.MeshClient(services=services, policy=policy, timeout=5.0) as client, \
+            meshlib.deadline(0.5), meshlib.policy(retries=0):
+        try:
+            response: httpx.Response = client.get("http://users/v1/me")
+        except meshlib.DeadlineExceeded:
+            return -1
+        except (meshlib.NoEndpointsError, meshlib.CircuitOpenError, meshlib.MeshError):
+            return -2
+        info = response.extensions["meshlib"]
+        snapshot: dict[str, object] = client.snapshot()
+        left: float = meshlib.time_left()
+        _ = (info, snapshot, left, meshlib.current_deadline())
+        return response.status_code
+
+
+@meshlib.deadline(1.0)
+@meshlib.policy(idempotent=True)
+async def async_usage() -> int:
+    """Typical async use, with the decorators on a coroutine."""
+    async with meshlib.AsyncMeshClient(services={"users": "static://127.0.0.1:8001"}) as c:
+        return (await c.post("http://users/x", json={})).status_code
+
+
+def transports_and_servers() -> None:
+    """Transports, middlewares, registration and test helpers type-check."""
+    httpx.Client(transport=meshlib.MeshTransport(services={"a": "static://127.0.0.1:1"}))
+    httpx.AsyncClient(transport=meshlib.AsyncMeshTransport(services={"a": "static://[::1]:1"}))
+    meshlib.testing.set_testing(True)
+    _ = (AsgiMiddleware, WsgiMiddleware, EtcdRegistration)
+    try:
+        meshlib.Policy(retries=-1)
+    except meshlib.ConfigError as exc:
+        _ = str(exc)
