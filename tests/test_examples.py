@@ -24,3 +24,24 @@ def test_two_services() -> None:
     assert 0 < int(b_saw.group(1)) <= int(a_saw.group(1)) < 800
     assert 0 < float(b_left.group(1)) <= int(b_saw.group(1))
     assert "servers stopped" in out
+
+
+def _run(script: Path) -> str:
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=script.parent, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_quickstart() -> None:
+    """The quick start succeeds on every request and mostly avoids the bad instances."""
+    out = _run(EXAMPLES / "quickstart.py")
+    assert "200 GETs, all successful" in out
+    healthy = re.search(r"'healthy': (\d+)", out)
+    assert healthy and int(healthy.group(1)) > 150, out
+
+
+def test_telemetry_console_example() -> None:
+    """The telemetry example prints the spans of a hedged and retried request."""
+    out = _run(EXAMPLES / "telemetry_console.py")
+    assert "hedge" in out.lower() and "retry" in out.lower(), out
