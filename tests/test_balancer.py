@@ -154,11 +154,11 @@ def test_zone_aware_routing_prefers_the_local_zone_while_healthy() -> None:
                  Endpoint("127.0.0.1", 3, zone="b")]
     runtime = _runtime(endpoints, zone="a")
     balancer = runtime.balancer("p2c-ewma")
-    assert {runtime.pick(balancer, set(), 0.0).address for _ in range(50)} == {"127.0.0.1:1"}
+    assert {runtime.pick(balancer, set(), 0.0)[0].address for _ in range(50)} == {"127.0.0.1:1"}
     local = runtime.states["127.0.0.1:1"]
     for _ in range(5):
         local.breaker.record(False, 0.0)
-    picked = {runtime.pick(balancer, set(), 0.0).address for _ in range(50)}
+    picked = {runtime.pick(balancer, set(), 0.0)[0].address for _ in range(50)}
     assert picked == {"127.0.0.1:2", "127.0.0.1:3"}
 
 
@@ -167,10 +167,10 @@ def test_lower_srv_priority_group_is_used_first() -> None:
     endpoints = [Endpoint("127.0.0.1", 1, priority=10), Endpoint("127.0.0.1", 2, priority=20)]
     runtime = _runtime(endpoints)
     balancer = runtime.balancer("round-robin")
-    assert {runtime.pick(balancer, set(), 0.0).address for _ in range(20)} == {"127.0.0.1:1"}
+    assert {runtime.pick(balancer, set(), 0.0)[0].address for _ in range(20)} == {"127.0.0.1:1"}
     for _ in range(5):
         runtime.states["127.0.0.1:1"].breaker.record(False, 0.0)
-    assert runtime.pick(balancer, set(), 0.0).address == "127.0.0.1:2"
+    assert runtime.pick(balancer, set(), 0.0)[0].address == "127.0.0.1:2"
 
 
 def test_p2c_ewma_on_a_small_set_shares_equal_endpoints_and_skips_the_slow_one() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshlib._breaker import CLOSED, HALF_OPEN, OPEN, EndpointBreaker
+from meshlib._breaker import ADMITTED, CLOSED, HALF_OPEN, OPEN, REFUSED, TRIAL, EndpointBreaker
 from meshlib._policy import Breaker
 
 
@@ -27,10 +27,10 @@ def test_half_open_admits_exactly_one_trial() -> None:
     """After reset_timeout, one caller gets the trial; others are refused until it ends."""
     breaker = EndpointBreaker(Breaker(failures=1, reset_timeout=5), "e")
     breaker.record(False, 10.0)
-    assert not breaker.admit(14.0)
+    assert breaker.admit(14.0) == REFUSED
     assert breaker.state(15.0) == HALF_OPEN
-    assert breaker.admit(15.0)
-    assert not breaker.admit(15.0)
+    assert breaker.admit(15.0) == TRIAL
+    assert breaker.admit(15.0) == REFUSED
     assert not breaker.available(15.0)
 
 
@@ -38,12 +38,12 @@ def test_trial_success_closes_and_failure_reopens() -> None:
     """A successful trial closes the breaker; a failed one opens it for another timeout."""
     breaker = EndpointBreaker(Breaker(failures=1, reset_timeout=5), "e")
     breaker.record(False, 0.0)
-    assert breaker.admit(6.0)
-    breaker.record(False, 6.0)
+    assert breaker.admit(6.0) == TRIAL
+    breaker.record(False, 6.0, TRIAL)
     assert breaker.state(6.0) == OPEN
     assert not breaker.available(10.0)
-    assert breaker.admit(11.5)
-    breaker.record(True, 11.5)
+    assert breaker.admit(11.5) == TRIAL
+    breaker.record(True, 11.5, TRIAL)
     assert breaker.state(11.5) == CLOSED
     assert breaker.fail_counter == 0
 
@@ -52,6 +52,21 @@ def test_released_trial_counts_nothing() -> None:
     """A cancelled trial frees the slot for another caller without counting a failure."""
     breaker = EndpointBreaker(Breaker(failures=1, reset_timeout=1), "e")
     breaker.record(False, 0.0)
-    assert breaker.admit(2.0)
-    breaker.release()
-    assert breaker.admit(2.0)
+    assert breaker.admit(2.0) == TRIAL
+    breaker.release(TRIAL)
+    assert breaker.admit(2.0) == TRIAL
+
+
+def test_only_the_trial_decides_a_half_open_breaker() -> None:
+    """An attempt admitted before the breaker opened neither frees nor decides the trial."""
+    breaker = EndpointBreaker(Breaker(failures=1, reset_timeout=1), "e")
+    early = breaker.admit(0.0)
+    assert early == ADMITTED
+    breaker.record(False, 0.0)  # another attempt fails: open
+    assert breaker.admit(2.0) == TRIAL
+    breaker.release(early)  # the early attempt is cancelled: the trial is still taken
+    assert breaker.admit(2.0) == REFUSED
+    breaker.record(True, 2.0, early)  # or it succeeds late: not the trial, not counted
+    assert breaker.state(2.0) == HALF_OPEN
+    breaker.record(True, 2.0, TRIAL)
+    assert breaker.state(2.0) == CLOSED

@@ -62,3 +62,15 @@ def test_sustained_outage_caps_extra_attempts_at_ratio_plus_floor() -> None:
     limit = requests * config.ratio + config.min_per_second * (60 + config.ttl)
     assert retries <= limit
     assert retries >= requests * config.ratio  # the budget is actually usable
+
+
+def test_refund_goes_back_to_the_slot_the_token_came_from() -> None:
+    """A token drawn in one slot and refunded later (after a sleep) is really given back."""
+    ledger = BudgetLedger(RetryBudget(ratio=1.0, min_per_second=0, ttl=10))
+    ledger.deposit(0.0)
+    assert ledger.try_withdraw(0.5)
+    assert ledger.balance(2.5) == pytest.approx(0.0)
+    ledger.refund(0.5)  # refunded two slots later
+    assert ledger.balance(2.5) == pytest.approx(1.0)
+    ledger.refund(0.5)  # nothing more to give back
+    assert ledger.balance(2.5) == pytest.approx(1.0)

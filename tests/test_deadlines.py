@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 
 import httpx
@@ -118,3 +120,78 @@ async def test_async_scoped_deadline_follows_the_task(backends: BackendFactory) 
 
         left = await asyncio.create_task(handler())
     assert 0 < left <= 250
+
+
+def _trickling_server() -> tuple[socket.socket, threading.Event]:
+    """A server that sends one header line every 0.2 s: no single read ever times out."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                for i in range(30):
+                    if stop.wait(0.2):
+                        break
+                    try:
+                        conn.sendall(f"x-trickle-{i}: y\r\n".encode())
+                    except OSError:
+                        break
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, stop
+
+
+def test_deadline_bounds_an_attempt_that_trickles_its_headers() -> None:
+    """Each read is quick, but the attempt as a whole still ends at the deadline."""
+    server, stop = _trickling_server()
+    port = server.getsockname()[1]
+    try:
+        with meshlib.MeshClient(services={"svc": f"static://127.0.0.1:{port}"},
+                                policy=FAST.replace(timeout=0.8, attempt_timeout=0.4,
+                                                    retries=0)) as client:
+            start = time.monotonic()
+            with pytest.raises(httpx.TimeoutException):
+                client.get("http://svc/")
+            assert time.monotonic() - start < 1.5
+    finally:
+        stop.set()
+        server.close()
+
+
+async def test_async_deadline_bounds_an_attempt_that_trickles_its_headers() -> None:
+    """The async client ends a trickling attempt at its deadline too."""
+    server, stop = _trickling_server()
+    port = server.getsockname()[1]
+    try:
+        async with meshlib.AsyncMeshClient(services={"svc": f"static://127.0.0.1:{port}"},
+                                           policy=FAST.replace(timeout=0.6)) as client:
+            start = time.monotonic()
+            with pytest.raises(httpx.TimeoutException):
+                await client.get("http://svc/")
+            assert time.monotonic() - start < 1.5
+    finally:
+        stop.set()
+        server.close()
+
+
+def test_a_callers_short_deadline_does_not_open_breakers(backends: BackendFactory) -> None:
+    """Timeouts caused by a caller's tight deadline are not held against healthy endpoints."""
+    b = backends(2, delay_ms=50)
+    policy = FAST.replace(breaker=Breaker(failures=3, reset_timeout=30))
+    with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        for _ in range(12):
+            with meshlib.deadline(0.02), pytest.raises(httpx.TimeoutException):
+                client.get("http://svc/")
+        breakers = {e["breaker"] for e in client.snapshot()["services"]["svc"]["endpoints"]}
+        assert breakers == {"closed"}
+        assert client.get("http://svc/").status_code == 200  # a patient caller is served

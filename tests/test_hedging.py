@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
+import httpx
 import pytest
 
 import meshlib
@@ -135,3 +137,39 @@ async def test_async_retries_and_idempotency_gate(backends: BackendFactory) -> N
         b[1].status = 503
         assert (await client.post("http://svc/", content=b"x")).status_code == 503
     assert b.count == 1
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_hedges_and_retries_share_one_limit(backends: BackendFactory, retries: int) -> None:
+    """retries=N allows N extra attempts in all, hedges included (retries=0: one attempt)."""
+    b = backends(4, status=503, delay_ms=30)
+    policy = FAST.replace(hedge=Hedge(delay=0.01), retries=retries)
+    with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        response = client.get("http://svc/")
+        time.sleep(0.1)  # let losing hedges finish in their threads
+    assert response.extensions["meshlib"]["attempts"] == retries + 1
+    assert b.count == retries + 1
+
+
+def test_many_threads_with_hedging_do_not_queue_behind_each_other(
+        backends: BackendFactory) -> None:
+    """96 threads at once with a hedge policy: every request succeeds within its deadline."""
+    import threading
+
+    b = backends(2, delay_ms=200)
+    policy = FAST.replace(hedge=Hedge(delay=5.0), timeout=1.5)
+    results: list[str] = []
+    with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy,
+                            limits=httpx.Limits(max_connections=200)) as client:
+        def call() -> None:
+            try:
+                results.append(str(client.get("http://svc/").status_code))
+            except httpx.HTTPError as exc:
+                results.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=call) for _ in range(96)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert results.count("200") == 96, Counter(results)

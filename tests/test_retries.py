@@ -213,3 +213,41 @@ def test_connection_refused_everywhere_raises_connect_error(backends: BackendFac
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=FAST) as client:
         with pytest.raises(httpx.ConnectError):
             client.get("http://svc/")
+
+
+def test_retry_with_no_endpoint_fitting_the_deadline_returns_the_answer(
+        backends: BackendFactory) -> None:
+    """A retry that no endpoint can serve in time is not sent: the 503 comes back at once."""
+    b = backends(2, delay_ms=[0, 600])
+    policy = FAST.replace(breaker=Breaker(failures=10**6))
+    with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        with meshlib.policy(balancer="round-robin"):
+            for _ in range(4):  # learn that b1 takes 0.6 s (p2c-ewma then prefers b0)
+                client.get("http://svc/")
+        b[0].status = 503
+        b.reset_counts()
+        before = client.snapshot()["services"]["svc"]["retry_budget"]["balance"]
+        with meshlib.deadline(0.3):
+            start = time.monotonic()
+            response = client.get("http://svc/?x")
+            elapsed = time.monotonic() - start
+        after = client.snapshot()["services"]["svc"]["retry_budget"]["balance"]
+    assert response.status_code == 503
+    assert response.extensions["meshlib"]["attempts"] == 1
+    assert b.count == 1 and elapsed < 0.25
+    assert after >= before  # the token drawn for the retry was given back
+
+
+def test_breakers_opening_during_retries_return_the_last_answer(
+        backends: BackendFactory) -> None:
+    """Breakers opened by this request's own attempts: the 503 is returned, not
+    CircuitOpenError (which means nothing was sent)."""
+    b = backends(2, status=503)
+    policy = FAST.replace(retries=2, breaker=Breaker(failures=1, reset_timeout=30))
+    with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        response = client.get("http://svc/")
+        assert response.status_code == 503
+        assert response.extensions["meshlib"]["attempts"] == 2
+        with pytest.raises(meshlib.CircuitOpenError):
+            client.get("http://svc/")  # now nothing can be sent
+    assert b.count == 2

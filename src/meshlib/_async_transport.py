@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_base, stop_after_attem
 from . import testing
 from ._attempts import (
     STOP,
+    Admitted,
     HedgeRace,
     Launch,
     aborted,
@@ -27,6 +28,8 @@ from ._attempts import (
     finish,
     launch,
     pick,
+    stamp,
+    superseded,
     undiscovered,
 )
 from ._call import Call, Outcome
@@ -60,17 +63,14 @@ class _AsyncMeshRetry(retry_base):
 
     def __init__(self, transport: AsyncMeshTransport, call: Call) -> None:
         self.transport, self.call = transport, call
-        self.to_drain: list[httpx.Response] = []
 
     def __call__(self, retry_state: RetryCallState) -> bool:
         outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
         call = self.call
         verdict = call.verdict(outcome, retry_state, self.transport.clock())
-        if verdict.retry:
+        if verdict.retry:  # the superseded response is drained when the retry is sent
             telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
             call.next_sleep = verdict.sleep
-            if outcome.response is not None:
-                self.to_drain.append(outcome.response)
         elif call.wants_retry(outcome):
             telemetry.decision(call, "no_retry", verdict.reason)
         return verdict.retry
@@ -179,8 +179,6 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         predicate = _AsyncMeshRetry(self, call)
 
         async def next_attempt() -> Outcome:
-            while predicate.to_drain:
-                await adrain(predicate.to_drain.pop())
             if pending:
                 return pending.pop()
             outcome: Outcome = await attempt(call)
@@ -198,18 +196,22 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     async def _attempt(self, call: Call) -> Outcome:
         """One attempt: pick, admit, send, record. Never raises for transport errors."""
-        start = self.clock()
-        state = pick(call, start)
-        if isinstance(state, Outcome):
-            return state
-        sent = launch(call, state, start, hedge=False, concurrent=False)
-        return await self._transmit(call, state, sent)
+        chosen = pick(call, self.clock())
+        if isinstance(chosen, Outcome):
+            return chosen
+        stale = superseded(call)
+        if stale is not None:
+            await adrain(stale)
+        sent = launch(call, chosen, self.clock(), hedge=False, concurrent=False)
+        return await self._transmit(call, chosen.state, sent)
 
     async def _transmit(self, call: Call, state: EndpointState, sent: Launch) -> Outcome:
+        if not sent.extensions:  # sent from its own task: stamp it as it really leaves
+            stamp(call, sent, self.clock())
         pool = self._pool_for(state)
         try:
             response = await pool.send(sent.request, sent.extensions,
-                                       partial(self._release, state))
+                                       partial(self._release, state), sent.limit_at)
         except httpx.TransportError as exc:
             outcome = failed(call, state, sent, exc, self.clock())
             self._release(state)
@@ -225,12 +227,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
         Losing attempts are cancelled, which releases their connections.
         """
-        start = self.clock()
-        state = pick(call, start)
-        if isinstance(state, Outcome):
-            return state
+        chosen = pick(call, self.clock())
+        if isinstance(chosen, Outcome):
+            return chosen
+        stale = superseded(call)
+        if stale is not None:
+            await adrain(stale)
         race = HedgeRace(call)
-        pending = {self._start(call, state, start, hedge=False)}
+        pending = {self._start(call, chosen, hedge=False)}
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, timeout=race.wait_time(self.clock()),
@@ -247,17 +251,16 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 hedge_to = race.next_hedge(self.clock())
                 if hedge_to == STOP:
                     break
-                if isinstance(hedge_to, EndpointState):
-                    pending.add(self._start(call, hedge_to, self.clock(), hedge=True))
+                if isinstance(hedge_to, Admitted):
+                    pending.add(self._start(call, hedge_to, hedge=True))
         finally:
             await _cancel_all(pending)
         return race.result(self.clock())
 
-    def _start(self, call: Call, state: EndpointState, start: float, *,
-               hedge: bool) -> asyncio.Task[Outcome]:
-        """Start an attempt now (count, headers, span) and send it in its own task."""
-        sent = launch(call, state, start, hedge=hedge, concurrent=True)
-        return asyncio.ensure_future(self._transmit(call, state, sent))
+    def _start(self, call: Call, chosen: Admitted, *, hedge: bool) -> asyncio.Task[Outcome]:
+        """Start an attempt now (count, span) and send it in its own task."""
+        sent = launch(call, chosen, self.clock(), hedge=hedge, concurrent=True)
+        return asyncio.ensure_future(self._transmit(call, chosen.state, sent))
 
     # -- pools and endpoints ------------------------------------------------------------
 

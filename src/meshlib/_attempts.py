@@ -19,10 +19,12 @@ from ._call import Call, Outcome
 from ._endpoint import EndpointState
 from ._errors import NoEndpointsError
 from ._gate import sent_before_failure
+from ._service import TooSlow
 from ._telemetry import telemetry
 
 __all__ = [
     "STOP",
+    "Admitted",
     "HedgeRace",
     "Launch",
     "aborted",
@@ -31,36 +33,53 @@ __all__ = [
     "finish",
     "launch",
     "pick",
+    "stamp",
+    "superseded",
     "undiscovered",
 ]
 
 STOP: Literal["stop"] = "stop"
 
 
-def pick(call: Call, now: float) -> EndpointState | Outcome:
+@dataclass(slots=True)
+class Admitted:
+    """An endpoint chosen for the next attempt, with what its breaker granted."""
+
+    state: EndpointState
+    admission: int
+
+
+def pick(call: Call, now: float) -> Admitted | Outcome:
     """The endpoint for the next attempt, or the outcome that ends the call instead.
 
-    A first attempt needs time left and an available endpoint. An extra
-    attempt also passes deadline-aware admission (its endpoint's latency
-    estimate must fit the time left); a refused one gives its budget token back.
+    A first attempt needs time left and an available endpoint. An extra attempt
+    goes only to an endpoint expected to answer in the time left
+    (deadline-aware admission); if it cannot be sent after all, the call ends
+    with the answer it was meant to replace, and its budget token is given back.
     """
     extra = call.attempts > 0
-    if call.remaining(now) <= 0:
-        if extra:
-            call.runtime.budget.refund(now)
-        return Outcome(None, error=call.deadline_error(now), sent=False)
+    left = call.remaining(now)
+    if left <= 0:
+        error = call.deadline_error(now)
+        return call.abandoned_retry(error) if extra else Outcome(None, error=error, sent=False)
     try:
-        state = call.choose(now)
+        state, admission = call.choose(now, within=left if extra else None)
+    except TooSlow as exc:
+        telemetry.decision(call, "no_retry", f"deadline too short: {exc}")
+        return call.abandoned_retry(call.deadline_error(now, str(exc)))
     except httpx.TransportError as exc:  # NoEndpointsError, CircuitOpenError: nothing sent
         exc.request = call.request
+        if extra:
+            telemetry.decision(call, "no_retry", f"no endpoint to retry on: {exc}")
+            return call.abandoned_retry(exc)
         return Outcome(None, error=exc, sent=False)
-    if extra and not call.admits(state, now):
-        state.breaker.release()
-        call.runtime.budget.refund(now)
-        telemetry.decision(call, "no_retry", "deadline too short for the chosen endpoint")
-        return Outcome(None, error=call.deadline_error(now, "not enough time left"),
-                       sent=False, final=True)
-    return state
+    return Admitted(state, admission)
+
+
+def superseded(call: Call) -> httpx.Response | None:
+    """The response a retry replaces, once the retry is really being sent (to drain)."""
+    previous, call.previous = call.previous, None
+    return previous.response if previous is not None else None
 
 
 @dataclass(slots=True)
@@ -71,19 +90,34 @@ class Launch:
     extensions: dict[str, Any]
     span: Span
     start: float
+    admission: int
+    #: the attempt's time limit is the caller's deadline
+    deadline_bound: bool = False
+    #: when the attempt must have its response headers (``time.monotonic()``)
+    limit_at: float = 0.0
 
 
-def launch(call: Call, state: EndpointState, start: float, *, hedge: bool,
+def launch(call: Call, chosen: Admitted, start: float, *, hedge: bool,
            concurrent: bool) -> Launch:
-    """Start an attempt: count it, stamp headers and timeouts, open its span.
+    """Start an attempt: count it, open its span, and (unless it is sent from another
+    thread or task, which calls :func:`stamp` when it really leaves) stamp it.
 
     ``concurrent`` attempts (hedges, and first attempts that may be hedged) get
     their own copy of the request so their headers never race.
     """
     request = call.fork_request() if concurrent else call.request
-    extensions = call.begin(state, start, request)
-    span = telemetry.start_attempt(call, state, request, hedge=hedge)
-    return Launch(request, extensions, span, start)
+    call.begin(chosen.state)
+    span = telemetry.start_attempt(call, chosen.state, request, hedge=hedge)
+    sent = Launch(request, {}, span, start, chosen.admission)
+    if not concurrent:
+        stamp(call, sent, start)
+    return sent
+
+
+def stamp(call: Call, sent: Launch, now: float) -> None:
+    """Set the deadline header and clamped timeouts as the attempt really leaves."""
+    sent.extensions, sent.deadline_bound, sent.limit_at = call.stamp(sent.request, now)
+    sent.start = now
 
 
 def failed(call: Call, state: EndpointState, sent: Launch, exc: httpx.TransportError,
@@ -91,7 +125,7 @@ def failed(call: Call, state: EndpointState, sent: Launch, exc: httpx.TransportE
     """An attempt raised a transport error: record it (EWMA, breaker, span)."""
     exc.request = call.request
     outcome = Outcome(state, error=exc, sent=sent_before_failure(exc))
-    call.observe(state, outcome, now - sent.start, now)
+    call.observe(state, outcome, now - sent.start, now, sent.admission, sent.deadline_bound)
     telemetry.end_attempt(sent.span, call, outcome, now - sent.start)
     return outcome
 
@@ -100,14 +134,14 @@ def answered(call: Call, state: EndpointState, sent: Launch, response: httpx.Res
              now: float) -> Outcome:
     """An attempt got response headers: record it (EWMA, breaker, span)."""
     outcome = Outcome(state, response=response)
-    call.observe(state, outcome, now - sent.start, now)
+    call.observe(state, outcome, now - sent.start, now, sent.admission)
     telemetry.end_attempt(sent.span, call, outcome, now - sent.start)
     return outcome
 
 
 def aborted(call: Call, state: EndpointState, sent: Launch, exc: BaseException) -> None:
     """An attempt was cancelled (a losing hedge, or the caller): count nothing against it."""
-    state.breaker.release()
+    state.breaker.release(sent.admission)
     telemetry.abort_attempt(sent.span, call, exc)
 
 
@@ -170,21 +204,21 @@ class HedgeRace:
         self.last = outcome
         return False, stale
 
-    def next_hedge(self, now: float) -> EndpointState | Literal["stop"] | None:
+    def next_hedge(self, now: float) -> Admitted | Literal["stop"] | None:
         """After a wait with no answer: an endpoint to hedge to, ``None`` to keep waiting,
         or ``STOP`` when the deadline has passed."""
         if self.call.remaining(now) <= 0:
             return STOP
         if not self._may_add():
             return None
-        state, reason = self.call.choose_hedge(now)
+        state, admission, reason = self.call.choose_hedge(now)
         if state is None:
             telemetry.decision(self.call, "no_hedge", reason)
             self.hedging = False
             return None
         telemetry.decision(self.call, "hedge", reason, endpoint=state.address)
         self.started += 1
-        return state
+        return Admitted(state, admission)
 
     def result(self, now: float) -> Outcome:
         """The outcome when no attempt won: the last failure, or a deadline error."""

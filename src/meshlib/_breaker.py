@@ -19,6 +19,7 @@ open endpoint, admit one trial after ``reset_timeout``) on a monotonic clock.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +27,11 @@ import pybreaker
 
 from ._policy import Breaker
 
-__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "EndpointBreaker"]
+__all__ = ["ADMITTED", "CLOSED", "HALF_OPEN", "OPEN", "REFUSED", "TRIAL", "EndpointBreaker"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+#: what :meth:`EndpointBreaker.admit` grants an attempt
+REFUSED, ADMITTED, TRIAL = 0, 1, 2
 
 Transition = Callable[[str, str, str], None]  # (endpoint name, old state, new state)
 
@@ -59,7 +62,8 @@ class EndpointBreaker:
     """The breaker of one endpoint. Time is ``time.monotonic()`` seconds, passed in."""
 
     __slots__ = (
-        "_cb", "_now", "_on_transition", "_opened_at", "_state", "_trial", "config", "name",
+        "_cb", "_lock", "_now", "_on_transition", "_opened_at", "_state", "_trial", "config",
+        "name",
     )
 
     def __init__(self, config: Breaker, name: str, on_transition: Transition | None = None,
@@ -70,6 +74,7 @@ class EndpointBreaker:
         self._state = CLOSED
         self._opened_at = now
         self._trial = False
+        self._lock = threading.Lock()
         self._cb = pybreaker.CircuitBreaker(
             fail_max=config.failures, reset_timeout=config.reset_timeout, name=name,
             listeners=[_Listener(self)], throw_new_error_on_trip=False,
@@ -97,32 +102,41 @@ class EndpointBreaker:
             return True
         return not self._trial and self.state(now) == HALF_OPEN
 
-    def admit(self, now: float) -> bool:
-        """Claim the right to send one request; the half-open trial is given to one caller."""
+    def admit(self, now: float) -> int:
+        """Claim the right to send one request: ``REFUSED``, ``ADMITTED``, or ``TRIAL``
+        (the single half-open trial). The attempt keeps what it got and hands it back
+        to :meth:`record` or :meth:`release`."""
         if self._state == CLOSED:
-            return True
-        if self._trial or self.state(now) != HALF_OPEN:
-            return False
-        self._trial = True
-        return True
+            return ADMITTED
+        with self._lock:  # two callers must not both take the trial
+            if self._trial or self.state(now) != HALF_OPEN:
+                return REFUSED
+            self._trial = True
+            return TRIAL
 
-    def record(self, success: bool, now: float) -> None:
-        """Feed an attempt's outcome into pybreaker's state machine."""
+    def record(self, success: bool, now: float, admission: int = ADMITTED) -> None:
+        """Feed an attempt's outcome into pybreaker's state machine.
+
+        Only the trial decides a half-open breaker; outcomes of attempts admitted
+        before the breaker opened are not counted again.
+        """
         self._now = now
-        if self._trial:
+        if admission == TRIAL:
             self._trial = False
             if self._state == OPEN:
                 self._cb.half_open()
-        elif self._state == OPEN:
-            return  # an attempt admitted before the breaker opened: already counted
-        elif success and self._state == CLOSED and self._cb.fail_counter == 0:
+        elif self._state != CLOSED:
+            return
+        elif success and self._cb.fail_counter == 0:
             return  # nothing would change: skip pybreaker's lock on the common path
         with contextlib.suppress(_AttemptFailed, pybreaker.CircuitBreakerError):
             self._cb.call(_succeed if success else _fail)
 
-    def release(self) -> None:
-        """Give up an admitted attempt with no outcome (cancelled): nothing is counted."""
-        self._trial = False
+    def release(self, admission: int) -> None:
+        """Give up an admitted attempt with no outcome (cancelled): nothing is counted;
+        a trial's slot is freed for another caller."""
+        if admission == TRIAL:
+            self._trial = False
 
     @property
     def fail_counter(self) -> int:

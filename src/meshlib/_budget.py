@@ -70,11 +70,16 @@ class BudgetLedger:
             self._withdrawals[self._cell(now)] += 1
             return True
 
-    def refund(self, now: float) -> None:
-        """Give back a token drawn for an attempt that was then not sent."""
+    def refund(self, drawn_at: float) -> None:
+        """Give back a token drawn at ``drawn_at`` for an attempt that was then not sent.
+
+        The withdrawal is taken back from the slot it was counted in; if that slot
+        has expired meanwhile, there is nothing left to give back.
+        """
         with self._lock:
-            cell = self._cell(now)
-            if self._withdrawals[cell] > 0:
+            number = math.floor(drawn_at / self._slot_seconds)
+            cell = number % _SLOTS
+            if self._epoch[cell] == number and self._withdrawals[cell] > 0:
                 self._withdrawals[cell] -= 1
 
     def balance(self, now: float) -> float:

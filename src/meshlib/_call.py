@@ -25,12 +25,13 @@ import httpx
 from tenacity import RetryCallState, wait_random_exponential
 
 from ._balancer import FAILURE_PENALTY
+from ._breaker import ADMITTED, REFUSED
 from ._endpoint import EndpointState
 from ._errors import DeadlineExceeded, MeshError
 from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
 from ._policy import Policy
 from ._scope import current_deadline
-from ._service import ServiceRuntime
+from ._service import ServiceRuntime, TooSlow
 
 __all__ = ["DEADLINE_HEADER", "Call", "Outcome", "Verdict"]
 
@@ -65,8 +66,8 @@ class Call:
 
     __slots__ = (
         "_waits", "attempts", "balancer", "base_timeouts", "deadline", "events", "hedged",
-        "idempotent", "next_sleep", "policy", "replayable", "request", "runtime", "started",
-        "tried",
+        "idempotent", "next_sleep", "policy", "previous", "replayable", "request", "runtime",
+        "started", "token_at", "tried",
     )
 
     def __init__(self, runtime: ServiceRuntime, policy: Policy, request: httpx.Request,
@@ -83,6 +84,10 @@ class Call:
         self.tried: set[str] = set()
         self.hedged = False
         self.next_sleep = 0.0
+        #: the outcome a retry is replacing: returned if the retry is not sent after all
+        self.previous: Outcome | None = None
+        #: when the budget token of the pending extra attempt was drawn (for a refund)
+        self.token_at: float | None = None
         self.events: list[tuple[str, dict[str, Any]]] = []
         timeouts = request.extensions.get("timeout") or {}
         self.base_timeouts: dict[str, float | None] = {
@@ -107,11 +112,15 @@ class Call:
 
     # -- attempts ---------------------------------------------------------------------
 
-    def choose(self, now: float) -> EndpointState:
-        """Pick and admit an endpoint, preferring one not tried yet by this call."""
-        state = self.runtime.pick(self.balancer, self.tried, now)
+    def choose(self, now: float, *, within: float | None = None) -> tuple[EndpointState, int]:
+        """Pick and admit an endpoint, preferring one not tried yet by this call.
+
+        ``within``: only endpoints expected to answer in that many seconds (raises
+        ``TooSlow`` if none is). Returns the endpoint and its breaker admission.
+        """
+        state, admission = self.runtime.pick(self.balancer, self.tried, now, within)
         self.tried.add(state.address)
-        return state
+        return state, admission
 
     def fork_request(self) -> httpx.Request:
         """A copy of the request for a concurrent (hedged) attempt: own headers, same body."""
@@ -119,26 +128,40 @@ class Call:
         return httpx.Request(r.method, r.url, headers=r.headers.copy(), stream=r.stream,
                              extensions=dict(r.extensions))
 
-    def begin(self, state: EndpointState, now: float, request: httpx.Request) -> dict[str, Any]:
-        """Start an attempt: count it, stamp the deadline header; return its extensions."""
+    def begin(self, state: EndpointState) -> None:
+        """Count a started attempt (the endpoint's in-flight count and the call's attempts)."""
         state.begin()
         self.attempts += 1
+        self.token_at = None  # the token, if any, is spent
+
+    def stamp(self, request: httpx.Request, now: float) -> tuple[dict[str, Any], bool, float]:
+        """Set the deadline header and the clamped timeouts as the attempt leaves.
+
+        Returns the attempt's extensions; whether its time limit comes from the
+        caller's deadline (then a timeout is the caller's, not the endpoint's,
+        fault); and the time by which the attempt must have its response headers.
+        """
         left = self.remaining(now)
         request.headers[DEADLINE_HEADER] = str(max(int(left * 1000.0), 0))
         limit = left
-        if self.policy.attempt_timeout is not None:
-            limit = min(limit, self.policy.attempt_timeout)
+        attempt_timeout = self.policy.attempt_timeout
+        if attempt_timeout is not None and attempt_timeout < limit:
+            limit = attempt_timeout
         limit = max(limit, 0.0)
-        timeouts = {
-            key: limit if value is None else min(value, limit)
-            for key, value in self.base_timeouts.items()
-        }
+        deadline_bound = limit == left
+        timeouts = {}
+        for key, value in self.base_timeouts.items():
+            if value is None or value >= limit:
+                timeouts[key] = limit
+            else:
+                timeouts[key] = value
+                deadline_bound = False if key == "read" else deadline_bound
         extensions = dict(request.extensions)
         extensions["timeout"] = timeouts
         sni = self.runtime.sni
         if sni is not None:
             extensions["sni_hostname"] = sni
-        return extensions
+        return extensions, deadline_bound, now + limit
 
     def is_failure(self, outcome: Outcome) -> bool:
         """A transport error or a 5xx answer: what breakers and EWMA count as failed."""
@@ -146,12 +169,21 @@ class Call:
             outcome.response is not None and outcome.response.status_code >= 500
         )
 
-    def observe(self, state: EndpointState, outcome: Outcome, latency: float,
-                now: float) -> None:
-        """Record an attempt's latency and outcome (headers received, or failed)."""
+    def observe(self, state: EndpointState, outcome: Outcome, latency: float, now: float,
+                admission: int = ADMITTED, deadline_bound: bool = False) -> None:
+        """Record an attempt's latency and outcome (headers received, or failed).
+
+        A timeout of an attempt whose limit was the caller's own deadline is not
+        held against the endpoint (breaker, failure penalty): the caller gave it
+        less time than it usually needs, and other callers must not pay for that.
+        """
         failed = self.is_failure(outcome)
+        if failed and deadline_bound and isinstance(outcome.error, httpx.TimeoutException):
+            state.observe(latency, now, failed=False, penalty=FAILURE_PENALTY)
+            state.breaker.release(admission)
+            return
         state.observe(latency, now, failed=failed, penalty=FAILURE_PENALTY)
-        state.breaker.record(not failed, now)
+        state.breaker.record(not failed, now, admission)
         if not failed:
             self.runtime.latencies.add(latency)
 
@@ -197,7 +229,27 @@ class Call:
                                   f"usually take {estimate:.3f} s")
         if not self.runtime.budget.try_withdraw(now):
             return Verdict(False, "retry budget exhausted")
+        self.token_at = now
+        self.previous = outcome
         return Verdict(True, self.retry_reason(outcome), sleep)
+
+    def refund(self) -> None:
+        """Give back the budget token of an extra attempt that is not sent after all."""
+        if self.token_at is not None:
+            self.runtime.budget.refund(self.token_at)
+            self.token_at = None
+
+    def abandoned_retry(self, error: BaseException) -> Outcome:
+        """The outcome when a retry cannot be sent: the answer it was meant to replace.
+
+        The budget token is given back. Without a previous outcome, ``error``.
+        """
+        self.refund()
+        previous = self.previous
+        if previous is None:
+            return Outcome(None, error=error, sent=False, final=True)
+        return Outcome(previous.state, previous.response, previous.error, previous.sent,
+                       final=True)
 
     def retry_reason(self, outcome: Outcome) -> str:
         """Why an outcome is being retried, for span events."""
@@ -219,7 +271,7 @@ class Call:
         for state in self.runtime.states.values():
             if state.address in self.tried and len(self.tried) < len(self.runtime.states):
                 continue
-            value = state.ewma(now)
+            value = state.ok_estimate(now)
             if value is not None and value < best and state.breaker.available(now):
                 best = value
         return None if math.isinf(best) else best
@@ -234,35 +286,34 @@ class Call:
         return float(hedge.delay)
 
     def can_hedge(self) -> bool:
-        """Whether this request may be hedged at all (policy, idempotency, replayable body)."""
-        return (self.policy.hedge is not None and self.idempotent and self.replayable
-                and len(self.runtime.states) > 1)
+        """Whether this request may be hedged at all: a hedge policy, an idempotent request
+        with a replayable body, another endpoint, and ``retries`` allowing an extra attempt
+        (hedges and retries share one limit)."""
+        return (self.policy.hedge is not None and self.policy.retries >= 1 and self.idempotent
+                and self.replayable and len(self.runtime.states) > 1)
 
-    def choose_hedge(self, now: float) -> tuple[EndpointState | None, str]:
+    def choose_hedge(self, now: float) -> tuple[EndpointState | None, int, str]:
         """Pick an endpoint for a hedge and draw its budget token, or say why not."""
-        if self.remaining(now) <= 0:
-            return None, "deadline passed"
+        left = self.remaining(now)
+        if left <= 0:
+            return None, REFUSED, "deadline passed"
+        if self.attempts > self.policy.retries:
+            return None, REFUSED, "no extra attempt left (retries)"
         try:
-            state = self.runtime.pick(self.balancer, self.tried, now)
+            state, admission = self.runtime.pick(self.balancer, self.tried, now, left)
+        except TooSlow:
+            return None, REFUSED, "deadline too short for a hedge"
         except MeshError:
-            return None, "no available endpoint"
+            return None, REFUSED, "no available endpoint"
         if state.address in self.tried:
-            state.breaker.release()
-            return None, "no other endpoint to hedge to"
-        if not self.admits(state, now):
-            state.breaker.release()
-            return None, "deadline too short for a hedge"
+            state.breaker.release(admission)
+            return None, REFUSED, "no other endpoint to hedge to"
         if not self.runtime.budget.try_withdraw(now):
-            state.breaker.release()
-            return None, "retry budget exhausted"
+            state.breaker.release(admission)
+            return None, REFUSED, "retry budget exhausted"
         self.tried.add(state.address)
         self.hedged = True
-        return state, "first attempt slower than the hedge delay"
-
-    def admits(self, state: EndpointState, now: float) -> bool:
-        """Deadline-aware admission of an extra attempt to ``state``."""
-        estimate = state.ewma(now)
-        return estimate is None or estimate < self.remaining(now)
+        return state, admission, "first attempt slower than the hedge delay"
 
     def result(self, outcome: Outcome, now: float) -> httpx.Response:
         """The response to return for the final outcome, or raise its error."""

@@ -54,8 +54,8 @@ class EndpointState:
     """
 
     __slots__ = (
-        "_ewma", "_lock", "_stamp", "address", "breaker", "endpoint", "failures", "inflight",
-        "pool", "requests", "retired", "rr_current",
+        "_ewma", "_lock", "_ok", "_ok_stamp", "_stamp", "address", "breaker", "endpoint",
+        "failures", "inflight", "pool", "requests", "retired", "rr_current",
     )
 
     def __init__(self, endpoint: Endpoint, breaker: Any = None) -> None:
@@ -70,6 +70,8 @@ class EndpointState:
         self.rr_current = 0.0
         self._ewma: float | None = None
         self._stamp = 0.0
+        self._ok: float | None = None  # peak EWMA of successful answers only
+        self._ok_stamp = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -86,6 +88,23 @@ class EndpointState:
         if elapsed <= 0:
             return value
         return value * math.exp(-elapsed / DECAY_SECONDS)
+
+    def ok_estimate(self, now: float) -> float | None:
+        """Peak-EWMA latency of successful answers only, decayed; ``None`` before any.
+
+        Deadline-aware admission uses this: the failure penalty that steers the
+        balancer away from a failing endpoint says nothing about how long it takes.
+        """
+        value = self._ok
+        if value is None:
+            return None
+        elapsed = now - self._ok_stamp
+        return value * math.exp(-elapsed / DECAY_SECONDS) if elapsed > 0 else value
+
+    def fits(self, seconds: float, now: float) -> bool:
+        """Whether this endpoint usually answers within ``seconds``."""
+        value = self.ok_estimate(now)
+        return value is None or value < seconds
 
     def begin(self) -> None:
         """An attempt to this endpoint started."""
@@ -107,6 +126,16 @@ class EndpointState:
                 decayed = current * weight
                 self._ewma = sample if sample > decayed else decayed + sample * (1.0 - weight)
             self._stamp = now
+            if not failed:
+                current = self._ok
+                if current is None:
+                    self._ok = latency
+                else:
+                    weight = math.exp(-max(now - self._ok_stamp, 0.0) / DECAY_SECONDS)
+                    decayed = current * weight
+                    self._ok = latency if latency > decayed else decayed + latency * (
+                        1.0 - weight)
+                self._ok_stamp = now
 
     def finish(self) -> None:
         """An attempt is over (response closed, failed or cancelled): one fewer in flight."""

@@ -15,7 +15,9 @@ specific type, as httpx's own transport does.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -103,6 +105,75 @@ def _core_request(request: httpx.Request, extensions: dict[str, Any]) -> httpcor
     )
 
 
+#: the time (``time.monotonic()``) by which the current attempt must have its response
+#: headers; set around each send, read by the endpoint streams
+_ATTEMPT_LIMIT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "meshlib_attempt_limit", default=None)
+
+
+def _bounded(timeout: float | None, exc: type[Exception]) -> float | None:
+    """``timeout`` shortened to what the attempt has left; raise ``exc`` if nothing is left.
+
+    Per-operation timeouts alone let a server that trickles its answer a byte at a
+    time outlive any deadline; this bounds the whole attempt.
+    """
+    limit = _ATTEMPT_LIMIT.get()
+    if limit is None:
+        return timeout
+    left = limit - time.monotonic()
+    if left <= 0:
+        raise exc("the attempt's deadline passed")
+    return left if timeout is None or timeout > left else timeout
+
+
+class _BoundedStream(httpcore.NetworkStream):
+    """A connection whose reads and writes end when the attempt's deadline does."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _BoundedStream(self._stream.start_tls(
+            ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
+    """The async twin of :class:`_BoundedStream`."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        return _AsyncBoundedStream(await self._stream.start_tls(
+            ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
 class _PinnedBackend(httpcore.SyncBackend):
     """Connects to one endpoint whatever host the URL names."""
 
@@ -113,8 +184,10 @@ class _PinnedBackend(httpcore.SyncBackend):
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        return super().connect_tcp(self.host, self.port, timeout=timeout,
-                                   local_address=local_address, socket_options=socket_options)
+        timeout = _bounded(timeout, httpcore.ConnectTimeout)
+        return _BoundedStream(super().connect_tcp(
+            self.host, self.port, timeout=timeout, local_address=local_address,
+            socket_options=socket_options))
 
 
 class _AsyncPinnedBackend(AutoBackend):
@@ -128,9 +201,10 @@ class _AsyncPinnedBackend(AutoBackend):
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None,
                           ) -> httpcore.AsyncNetworkStream:
-        return await super().connect_tcp(self.host, self.port, timeout=timeout,
-                                         local_address=local_address,
-                                         socket_options=socket_options)
+        timeout = _bounded(timeout, httpcore.ConnectTimeout)
+        return _AsyncBoundedStream(await super().connect_tcp(
+            self.host, self.port, timeout=timeout, local_address=local_address,
+            socket_options=socket_options))
 
 
 class _ResponseStream(httpx.SyncByteStream):
@@ -190,10 +264,16 @@ class EndpointPool:
                                              **settings.pool_kwargs())
 
     def send(self, request: httpx.Request, extensions: dict[str, Any],
-             on_close: Callable[[], None] | None = None) -> httpx.Response:
-        """Send ``request`` (its URL unchanged) to the endpoint."""
-        with map_httpcore_exceptions():
-            resp = self._pool.handle_request(_core_request(request, extensions))
+             on_close: Callable[[], None] | None = None,
+             limit_at: float | None = None) -> httpx.Response:
+        """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
+        response headers must arrive by then (``time.monotonic()``)."""
+        token = _ATTEMPT_LIMIT.set(limit_at)
+        try:
+            with map_httpcore_exceptions():
+                resp = self._pool.handle_request(_core_request(request, extensions))
+        finally:
+            _ATTEMPT_LIMIT.reset(token)
         assert isinstance(resp.stream, Iterable)
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_ResponseStream(resp.stream, on_close),
@@ -212,10 +292,17 @@ class AsyncEndpointPool:
                                                   **settings.pool_kwargs())
 
     async def send(self, request: httpx.Request, extensions: dict[str, Any],
-                   on_close: Callable[[], None] | None = None) -> httpx.Response:
-        """Send ``request`` (its URL unchanged) to the endpoint."""
-        with map_httpcore_exceptions():
-            resp = await self._pool.handle_async_request(_core_request(request, extensions))
+                   on_close: Callable[[], None] | None = None,
+                   limit_at: float | None = None) -> httpx.Response:
+        """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
+        response headers must arrive by then (``time.monotonic()``)."""
+        token = _ATTEMPT_LIMIT.set(limit_at)
+        try:
+            with map_httpcore_exceptions():
+                resp = await self._pool.handle_async_request(
+                    _core_request(request, extensions))
+        finally:
+            _ATTEMPT_LIMIT.reset(token)
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_AsyncResponseStream(resp.stream, on_close),
                               extensions=resp.extensions)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._balancer import Balancer, make_balancer
-from ._breaker import EndpointBreaker
+from ._breaker import REFUSED, EndpointBreaker
 from ._budget import BudgetLedger
 from ._discovery import Discovery, EndpointSetTracker, Update
 from ._endpoint import Endpoint, EndpointState
@@ -23,9 +23,13 @@ from ._errors import CircuitOpenError, ConfigError, NoEndpointsError
 from ._latency import LatencyWindow
 from ._policy import Policy
 
-__all__ = ["Service", "ServiceRuntime"]
+__all__ = ["Service", "ServiceRuntime", "TooSlow"]
 
 Transition = Callable[[str, str, str, str], None]  # service, endpoint, old, new
+
+
+class TooSlow(Exception):
+    """No available endpoint is expected to answer within the time left."""
 
 
 class Service:
@@ -92,7 +96,8 @@ class ServiceRuntime:
         self.ready = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.draining: set[EndpointState] = set()
-        self._not_closed = 0  # breakers not closed: when 0, every endpoint is available
+        #: endpoints whose breaker is not closed; while empty, every endpoint is available
+        self._unhealthy: set[str] = set()
         initial = discovery.initial()
         if initial is not None:
             self.apply(initial, clock())
@@ -128,8 +133,7 @@ class ServiceRuntime:
             idle: list[EndpointState] = []
             for state in gone:
                 state.retired = True
-                if state.breaker.state(now) != "closed":
-                    self._not_closed -= 1
+                self._unhealthy.discard(state.address)
                 if state.inflight == 0:
                     idle.append(state)
                 else:
@@ -138,10 +142,10 @@ class ServiceRuntime:
 
     def _new_breaker(self, address: str, now: float) -> EndpointBreaker:
         def transition(name: str, old: str, new: str) -> None:
-            if old == "closed":
-                self._not_closed += 1
-            elif new == "closed":
-                self._not_closed -= 1
+            if new == "closed":
+                self._unhealthy.discard(name)
+            elif name in self.states:  # a retired endpoint no longer counts
+                self._unhealthy.add(name)
             if self._on_transition is not None:
                 self._on_transition(self.name, name, old, new)
 
@@ -193,24 +197,38 @@ class ServiceRuntime:
             balancer = self._balancers.setdefault(name, make_balancer(name))
         return balancer
 
-    def pick(self, balancer: Balancer, exclude: frozenset[str] | set[str],
-             now: float) -> EndpointState:
-        """Choose and admit an endpoint: lowest priority group with an available endpoint,
-        preferring endpoints not in ``exclude`` and in the client's zone.
+    def pick(self, balancer: Balancer, exclude: frozenset[str] | set[str], now: float,
+             within: float | None = None) -> tuple[EndpointState, int]:
+        """Choose and admit an endpoint: the lowest priority group with an available
+        endpoint, preferring endpoints not in ``exclude`` and in the client's zone.
 
-        Raises ``NoEndpointsError`` when discovery knows none and ``CircuitOpenError``
-        when every endpoint's breaker is open.
+        With ``within`` (seconds left), endpoints whose latency estimate does not fit
+        are left out (deadline-aware admission). Returns the endpoint and what its
+        breaker granted (``ADMITTED`` or ``TRIAL``). Raises ``NoEndpointsError`` when
+        discovery knows none, ``CircuitOpenError`` when every endpoint's breaker is
+        open, and ``TooSlow`` when the only available endpoints cannot answer in time.
         """
         groups = self._groups
         if not groups:
             raise NoEndpointsError(f"no endpoints known for service {self.name!r}")
+        too_slow = False
         for _ in range(4):  # a half-open trial may be taken by another caller meanwhile
             candidates = self._candidates(groups, exclude, now)
+            if within is not None and candidates:
+                fitting = [s for s in candidates if s.fits(within, now)]
+                if not fitting:
+                    too_slow = True
+                    break
+                candidates = fitting
             if not candidates:
                 break
             state = balancer.pick(candidates, now)
-            if state.breaker.admit(now):
-                return state
+            admission = state.breaker.admit(now)
+            if admission != REFUSED:
+                return state, admission
+        if too_slow:
+            raise TooSlow(f"no endpoint of service {self.name!r} usually answers within "
+                          f"{within:.3f} s")
         raise CircuitOpenError(
             f"every endpoint of service {self.name!r} has an open circuit breaker"
         )
@@ -218,7 +236,7 @@ class ServiceRuntime:
     def _candidates(self, groups: tuple[tuple[EndpointState, ...], ...],
                     exclude: frozenset[str] | set[str], now: float,
                     ) -> Sequence[EndpointState]:
-        if not exclude and self._not_closed <= 0 and self.zone is None:
+        if not exclude and not self._unhealthy and self.zone is None:
             return groups[0]  # the common case: every breaker closed, first attempt
         fallback: list[EndpointState] = []
         for group in groups:

@@ -20,6 +20,7 @@ from tenacity import RetryCallState, Retrying, retry_base, stop_after_attempt
 from . import testing
 from ._attempts import (
     STOP,
+    Admitted,
     HedgeRace,
     Launch,
     aborted,
@@ -28,6 +29,8 @@ from ._attempts import (
     finish,
     launch,
     pick,
+    stamp,
+    superseded,
     undiscovered,
 )
 from ._call import Call, Outcome
@@ -73,11 +76,9 @@ class _MeshRetry(retry_base):
         outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
         call = self.call
         verdict = call.verdict(outcome, retry_state, self.transport.clock())
-        if verdict.retry:
+        if verdict.retry:  # the superseded response is drained when the retry is sent
             telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
             call.next_sleep = verdict.sleep
-            if outcome.response is not None:
-                drain(outcome.response)
         elif call.wants_retry(outcome):
             telemetry.decision(call, "no_retry", verdict.reason)
         return verdict.retry
@@ -178,17 +179,22 @@ class MeshTransport(httpx.BaseTransport):
 
     def _attempt(self, call: Call) -> Outcome:
         """One attempt: pick, admit, send, record. Never raises for transport errors."""
-        start = self.clock()
-        state = pick(call, start)
-        if isinstance(state, Outcome):
-            return state
-        sent = launch(call, state, start, hedge=False, concurrent=False)
-        return self._transmit(call, state, sent)
+        chosen = pick(call, self.clock())
+        if isinstance(chosen, Outcome):
+            return chosen
+        stale = superseded(call)
+        if stale is not None:
+            drain(stale)
+        sent = launch(call, chosen, self.clock(), hedge=False, concurrent=False)
+        return self._transmit(call, chosen.state, sent)
 
     def _transmit(self, call: Call, state: EndpointState, sent: Launch) -> Outcome:
+        if not sent.extensions:  # sent from a worker thread: stamp it as it really leaves
+            stamp(call, sent, self.clock())
         pool = self._pool_for(call.runtime, state)
         try:
-            response = pool.send(sent.request, sent.extensions, partial(self._release, state))
+            response = pool.send(sent.request, sent.extensions, partial(self._release, state),
+                                 sent.limit_at)
         except httpx.TransportError as exc:
             outcome = failed(call, state, sent, exc, self.clock())
             self._release(state)
@@ -206,13 +212,15 @@ class MeshTransport(httpx.BaseTransport):
         context). A losing attempt cannot be interrupted: its response is closed
         when it arrives.
         """
-        start = self.clock()
-        state = pick(call, start)
-        if isinstance(state, Outcome):
-            return state
+        chosen = pick(call, self.clock())
+        if isinstance(chosen, Outcome):
+            return chosen
+        stale = superseded(call)
+        if stale is not None:
+            drain(stale)
         executor = self._pool_executor()
         race = HedgeRace(call)
-        pending = {self._submit(executor, call, state, start, hedge=False)}
+        pending = {self._submit(executor, call, chosen, hedge=False)}
         while pending:
             done, pending = concurrent.futures.wait(
                 pending, timeout=race.wait_time(self.clock()),
@@ -230,17 +238,17 @@ class MeshTransport(httpx.BaseTransport):
             hedge_to = race.next_hedge(self.clock())
             if hedge_to == STOP:
                 break
-            if isinstance(hedge_to, EndpointState):
-                pending.add(self._submit(executor, call, hedge_to, self.clock(), hedge=True))
+            if isinstance(hedge_to, Admitted):
+                pending.add(self._submit(executor, call, hedge_to, hedge=True))
         self._abandon(pending)
         return race.result(self.clock())
 
     def _submit(self, executor: concurrent.futures.ThreadPoolExecutor, call: Call,
-                state: EndpointState, start: float, *, hedge: bool,
-                ) -> concurrent.futures.Future[Outcome]:
-        """Start an attempt here (count, headers, span) and send it from a worker thread."""
-        sent = launch(call, state, start, hedge=hedge, concurrent=True)
-        return executor.submit(contextvars.copy_context().run, self._transmit, call, state, sent)
+                chosen: Admitted, *, hedge: bool) -> concurrent.futures.Future[Outcome]:
+        """Start an attempt here (count, span) and send it from a worker thread."""
+        sent = launch(call, chosen, self.clock(), hedge=hedge, concurrent=True)
+        return executor.submit(contextvars.copy_context().run, self._transmit, call,
+                               chosen.state, sent)
 
     def _abandon(self, pending: set[concurrent.futures.Future[Outcome]]) -> None:
         """Losing attempts: close their responses whenever they arrive."""
@@ -279,8 +287,11 @@ class MeshTransport(httpx.BaseTransport):
         if executor is None:
             with self._lock:
                 if self._executor is None:
+                    # every hedged request holds a worker per attempt: size it like the
+                    # connection limit so that hedging never queues requests behind others
+                    workers = max(64, 4 * (self.settings.limits.max_connections or 100))
                     self._executor = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=64, thread_name_prefix="meshlib-hedge")
+                        max_workers=workers, thread_name_prefix="meshlib-hedge")
                 executor = self._executor
         return executor
 
