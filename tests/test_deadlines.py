@@ -86,8 +86,9 @@ def test_deadline_aware_admission_skips_a_doomed_retry(backends: BackendFactory)
     b = backends(2, delay_ms=300)
     policy = FAST.replace(breaker=Breaker(failures=1000))
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
-        for _ in range(4):  # learn that both endpoints take ~0.3 s
-            client.get("http://svc/")
+        with meshlib.policy(balancer="round-robin"):
+            for _ in range(4):  # learn that both endpoints take ~0.3 s
+                client.get("http://svc/")
         for server in b:
             server.delay_ms = 0
             server.status = 503
