@@ -211,3 +211,21 @@ def test_p2c_ewma_explores_so_one_unlucky_sample_does_not_exile_an_endpoint() ->
     picks = Counter(states.index(balancer.pick(states, now)) for _ in range(200))
     assert probes > 0
     assert picks[0] > 180, picks  # the outlier decayed (10 s time constant): preferred again
+
+
+def test_retired_endpoint_breakers_do_not_disturb_health_tracking() -> None:
+    """An open endpoint that leaves discovery and later closes leaves no stale health state:
+    with another endpoint open, picks still avoid it every time."""
+    a, b, c = (Endpoint("127.0.0.1", port) for port in (1, 2, 3))
+    runtime = _runtime([a, b, c])
+    state_a = runtime.states[a.address]
+    for _ in range(5):
+        state_a.breaker.record(False, 0.0)
+    runtime.apply((b, c), 0.0)  # a leaves while open
+    assert state_a.breaker.admit(100.0) == 2  # its trial (a request still draining)
+    state_a.breaker.record(True, 100.0, 2)  # a closes: must not count for the service
+    for _ in range(5):
+        runtime.states[b.address].breaker.record(False, 100.0)  # b opens
+    balancer = runtime.balancer("random")
+    picked = {runtime.pick(balancer, set(), 100.0)[0].address for _ in range(400)}
+    assert picked == {c.address}

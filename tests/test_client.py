@@ -228,3 +228,18 @@ def test_a_proxy_from_the_environment_never_captures_service_hosts(
     with meshlib.MeshClient(services={"users": b.static_url}) as client:
         response = client.get("http://users/")
     assert response.extensions["meshlib"]["endpoint"] == b.addresses[0]
+
+
+def test_pass_through_uses_proxies_from_the_environment_like_plain_httpx(
+        monkeypatch: pytest.MonkeyPatch, backends: BackendFactory) -> None:
+    """HTTP_PROXY applies to pass-through hosts exactly as with httpx.Client."""
+    proxy = backends(1)
+    monkeypatch.setenv("HTTP_PROXY", proxy.urls[0])
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with httpx.Client() as plain:
+        expected = plain.get("http://elsewhere.invalid/x").headers["x-backend"]
+    with meshlib.MeshClient(services={"users": "static://127.0.0.1:9"}) as client:
+        response = client.get("http://elsewhere.invalid/x")
+    assert response.headers["x-backend"] == expected == proxy.addresses[0]
+    assert proxy.count == 2

@@ -43,12 +43,15 @@ def test_policy_fields_come_from_the_environment() -> None:
         ("MESHLIB_RETRIES", "two"),
         ("MESHLIB_BALANCER", "fastest"),
         ("MESHLIB_RETRY_BUDGET_RATIO", "x"),
+        ("MESHLIB_RETRY_BUDGET_RATIO", "5000"),
         ("MESHLIB_BREAKER_FAILURES", "0"),
         ("MESHLIB_BREAKER_RESET_TIMEOUT", "inf"),
         ("MESHLIB_HEDGE_DELAY", "later"),
         ("MESHLIB_DNS_NAMESERVER", "[::1"),
         ("MESHLIB_SERVICES", "users"),
         ("MESHLIB_SERVICES", "users=nowhere"),
+        ("MESHLIB_SERVICES", "users=bogus://x"),
+        ("MESHLIB_SERVICES", "users=static://127.0.0.1:notaport"),
     ],
 )
 def test_bad_variable_raises_config_error_naming_it_and_its_value(
@@ -96,3 +99,22 @@ def test_host_port_parsing_handles_ipv6() -> None:
     assert parse_host_port("127.0.0.1", what="x", default_port=53) == ("127.0.0.1", 53)
     with pytest.raises(ConfigError, match="IPv6"):
         parse_host_port("::1:80", what="x")
+
+
+def test_bad_services_variable_raises_even_when_services_are_given(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed MESHLIB_SERVICES URL is reported though services= overrides it."""
+    monkeypatch.setenv("MESHLIB_SERVICES", "users=static://")
+    with pytest.raises(ConfigError, match="MESHLIB_SERVICES"):
+        meshlib.MeshClient(services={"a": "static://127.0.0.1:1"})
+
+
+@pytest.mark.parametrize("services", [
+    {"svc": "static://127.0.0.1:1", "SVC": "static://127.0.0.1:2"},
+    {"my service": "static://127.0.0.1:1"},
+    {"": "static://127.0.0.1:1"},
+])
+def test_bad_service_names_are_config_errors(services: dict[str, str]) -> None:
+    """Names differing only in case, or that are not host names, are refused."""
+    with pytest.raises(ConfigError, match="service"):
+        meshlib.MeshClient(services=services)

@@ -47,6 +47,7 @@ def test_policy_is_immutable_and_replace_returns_a_new_one() -> None:
         ({"retry_on": (700,)}, "700"),
         ({"hedge": 0.05}, "Policy.hedge"),
         ({"idempotent": "yes"}, "'yes'"),
+        ({"idempotent": 1}, "idempotent"),
         ({"nonsense": 1}, "nonsense"),
     ],
 )

@@ -75,3 +75,42 @@ def test_bad_policy_field_raises_config_error_at_once() -> None:
         meshlib.policy(retries=-2)
     with pytest.raises(meshlib.ConfigError, match="bogus"):
         meshlib.policy(bogus=1)
+
+
+async def test_one_scope_object_entered_by_many_tasks_at_once() -> None:
+    """A module-level scope (FAST = meshlib.policy(...)) can be used by concurrent tasks."""
+    fast = meshlib.policy(retries=0)
+    short = meshlib.deadline(5)
+
+    async def worker(delay: float) -> tuple[int, bool]:
+        async with fast, short:
+            await asyncio.sleep(delay)
+            return current_overrides()["retries"], math.isfinite(current_deadline())
+
+    results = await asyncio.gather(worker(0.02), worker(0.01), worker(0.0))
+    assert results == [(0, True)] * 3
+    assert dict(current_overrides()) == {} and current_deadline() == math.inf
+
+
+def test_one_scope_object_entered_by_many_threads_at_once() -> None:
+    """The same holds across threads."""
+    import threading
+
+    shared = meshlib.deadline(5)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(200):
+                with shared:
+                    assert math.isfinite(current_deadline())
+                assert current_deadline() == math.inf
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,18 +22,16 @@ def _transport_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in _TRANSPORT_ARGS if k in kwargs}
 
 
-def _service_mounts(names: Any, transport: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Mounts that keep service hosts away from proxies (a proxy must never capture them).
+def _with_service_mounts(kwargs: dict[str, Any], names: Any, transport: Any) -> dict[str, Any]:
+    """``mounts`` that send each service host to the mesh transport.
 
-    Only needed when a proxy or other mounts are in play: httpx matches every
-    mount pattern on every request, so none are added otherwise.
+    Everything else is left to httpx exactly as a plain client would do it (its
+    default transport, proxies from the environment, the caller's own
+    ``transport=`` and ``mounts=``); a mount names one host, so it is matched
+    before any proxy pattern and a proxy never captures a service.
     """
     mounts = dict(kwargs.pop("mounts", None) or {})
-    proxied = kwargs.get("proxy") is not None or (
-        kwargs.get("trust_env", True) and urllib.request.getproxies()
-    )
-    if mounts or proxied:
-        mounts.update({f"all://{name}": transport for name in names})
+    mounts.update({f"all://{name}": transport for name in names})
     return mounts
 
 
@@ -44,8 +41,9 @@ class MeshClient(httpx.Client):
     ``services`` maps service names to discovery URLs or :class:`meshlib.Service`
     (``None`` reads ``MESHLIB_SERVICES``); ``policy`` is the client's default
     :class:`meshlib.Policy` (``None`` reads ``MESHLIB_*``). Every other keyword
-    is passed to ``httpx.Client``; a ``transport=`` of your own carries the
-    requests to hosts that are not services. Raises ``ConfigError`` on bad
+    is passed to ``httpx.Client``: hosts that are not services are handled by
+    httpx exactly as a plain client handles them (its transport, your
+    ``transport=`` and ``mounts=``, proxies from the environment). Raises ``ConfigError`` on bad
     configuration.
 
     .. versionadded:: 0.1
@@ -53,13 +51,12 @@ class MeshClient(httpx.Client):
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
                  environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
-        user_transport = kwargs.pop("transport", None)
         self.mesh_transport = MeshTransport(services=services, policy=policy, environ=environ,
-                                            passthrough=user_transport,
                                             **_transport_kwargs(kwargs))
-        mounts = _service_mounts(self.mesh_transport.mesh.runtimes, self.mesh_transport, kwargs)
+        mounts = _with_service_mounts(kwargs, self.mesh_transport.mesh.runtimes,
+                                      self.mesh_transport)
         try:
-            super().__init__(transport=self.mesh_transport, mounts=mounts, **kwargs)
+            super().__init__(mounts=mounts, **kwargs)
         except BaseException:
             self.mesh_transport.close()
             raise
@@ -79,12 +76,11 @@ class AsyncMeshClient(httpx.AsyncClient):
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
                  environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
-        user_transport = kwargs.pop("transport", None)
         self.mesh_transport = AsyncMeshTransport(services=services, policy=policy,
-                                                 environ=environ, passthrough=user_transport,
-                                                 **_transport_kwargs(kwargs))
-        mounts = _service_mounts(self.mesh_transport.mesh.runtimes, self.mesh_transport, kwargs)
-        super().__init__(transport=self.mesh_transport, mounts=mounts, **kwargs)
+                                                 environ=environ, **_transport_kwargs(kwargs))
+        mounts = _with_service_mounts(kwargs, self.mesh_transport.mesh.runtimes,
+                                      self.mesh_transport)
+        super().__init__(mounts=mounts, **kwargs)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget."""

@@ -16,9 +16,9 @@ from typing import Any
 from ._errors import ConfigError
 from ._policy import BALANCERS, Breaker, Hedge, Policy, RetryBudget
 
-__all__ = ["EnvConfig", "parse_host_port", "parse_services", "read_env"]
+__all__ = ["SERVICE_NAME", "EnvConfig", "parse_host_port", "parse_services", "read_env"]
 
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 
 
 def _float(var: str, raw: str, *, positive: bool = False) -> float:
@@ -78,7 +78,7 @@ def parse_services(raw: str, *, var: str = "MESHLIB_SERVICES") -> dict[str, str]
         name, sep, url = item.partition("=")
         if not sep or not name or not url:
             raise ConfigError(f"{var}: {item!r} is not name=URL (in {raw!r})")
-        if not _SERVICE_NAME.match(name):
+        if not SERVICE_NAME.match(name):
             raise ConfigError(f"{var}: {name!r} is not a valid service name (in {raw!r})")
         if "://" not in url:
             raise ConfigError(f"{var}: {url!r} for {name!r} is not a discovery URL")
@@ -130,9 +130,14 @@ def read_env(environ: Mapping[str, str] | None = None) -> EnvConfig:
             changes[field_name] = parse(var, raw)
     budget_ratio = env.get("MESHLIB_RETRY_BUDGET_RATIO", "").strip()
     if budget_ratio:
-        changes["retry_budget"] = RetryBudget(
-            ratio=_float("MESHLIB_RETRY_BUDGET_RATIO", budget_ratio)
-        )
+        try:
+            changes["retry_budget"] = RetryBudget(
+                ratio=_float("MESHLIB_RETRY_BUDGET_RATIO", budget_ratio)
+            )
+        except ConfigError as exc:
+            if "MESHLIB_" in str(exc):
+                raise
+            raise ConfigError(f"MESHLIB_RETRY_BUDGET_RATIO={budget_ratio!r}: {exc}") from None
     failures = env.get("MESHLIB_BREAKER_FAILURES", "").strip()
     reset = env.get("MESHLIB_BREAKER_RESET_TIMEOUT", "").strip()
     if failures or reset:

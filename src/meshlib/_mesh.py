@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from ._config import EnvConfig, read_env
+from ._config import SERVICE_NAME, EnvConfig, read_env
 from ._discovery import DiscoveryOptions, discovery_from_url
 from ._errors import ConfigError
 from ._policy import Policy
@@ -51,10 +51,18 @@ class Mesh:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"services must map names to discovery URLs, got {raw!r}")
         options = DiscoveryOptions(dns_nameserver=env.dns_nameserver)
+        for env_name, env_url in env.services.items():  # validated even when overridden
+            try:
+                discovery_from_url(env_url, options)
+            except ConfigError as exc:
+                raise ConfigError(f"MESHLIB_SERVICES: service {env_name!r}: {exc}") from None
         self.runtimes: dict[str, ServiceRuntime] = {}
         for name, spec in raw.items():
-            if not isinstance(name, str) or not name:
-                raise ConfigError(f"service name must be a non-empty string, got {name!r}")
+            if not isinstance(name, str) or not SERVICE_NAME.match(name):
+                raise ConfigError(
+                    f"service name {name!r} is not a host name (letters, digits, '.', '-', '_')")
+            if name.lower() in self.runtimes:
+                raise ConfigError(f"service {name!r} is configured twice (names ignore case)")
             service = Service(spec) if isinstance(spec, str) else spec
             if not isinstance(service, Service):
                 raise ConfigError(

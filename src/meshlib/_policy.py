@@ -156,7 +156,7 @@ class Policy:
                 )
         if self.hedge is not None and not isinstance(self.hedge, Hedge):
             raise ConfigError(f"Policy.hedge must be a meshlib.Hedge or None, got {self.hedge!r}")
-        if self.idempotent not in (None, True, False):
+        if not (self.idempotent is None or self.idempotent is True or self.idempotent is False):
             raise ConfigError(f"Policy.idempotent must be None, True or False, "
                               f"got {self.idempotent!r}")
 

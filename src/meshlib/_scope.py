@@ -48,26 +48,35 @@ def current_overrides() -> Mapping[str, Any]:
     return _OVERRIDES.get()
 
 
+#: the tokens of the scopes entered as context managers in this context, innermost last,
+#: keyed by scope object: one scope object may be entered by many threads and tasks at once
+_ENTERED: contextvars.ContextVar[tuple[tuple[int, contextvars.Token[Any]], ...]] = (
+    contextvars.ContextVar("meshlib_scopes_entered", default=()))
+
+
 class _Scope:
     """A decorator and (async) context manager that sets a contextvar for its body."""
 
     def _enter_value(self) -> tuple[contextvars.ContextVar[Any], Any]:
         raise NotImplementedError
 
-    def __init__(self) -> None:
-        self._tokens: list[contextvars.Token[Any]] = []
-
     def __enter__(self) -> _Scope:
         var, value = self._enter_value()
-        self._tokens.append(var.set(value))
+        _ENTERED.set((*_ENTERED.get(), (id(self), var.set(value))))
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        token = self._tokens.pop()
-        token.var.reset(token)
+        entered = _ENTERED.get()
+        for index in range(len(entered) - 1, -1, -1):
+            if entered[index][0] == id(self):
+                token = entered[index][1]
+                _ENTERED.set(entered[:index] + entered[index + 1:])
+                token.var.reset(token)
+                return
+        raise RuntimeError("meshlib scope exited in a context where it was not entered")
 
     async def __aenter__(self) -> _Scope:
         return self.__enter__()
@@ -114,7 +123,6 @@ class deadline(_Scope):
     """
 
     def __init__(self, seconds: float) -> None:
-        super().__init__()
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or (
             math.isnan(seconds) or seconds < 0
         ):
@@ -137,7 +145,6 @@ class policy(_Scope):
     """
 
     def __init__(self, **changes: Any) -> None:
-        super().__init__()
         Policy().replace(**changes)  # validate now, not at the first request
         self.changes: Mapping[str, Any] = MappingProxyType(dict(changes))
 
