@@ -48,6 +48,8 @@ def test_policy_fields_come_from_the_environment() -> None:
         ("MESHLIB_BREAKER_RESET_TIMEOUT", "inf"),
         ("MESHLIB_HEDGE_DELAY", "later"),
         ("MESHLIB_DNS_NAMESERVER", "[::1"),
+        ("MESHLIB_DNS_NAMESERVER", "x y:53"),
+        ("MESHLIB_SERVICES", "a=static://127.0.0.1:1 A=static://127.0.0.1:2"),
         ("MESHLIB_SERVICES", "users"),
         ("MESHLIB_SERVICES", "users=nowhere"),
         ("MESHLIB_SERVICES", "users=bogus://x"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -190,9 +191,27 @@ def test_a_callers_short_deadline_does_not_open_breakers(backends: BackendFactor
     b = backends(2, delay_ms=50)
     policy = FAST.replace(breaker=Breaker(failures=3, reset_timeout=30))
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        with meshlib.policy(balancer="round-robin"):
+            for _ in range(4):  # both endpoints are known to answer in about 50 ms
+                client.get("http://svc/")
         for _ in range(12):
             with meshlib.deadline(0.02), pytest.raises(httpx.TimeoutException):
                 client.get("http://svc/")
         breakers = {e["breaker"] for e in client.snapshot()["services"]["svc"]["endpoints"]}
         assert breakers == {"closed"}
         assert client.get("http://svc/").status_code == 200  # a patient caller is served
+
+
+def test_a_hung_endpoint_is_ejected_even_by_callers_with_short_deadlines(
+        backends: BackendFactory) -> None:
+    """A stalled endpoint runs every caller into its deadline: that is its fault, not theirs."""
+    b = backends(2, mode=["stall", "normal"])
+    policy = FAST.replace(timeout=0.2, retries=0, balancer="round-robin",
+                          breaker=Breaker(failures=3, reset_timeout=30))
+    with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        for _ in range(10):
+            with contextlib.suppress(httpx.TimeoutException):
+                client.get("http://svc/")
+        breakers = {e["endpoint"]: e["breaker"]
+                    for e in client.snapshot()["services"]["svc"]["endpoints"]}
+    assert breakers == {b.addresses[0]: "open", b.addresses[1]: "closed"}

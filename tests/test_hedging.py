@@ -173,3 +173,31 @@ def test_many_threads_with_hedging_do_not_queue_behind_each_other(
         for thread in threads:
             thread.join(10)
     assert results.count("200") == 96, Counter(results)
+
+
+async def test_cancelled_during_backoff_releases_the_superseded_answer(
+        backends: BackendFactory) -> None:
+    """A caller cancelled while a retry waits in backoff leaves no connection or count behind."""
+    b = backends(1, status=503)
+    policy = FAST.replace(backoff=meshlib.Backoff(base=2.0, max=2.0))
+    async with meshlib.AsyncMeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        before = client.snapshot()["services"]["svc"]["retry_budget"]["balance"]
+        for _ in range(3):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.get("http://svc/"), 0.3)
+        snap = client.snapshot()["services"]["svc"]
+    assert snap["endpoints"][0]["inflight"] == 0
+    assert snap["retry_budget"]["balance"] >= before  # the retries' tokens were given back
+
+
+async def test_cancelled_during_a_hedge_race_releases_every_attempt(
+        backends: BackendFactory) -> None:
+    """A caller cancelled mid-race: the settled 503 and the pending hedge are both released."""
+    b = backends(2, status=[503, 200], delay_ms=[50, 3000])
+    policy = FAST.replace(hedge=Hedge(delay=0.02), balancer="round-robin",
+                          backoff=meshlib.Backoff(base=2.0, max=2.0))
+    async with meshlib.AsyncMeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        for _ in range(2):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.get("http://svc/"), 0.5)
+        assert _inflight(client) == 0

@@ -114,3 +114,11 @@ def test_one_scope_object_entered_by_many_threads_at_once() -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_decorating_a_generator_is_refused_with_a_clear_error() -> None:
+    """A generator would not run inside the scope: say so instead of silently ignoring it."""
+    with pytest.raises(meshlib.ConfigError, match="generator"):
+        @meshlib.deadline(1)
+        def numbers() -> object:
+            yield 1

@@ -43,19 +43,11 @@ from ._transport import _last, _split_kwargs, _wait
 
 __all__ = ["AsyncMeshTransport"]
 
-_DRAIN_LIMIT = 64 * 1024
 
 
-async def adrain(response: httpx.Response) -> None:
-    """Read a small body (so the connection is reused) and close the response."""
-    try:
-        length = response.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) <= _DRAIN_LIMIT:
-            await response.aread()
-    except httpx.HTTPError:
-        pass
-    finally:
-        await response.aclose()
+async def adiscard(response: httpx.Response) -> None:
+    """Close a response nobody will read (see ``_transport.discard``)."""
+    await response.aclose()
 
 
 class _AsyncMeshRetry(retry_base):
@@ -68,7 +60,7 @@ class _AsyncMeshRetry(retry_base):
         outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
         call = self.call
         verdict = call.verdict(outcome, retry_state, self.transport.clock())
-        if verdict.retry:  # the superseded response is drained when the retry is sent
+        if verdict.retry:  # the superseded response is closed when the retry is sent
             telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
             call.next_sleep = verdict.sleep
         elif call.wants_retry(outcome):
@@ -191,7 +183,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             sleep=self.sleep,
             retry_error_callback=_last,
         )
-        result: Outcome = await retrying(next_attempt)
+        try:
+            result: Outcome = await retrying(next_attempt)
+        except BaseException:  # cancelled (in backoff, say): release what the retry held
+            stale = superseded(call)
+            if stale is not None:
+                await stale.aclose()
+            call.refund()
+            raise
         return result
 
     async def _attempt(self, call: Call) -> Outcome:
@@ -201,7 +200,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             return chosen
         stale = superseded(call)
         if stale is not None:
-            await adrain(stale)
+            await adiscard(stale)
         sent = launch(call, chosen, self.clock(), hedge=False, concurrent=False)
         return await self._transmit(call, chosen.state, sent)
 
@@ -232,9 +231,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             return chosen
         stale = superseded(call)
         if stale is not None:
-            await adrain(stale)
+            await adiscard(stale)
         race = HedgeRace(call)
         pending = {self._start(call, chosen, hedge=False)}
+        finished = False
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, timeout=race.wait_time(self.clock()),
@@ -243,8 +243,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     outcome = task.result()
                     won, stale = race.settle(outcome)
                     if stale is not None:
-                        await adrain(stale)
+                        await adiscard(stale)
                     if won:
+                        finished = True
                         return outcome
                 if done:
                     continue
@@ -253,9 +254,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     break
                 if isinstance(hedge_to, Admitted):
                     pending.add(self._start(call, hedge_to, hedge=True))
+            finished = True
+            return race.result(self.clock())
         finally:
             await _cancel_all(pending)
-        return race.result(self.clock())
+            if not finished:  # cancelled: nobody will read the answer kept so far
+                kept = race.last.response if race.last is not None else None
+                if kept is not None:
+                    await kept.aclose()
 
     def _start(self, call: Call, chosen: Admitted, *, hedge: bool) -> asyncio.Task[Outcome]:
         """Start an attempt now (count, span) and send it in its own task."""

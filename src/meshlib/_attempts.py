@@ -125,7 +125,10 @@ def failed(call: Call, state: EndpointState, sent: Launch, exc: httpx.TransportE
     """An attempt raised a transport error: record it (EWMA, breaker, span)."""
     exc.request = call.request
     outcome = Outcome(state, error=exc, sent=sent_before_failure(exc))
-    call.observe(state, outcome, now - sent.start, now, sent.admission, sent.deadline_bound)
+    latency = now - sent.start
+    blame_caller = call.callers_fault(state, exc, latency, sent.deadline_bound, sent.limit_at,
+                                      now)
+    call.observe(state, outcome, latency, now, sent.admission, blame_caller)
     telemetry.end_attempt(sent.span, call, outcome, now - sent.start)
     return outcome
 

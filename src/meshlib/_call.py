@@ -143,19 +143,15 @@ class Call:
         """
         left = self.remaining(now)
         request.headers[DEADLINE_HEADER] = str(max(int(left * 1000.0), 0))
-        limit = left
         attempt_timeout = self.policy.attempt_timeout
-        if attempt_timeout is not None and attempt_timeout < limit:
-            limit = attempt_timeout
-        limit = max(limit, 0.0)
-        deadline_bound = limit == left
-        timeouts = {}
-        for key, value in self.base_timeouts.items():
-            if value is None or value >= limit:
-                timeouts[key] = limit
-            else:
-                timeouts[key] = value
-                deadline_bound = False if key == "read" else deadline_bound
+        if attempt_timeout is None or left <= attempt_timeout:
+            deadline_bound, limit = True, max(left, 0.0)
+        else:
+            deadline_bound, limit = False, attempt_timeout
+        timeouts = {
+            key: limit if value is None or value > limit else value
+            for key, value in self.base_timeouts.items()
+        }
         extensions = dict(request.extensions)
         extensions["timeout"] = timeouts
         sni = self.runtime.sni
@@ -170,22 +166,38 @@ class Call:
         )
 
     def observe(self, state: EndpointState, outcome: Outcome, latency: float, now: float,
-                admission: int = ADMITTED, deadline_bound: bool = False) -> None:
+                admission: int = ADMITTED, callers_fault: bool = False) -> None:
         """Record an attempt's latency and outcome (headers received, or failed).
 
-        A timeout of an attempt whose limit was the caller's own deadline is not
-        held against the endpoint (breaker, failure penalty): the caller gave it
-        less time than it usually needs, and other callers must not pay for that.
+        ``callers_fault``: the attempt timed out only because the caller gave it
+        less time than the endpoint usually needs; nothing is held against the
+        endpoint (no breaker failure, no latency sample), so one impatient caller
+        cannot eject a healthy instance for everyone.
         """
-        failed = self.is_failure(outcome)
-        if failed and deadline_bound and isinstance(outcome.error, httpx.TimeoutException):
-            state.observe(latency, now, failed=False, penalty=FAILURE_PENALTY)
+        if callers_fault:
             state.breaker.release(admission)
             return
+        failed = self.is_failure(outcome)
         state.observe(latency, now, failed=failed, penalty=FAILURE_PENALTY)
         state.breaker.record(not failed, now, admission)
         if not failed:
             self.runtime.latencies.add(latency)
+
+    def callers_fault(self, state: EndpointState, error: BaseException, given: float,
+                      deadline_bound: bool, limit_at: float, now: float) -> bool:
+        """Whether a failed attempt timed out because of the caller's deadline alone:
+        its limit was the deadline, it ran into that limit (not a shorter httpx
+        timeout), and the endpoint usually needs more than the time it was given
+        (its own successful latency, else the service's p95; with neither known,
+        the endpoint is held responsible, so that a hung instance is ejected)."""
+        if not deadline_bound or not isinstance(error, httpx.TimeoutException):
+            return False
+        if now < limit_at - 0.002:
+            return False
+        usual = state.ok_estimate(now)
+        if usual is None:
+            usual = self.runtime.latencies.percentile(0.95)
+        return usual is not None and given < usual
 
     def wants_retry(self, outcome: Outcome) -> bool:
         """Cheap first check: could this outcome be retried at all? (No budget drawn.)"""

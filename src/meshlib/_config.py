@@ -6,6 +6,7 @@ arguments override it, and a bad one raises ``ConfigError`` naming it.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -82,6 +83,9 @@ def parse_services(raw: str, *, var: str = "MESHLIB_SERVICES") -> dict[str, str]
             raise ConfigError(f"{var}: {name!r} is not a valid service name (in {raw!r})")
         if "://" not in url:
             raise ConfigError(f"{var}: {url!r} for {name!r} is not a discovery URL")
+        if name.lower() in (known.lower() for known in services):
+            raise ConfigError(
+                f"{var}: service {name!r} is named twice (names ignore case) in {raw!r}")
         services[name] = url
     return services
 
@@ -158,5 +162,11 @@ def read_env(environ: Mapping[str, str] | None = None) -> EnvConfig:
     nameserver = (
         parse_host_port(ns_raw, what="MESHLIB_DNS_NAMESERVER", default_port=53) if ns_raw else None
     )
+    if nameserver is not None:
+        try:
+            ipaddress.ip_address(nameserver[0])
+        except ValueError:
+            raise ConfigError(f"MESHLIB_DNS_NAMESERVER={ns_raw!r}: the nameserver must be an "
+                              "IP address") from None
     zone = env.get("MESHLIB_ZONE", "").strip() or None
     return EnvConfig(policy=policy, services=services, dns_nameserver=nameserver, zone=zone)

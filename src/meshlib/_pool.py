@@ -126,6 +126,14 @@ def _bounded(timeout: float | None, exc: type[Exception]) -> float | None:
     return left if timeout is None or timeout > left else timeout
 
 
+def _is_http2(stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream) -> bool:
+    """Whether TLS negotiated HTTP/2. Its connection multiplexes many requests, so one
+    request's deadline must not end reads that serve the others: only per-operation
+    timeouts apply there."""
+    ssl_object = stream.get_extra_info("ssl_object")
+    return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+
+
 class _BoundedStream(httpcore.NetworkStream):
     """A connection whose reads and writes end when the attempt's deadline does."""
 
@@ -143,8 +151,9 @@ class _BoundedStream(httpcore.NetworkStream):
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                   timeout: float | None = None) -> httpcore.NetworkStream:
-        return _BoundedStream(self._stream.start_tls(
-            ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout)))
+        stream = self._stream.start_tls(
+            ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout))
+        return stream if _is_http2(stream) else _BoundedStream(stream)
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
@@ -167,8 +176,9 @@ class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        return _AsyncBoundedStream(await self._stream.start_tls(
-            ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout)))
+        stream = await self._stream.start_tls(
+            ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout))
+        return stream if _is_http2(stream) else _AsyncBoundedStream(stream)
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)

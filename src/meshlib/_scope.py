@@ -48,6 +48,8 @@ def current_overrides() -> Mapping[str, Any]:
     return _OVERRIDES.get()
 
 
+_DEFAULTS: dict[contextvars.ContextVar[Any], Any] = {_DEADLINE: math.inf, _OVERRIDES: _EMPTY}
+
 #: the tokens of the scopes entered as context managers in this context, innermost last,
 #: keyed by scope object: one scope object may be entered by many threads and tasks at once
 _ENTERED: contextvars.ContextVar[tuple[tuple[int, contextvars.Token[Any]], ...]] = (
@@ -74,7 +76,13 @@ class _Scope:
             if entered[index][0] == id(self):
                 token = entered[index][1]
                 _ENTERED.set(entered[:index] + entered[index + 1:])
-                token.var.reset(token)
+                try:
+                    token.var.reset(token)
+                except ValueError:  # exited in a copy of the context it was entered in
+                    # (an async generator finalised by the event loop): restore by value
+                    old = token.old_value
+                    token.var.set(_DEFAULTS[token.var] if old is contextvars.Token.MISSING
+                                  else old)
                 return
         raise RuntimeError("meshlib scope exited in a context where it was not entered")
 
@@ -88,6 +96,11 @@ class _Scope:
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, func: F) -> F:
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise ConfigError(
+                f"meshlib.{type(self).__name__} cannot decorate the generator {func.__name__!r}: "
+                "a generator runs in its caller's context, step by step; open the scope "
+                "around the code that consumes it instead")
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:

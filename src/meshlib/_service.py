@@ -120,7 +120,8 @@ class ServiceRuntime:
                 endpoint = _sanitize(raw)
                 state = self.states.get(endpoint.address) or fresh.get(endpoint.address)
                 if state is None:
-                    state = EndpointState(endpoint, self._new_breaker(endpoint.address, now))
+                    state = EndpointState(endpoint)
+                    state.breaker = self._new_breaker(state, now)
                 else:
                     state.endpoint = endpoint
                 fresh[endpoint.address] = state
@@ -140,16 +141,18 @@ class ServiceRuntime:
                     self.draining.add(state)
             return idle
 
-    def _new_breaker(self, address: str, now: float) -> EndpointBreaker:
+    def _new_breaker(self, owner: EndpointState, now: float) -> EndpointBreaker:
         def transition(name: str, old: str, new: str) -> None:
+            if self.states.get(name) is not owner:
+                return  # a retired endpoint (perhaps re-added since, as a new state)
             if new == "closed":
                 self._unhealthy.discard(name)
-            elif name in self.states:  # a retired endpoint no longer counts
+            else:
                 self._unhealthy.add(name)
             if self._on_transition is not None:
                 self._on_transition(self.name, name, old, new)
 
-        return EndpointBreaker(self.policy.breaker, address, transition, now)
+        return EndpointBreaker(self.policy.breaker, owner.address, transition, now)
 
     def _mark_ready(self) -> None:
         if self.ready.is_set():

@@ -45,7 +45,6 @@ __all__ = ["MeshTransport"]
 
 _POOL_KEYS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "local_address",
               "socket_options")
-_DRAIN_LIMIT = 64 * 1024
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -54,16 +53,14 @@ def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return pool, rest
 
 
-def drain(response: httpx.Response) -> None:
-    """Read a small body (so the connection is reused) and close the response."""
-    try:
-        length = response.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) <= _DRAIN_LIMIT:
-            response.read()
-    except httpx.HTTPError:
-        pass
-    finally:
-        response.close()
+def discard(response: httpx.Response) -> None:
+    """Close a response nobody will read (a superseded answer, a losing hedge).
+
+    Its body is not read first: it may be large or slow, and reading it could
+    outlast the deadline the next attempt needs. Closing an unread response
+    gives up its connection; retries are rare enough for that to be cheap.
+    """
+    response.close()
 
 
 class _MeshRetry(retry_base):
@@ -76,7 +73,7 @@ class _MeshRetry(retry_base):
         outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
         call = self.call
         verdict = call.verdict(outcome, retry_state, self.transport.clock())
-        if verdict.retry:  # the superseded response is drained when the retry is sent
+        if verdict.retry:  # the superseded response is closed when the retry is sent
             telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
             call.next_sleep = verdict.sleep
         elif call.wants_retry(outcome):
@@ -174,7 +171,14 @@ class MeshTransport(httpx.BaseTransport):
             sleep=self.sleep,
             retry_error_callback=_last,
         )
-        result: Outcome = retrying(next_attempt)
+        try:
+            result: Outcome = retrying(next_attempt)
+        except BaseException:  # interrupted (in backoff, say): release what the retry held
+            stale = superseded(call)
+            if stale is not None:
+                stale.close()
+            call.refund()
+            raise
         return result
 
     def _attempt(self, call: Call) -> Outcome:
@@ -184,7 +188,7 @@ class MeshTransport(httpx.BaseTransport):
             return chosen
         stale = superseded(call)
         if stale is not None:
-            drain(stale)
+            discard(stale)
         sent = launch(call, chosen, self.clock(), hedge=False, concurrent=False)
         return self._transmit(call, chosen.state, sent)
 
@@ -217,31 +221,39 @@ class MeshTransport(httpx.BaseTransport):
             return chosen
         stale = superseded(call)
         if stale is not None:
-            drain(stale)
+            discard(stale)
         executor = self._pool_executor()
         race = HedgeRace(call)
         pending = {self._submit(executor, call, chosen, hedge=False)}
-        while pending:
-            done, pending = concurrent.futures.wait(
-                pending, timeout=race.wait_time(self.clock()),
-                return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                outcome = future.result()
-                won, stale = race.settle(outcome)
-                if stale is not None:
-                    drain(stale)
-                if won:
-                    self._abandon(pending)
-                    return outcome
-            if done:
-                continue
-            hedge_to = race.next_hedge(self.clock())
-            if hedge_to == STOP:
-                break
-            if isinstance(hedge_to, Admitted):
-                pending.add(self._submit(executor, call, hedge_to, hedge=True))
-        self._abandon(pending)
-        return race.result(self.clock())
+        finished = False
+        try:
+            while pending:
+                done, pending = concurrent.futures.wait(
+                    pending, timeout=race.wait_time(self.clock()),
+                    return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    outcome = future.result()
+                    won, stale = race.settle(outcome)
+                    if stale is not None:
+                        discard(stale)
+                    if won:
+                        finished = True
+                        return outcome
+                if done:
+                    continue
+                hedge_to = race.next_hedge(self.clock())
+                if hedge_to == STOP:
+                    break
+                if isinstance(hedge_to, Admitted):
+                    pending.add(self._submit(executor, call, hedge_to, hedge=True))
+            finished = True
+            return race.result(self.clock())
+        finally:
+            self._abandon(pending)
+            if not finished:  # interrupted: nobody will read the answer kept so far
+                kept = race.last.response if race.last is not None else None
+                if kept is not None:
+                    discard(kept)
 
     def _submit(self, executor: concurrent.futures.ThreadPoolExecutor, call: Call,
                 chosen: Admitted, *, hedge: bool) -> concurrent.futures.Future[Outcome]:
