@@ -12,7 +12,8 @@ never blocks. Weights come from discovery (SRV weight, registry weight).
   (``SMALL_SET`` candidates or fewer) two random choices are a poor sample:
   with three endpoints, one slow and one failing, p2c would still send the
   slow one a third of the traffic (whenever the pair excludes the best). So
-  there every candidate is priced, and the choice is made at random, by
+  there every candidate is priced (latency times load, the load being
+  in-flight requests per unit of weight), and the choice is made at random, by
   weight, among those within ``NEAR_BEST`` (plus ``NEAR_SLACK``) of the cheapest: equal endpoints
   share the load, a clearly worse one gets none until its estimate decays
   or an exploring pick (``EXPLORE``, 1%) measures it again.
@@ -135,8 +136,10 @@ class P2CEwma(_PowerOfTwo):
         rtts = [state.ewma(now) for state in candidates]
         sampled = [rtt for rtt in rtts if rtt is not None]
         default = sum(sampled) / len(sampled) if sampled else DEFAULT_RTT
+        # weight sets the share among near-equal endpoints (below), so here it only
+        # scales the load: three requests in flight on a weight-3 endpoint weigh as one
         costs = [
-            (default if rtt is None else rtt) * (state.inflight + 1) / state.endpoint.weight
+            (default if rtt is None else rtt) * (1.0 + state.inflight / state.endpoint.weight)
             for state, rtt in zip(candidates, rtts, strict=True)
         ]
         limit = min(costs) * NEAR_BEST + NEAR_SLACK
