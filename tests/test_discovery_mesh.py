@@ -159,3 +159,49 @@ def test_discovery_that_never_answers_raises_no_endpoints_at_the_deadline(
         with pytest.raises(meshlib.NoEndpointsError, match="has not answered"):
             client.get("http://svc/")
         assert 0.25 <= time.monotonic() - start < 2.0
+
+
+def test_failures_do_not_complete_the_grace_of_an_empty_answer() -> None:
+    """An empty answer followed by failures is a flapping registry: the set is kept."""
+    from meshlib._discovery import DiscoveryFailure, EndpointSetTracker
+    from meshlib._endpoint import Endpoint
+
+    tracker = EndpointSetTracker("svc", "test://", grace=5.0)
+    one = (Endpoint("127.0.0.1", 1),)
+    assert tracker.accept(one, 0.0) == one
+    assert tracker.accept((), 1.0) is None  # pending
+    assert tracker.accept(DiscoveryFailure("registry down"), 2.0) is None
+    assert tracker.due(7.0) is None
+    assert tracker.current == one
+    assert tracker.accept((), 8.0) is None  # a new empty answer starts the grace again
+    assert tracker.due(13.5) == ()
+
+
+def test_a_discovery_kind_that_crashes_is_restarted(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path,
+                                                     backends: BackendFactory) -> None:
+    """An unexpected exception in a discovery kind keeps the last set and restarts it."""
+    import meshlib._discovery._runner as runner
+
+    monkeypatch.setattr(runner, "RESTART_MIN", 0.05)
+    b = backends(2)
+    path = tmp_path / "svc.json"
+    _write(path, b, [0])
+    real = FileDiscovery.updates
+    calls = {"n": 0}
+
+    async def flaky(self: FileDiscovery):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise TypeError("garbage the parser did not expect")
+        async for update in real(self):
+            yield update
+            if calls["n"] == 1:
+                raise RuntimeError("boom")
+
+    monkeypatch.setattr(FileDiscovery, "updates", flaky)
+    with meshlib.MeshClient(services={"svc": f"file://{path}"}) as client:
+        assert client.get("http://svc/").headers["x-backend"] == b.addresses[0]
+        _write(path, b, [1])
+        assert _wait_for(lambda: _endpoints(client) == {b.addresses[1]})
+    assert calls["n"] >= 3

@@ -33,11 +33,11 @@ from ._attempts import (
     undiscovered,
 )
 from ._call import Call, Outcome
+from ._discovery._runner import follow
 from ._endpoint import EndpointState
 from ._mesh import Mesh, ServicesArg
 from ._policy import Policy
 from ._pool import AsyncEndpointPool, PoolSettings
-from ._service import ServiceRuntime
 from ._telemetry import telemetry
 from ._transport import _last, _split_kwargs, _wait
 
@@ -100,7 +100,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         runtime = self.mesh.route(request)
         if runtime is None:
             return await self._passthrough_transport().handle_async_request(request)
-        if asyncio.get_running_loop() is not self._loop or self._dynamic:
+        if asyncio.get_running_loop() is not self._loop:
             self._ensure_loop()
         now = self.clock()
         call = Call(runtime, self.mesh.policy_for(runtime), request, now)
@@ -138,31 +138,25 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     # -- discovery ----------------------------------------------------------------------
 
     def _ensure_loop(self) -> None:
-        """Follow the running event loop: (re)start discovery tasks on it, and forget the
-        connections of a previous loop that has been closed (they cannot be used again)."""
+        """Follow the running event loop: start discovery tasks on it (again, if the loop
+        changed), and forget the connections of a previous loop that has been closed."""
         loop = asyncio.get_running_loop()
-        if self._loop is loop and all(not t.done() for t in self._tasks):
-            return
-        if self._closed:
+        if self._loop is loop or self._closed:
             return
         old = self._loop
-        if old is not None and old is not loop and old.is_closed():
+        if old is not None and old.is_closed():
             for runtime in self.mesh.runtimes.values():
                 for state in runtime.states.values():
                     state.pool = None
         for task in self._tasks:
-            if not task.done() and old is loop:
+            if not task.done():
                 task.cancel()
         self._loop = loop
-        self._tasks = [loop.create_task(self._follow(rt), name=f"meshlib-discovery-{rt.name}")
-                       for rt in self._dynamic]
-
-    async def _follow(self, runtime: ServiceRuntime) -> None:
-        try:
-            async for update in runtime.discovery.updates():
-                await self._retire(runtime.apply(update, self.clock()))
-        finally:
-            await runtime.discovery.aclose()
+        self._tasks = [
+            loop.create_task(follow(rt, self._retire, self.clock),
+                             name=f"meshlib-discovery-{rt.name}")
+            for rt in self._dynamic
+        ]
 
     # -- the request path -------------------------------------------------------------
 

@@ -93,6 +93,7 @@ class ServiceRuntime:
         self._on_transition = on_transition
         self._tracker = EndpointSetTracker(name, discovery.url)
         self._lock = threading.Lock()
+        self._tracker_lock = threading.Lock()
         self.ready = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.draining: set[EndpointState] = set()
@@ -106,7 +107,8 @@ class ServiceRuntime:
 
     def apply(self, update: Update, now: float) -> list[EndpointState]:
         """Take a discovery answer; return retired endpoints that are idle (close their pools)."""
-        accepted = self._tracker.accept(update, now)
+        with self._tracker_lock:  # answers (discovery) and due() (requests) race otherwise
+            accepted = self._tracker.accept(update, now)
         retired: list[EndpointState] = []
         if accepted is not None:
             retired = self._replace(accepted, now)
@@ -168,7 +170,10 @@ class ServiceRuntime:
 
     def check_due(self, now: float) -> list[EndpointState]:
         """Apply a pending empty answer whose grace has passed; return idle retired endpoints."""
-        accepted = self._tracker.due(now)
+        if self._tracker.empty_since is None:
+            return []  # nothing pending: the common case costs one attribute read
+        with self._tracker_lock:
+            accepted = self._tracker.due(now)
         return self._replace(accepted, now) if accepted is not None else []
 
     def wait_ready(self, timeout: float) -> bool:

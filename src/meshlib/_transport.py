@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import threading
+import weakref
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -34,6 +35,7 @@ from ._attempts import (
     undiscovered,
 )
 from ._call import Call, Outcome
+from ._discovery._runner import follow
 from ._endpoint import EndpointState
 from ._mesh import Mesh, ServicesArg
 from ._policy import Policy
@@ -326,35 +328,41 @@ def _close_outcome(future: concurrent.futures.Future[Outcome]) -> None:
 
 
 class _DiscoveryThread:
-    """Runs the background discovery of a sync transport: one thread, one event loop."""
+    """Runs the background discovery of a sync transport: one thread, one event loop.
+
+    It holds the transport only weakly, and stops by itself when a transport
+    that was never closed is garbage-collected.
+    """
 
     def __init__(self, transport: MeshTransport) -> None:
-        self.transport = transport
+        self.runtimes = transport.mesh.dynamic
+        self.clock = transport.clock
+        reference = weakref.ref(transport)
+
+        def retire(states: list[EndpointState]) -> None:
+            owner = reference()
+            if owner is not None:
+                owner._retire(states)
+
+        self._retire = retire
         self.loop = asyncio.new_event_loop()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = threading.Event()
         self.thread = threading.Thread(target=self._run, name="meshlib-discovery", daemon=True)
         self.thread.start()
         self._started.wait(5.0)
+        weakref.finalize(transport, self.stop)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        for runtime in self.transport.mesh.dynamic:
-            self._tasks.append(self.loop.create_task(self._follow(runtime)))
+        for runtime in self.runtimes:
+            self._tasks.append(self.loop.create_task(follow(runtime, self._retire, self.clock)))
         self.loop.call_soon(self._started.set)
         try:
             self.loop.run_forever()
         finally:
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
-
-    async def _follow(self, runtime: ServiceRuntime) -> None:
-        transport = self.transport
-        try:
-            async for update in runtime.discovery.updates():
-                transport._retire(runtime.apply(update, transport.clock()))
-        finally:
-            await runtime.discovery.aclose()
 
     def stop(self) -> None:
         """Cancel discovery and end the thread."""
@@ -371,4 +379,5 @@ class _DiscoveryThread:
             asyncio.run_coroutine_threadsafe(cancel_all(), self.loop)
         except RuntimeError:
             return
-        self.thread.join(timeout=5.0)
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=5.0)

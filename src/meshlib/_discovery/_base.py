@@ -93,9 +93,9 @@ class EndpointSetTracker:
       WARNING once when the state turns failing, not on every attempt, and
       the recovery is logged at INFO;
     - an empty answer after a non-empty set is treated as a failure until it
-      has persisted for ``EMPTY_GRACE_SECONDS`` with no non-empty answer in
-      between (a service scaled to zero is real, a flapping registry is
-      not); :meth:`due` tells when a pending empty set takes effect;
+      has persisted for ``EMPTY_GRACE_SECONDS`` with no non-empty answer and
+      no failure in between (a service scaled to zero is real, a flapping
+      registry is not); :meth:`due` tells when a pending empty set takes effect;
     - the first answer is taken as it is, empty or not.
     """
 
@@ -110,6 +110,7 @@ class EndpointSetTracker:
     def accept(self, update: Update, now: float) -> tuple[Endpoint, ...] | None:
         """The new set to apply for ``update`` at ``now``, or ``None`` to keep the current one."""
         if isinstance(update, DiscoveryFailure):
+            self.empty_since = None  # a pending empty answer must persist without failures
             if self.failing is None:
                 logger.warning(
                     "discovery for %r (%s) failed, keeping %d last known endpoints: %s",

@@ -1,0 +1,56 @@
+"""Running one service's discovery in the background: the loop both transports use."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from ._base import DiscoveryFailure
+
+if TYPE_CHECKING:
+    from .._endpoint import EndpointState
+    from .._service import ServiceRuntime
+
+__all__ = ["follow"]
+
+logger = logging.getLogger("meshlib.discovery")
+
+#: seconds before restarting a discovery that crashed, doubling up to the maximum
+RESTART_MIN, RESTART_MAX = 0.5, 30.0
+
+Retire = Callable[[list["EndpointState"]], "Awaitable[None] | None"]
+
+
+async def follow(runtime: ServiceRuntime, retire: Retire, clock: Callable[[], float]) -> None:
+    """Apply every answer of ``runtime``'s discovery until cancelled.
+
+    ``retire`` closes the pools of endpoints that left. A discovery kind that
+    raises (a bug, or garbage its parser did not expect) is not allowed to end
+    discovery for good: the failure is recorded like any other (the last good
+    set is kept and the tracker logs the change of state) and the kind is
+    restarted after a capped, doubling delay.
+    """
+    delay = RESTART_MIN
+    try:
+        while True:
+            try:
+                async for update in runtime.discovery.updates():
+                    result = retire(runtime.apply(update, clock()))
+                    if inspect.isawaitable(result):
+                        await result
+                    if not isinstance(update, DiscoveryFailure):
+                        delay = RESTART_MIN
+                return  # the kind has nothing more to say (a fixed list)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.debug("discovery for %r raised; restarting in %.1f s", runtime.name,
+                             delay, exc_info=True)
+                runtime.apply(DiscoveryFailure(f"{type(exc).__name__}: {exc}"), clock())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_MAX)
+    finally:
+        await runtime.discovery.aclose()
