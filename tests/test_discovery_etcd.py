@@ -178,6 +178,22 @@ def test_registration_recovers_a_lost_lease(etcd: Etcd) -> None:
     assert etcd.keys(PREFIX + "/") == []
 
 
+def test_registration_puts_a_deleted_key_again(etcd: Etcd) -> None:
+    """A key deleted while its lease lives (or a put that failed) is put again."""
+    registration = EtcdRegistration(f"etcd://{etcd.address}{PREFIX}", "127.0.0.1", 8001, ttl=3)
+    registration.register()
+    try:
+        etcd.delete(f"{PREFIX}/127.0.0.1:8001")
+        assert etcd.keys(PREFIX + "/") == []
+        deadline = time.monotonic() + 5
+        while not etcd.keys(PREFIX + "/") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert etcd.keys(PREFIX + "/") == [f"{PREFIX}/127.0.0.1:8001"]
+    finally:
+        registration.deregister()
+    assert etcd.keys(PREFIX + "/") == []
+
+
 def test_registration_validates_its_arguments() -> None:
     """Bad registration values raise ConfigError before anything is sent."""
     with pytest.raises(ConfigError):

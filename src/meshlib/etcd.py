@@ -115,6 +115,17 @@ class EtcdRegistration:
             raise EtcdError(f"etcd granted no lease: {body!r}")
         return str(lease)
 
+    def _range_body(self) -> dict[str, str]:
+        return {"key": b64(self.key.encode())}
+
+    def _key_on_lease(self, body: dict[str, Any]) -> bool:
+        """Whether a range answer shows our key with our value on our current lease."""
+        for kv in body.get("kvs") or []:
+            if isinstance(kv, dict) and str(kv.get("lease")) == self.lease and (
+                    kv.get("value") == b64(self.value.encode())):
+                return True
+        return False
+
     @staticmethod
     def _alive(body: dict[str, Any]) -> bool:
         """Whether a keep-alive answer says the lease still exists (its TTL is above 0)."""
@@ -177,6 +188,12 @@ class EtcdRegistration:
                 if not self._alive(body):
                     logger.warning("etcd lease of %s was lost; registering again", self.key)
                     self._grant_and_put()
+                elif not self._key_on_lease(self._call(self._client, "/v3/kv/range",
+                                                       self._range_body())):
+                    # a put that failed after its grant, or a key deleted by hand
+                    logger.warning("etcd key %s is missing; putting it again", self.key)
+                    assert self.lease is not None
+                    self._call(self._client, "/v3/kv/put", self._put_body(self.lease))
             except (httpx.HTTPError, EtcdError) as exc:
                 logger.warning("etcd keep-alive for %s failed: %s", self.key, exc)
 
@@ -246,6 +263,12 @@ class EtcdRegistration:
                 if not self._alive(body):
                     logger.warning("etcd lease of %s was lost; registering again", self.key)
                     await self._agrant_and_put()
+                elif not self._key_on_lease(await self._acall(self._aclient, "/v3/kv/range",
+                                                              self._range_body())):
+                    # a put that failed after its grant, or a key deleted by hand
+                    logger.warning("etcd key %s is missing; putting it again", self.key)
+                    assert self.lease is not None
+                    await self._acall(self._aclient, "/v3/kv/put", self._put_body(self.lease))
             except (httpx.HTTPError, EtcdError) as exc:
                 logger.warning("etcd keep-alive for %s failed: %s", self.key, exc)
 
