@@ -213,3 +213,43 @@ async def test_registration_needs_a_reachable_etcd() -> None:
         await registration.aregister()
     registration.deregister()
     await registration.aderegister()
+
+
+async def test_a_gateway_that_fails_every_watch_is_not_hammered() -> None:
+    """Range works, every watch fails: reconnections back off instead of looping fast."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits: list[str] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            hits.append(self.path)
+            body, status = (b'{"header":{"revision":"5"}}', 200) if "range" in self.path \
+                else (b"not here", 404)
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    discovery = EtcdDiscovery(f"etcd://127.0.0.1:{server.server_address[1]}/mesh/svc")
+    updates = discovery.updates()
+    try:
+        async def consume() -> None:
+            async for _ in updates:
+                pass
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(consume(), 3.2)
+    finally:
+        await updates.aclose()
+        server.shutdown()
+        server.server_close()
+    watches = sum("watch" in path for path in hits)
+    assert 2 <= watches <= 4, hits  # 0.5 s, 1 s, 2 s apart; a fixed 0.5 s would give 6

@@ -22,6 +22,7 @@ import binascii
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -204,10 +205,17 @@ class EtcdDiscovery(Discovery):
         async with httpx.AsyncClient(base_url=self.base_url, trust_env=False,
                                      timeout=self.REQUEST_TIMEOUT) as client:
             while True:
+                opened = time.monotonic()
+                answers = 0
                 try:
                     async with contextlib.aclosing(self._follow(client)) as stream:
                         async for endpoints in stream:
-                            delay = self.BACKOFF_INITIAL
+                            answers += 1
+                            # the backoff resets only once the watch has proved itself (an
+                            # event came, or it stayed up): a gateway that answers the
+                            # range but fails every watch must not be hammered
+                            if answers > 1 or time.monotonic() - opened > self.BACKOFF_MAX:
+                                delay = self.BACKOFF_INITIAL
                             yield endpoints
                 except (httpx.HTTPError, _Broken) as exc:
                     reason = f"etcd {self.base_url}: {_describe(exc)}"
