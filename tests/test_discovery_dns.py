@@ -309,3 +309,15 @@ def test_missing_binary_skips_or_fails_on_ci(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception):
         require_binary("meshlib-no-such-server")
+
+
+async def test_one_failing_srv_target_does_not_fail_the_set(run: Any) -> None:
+    """A target whose lookup is refused is left out; the others are still used."""
+    with Dnsmasq([
+        f"srv-host={SRV},node1.mesh.test,18081,10,10",
+        f"srv-host={SRV},gone.other.test,18082,10,10",
+        "host-record=node1.mesh.test,127.0.0.1",
+    ]) as dns_server:
+        discovery = discovery_from_url(f"dns+srv://{SRV}?nameserver={dns_server.nameserver}")
+        update = await next_update(run(discovery))
+    assert addresses(update) == ["127.0.0.1:18081"]

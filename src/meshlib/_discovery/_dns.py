@@ -308,6 +308,8 @@ class SrvDiscovery(DnsDiscovery):
             )
         self.name = _parse_name(url, netloc)
         self._set_nameservers(query)
+        #: the last addresses each target resolved to, used while a lookup of it fails
+        self._known_targets: dict[dns.name.Name, list[str]] = {}
 
     async def resolve(self) -> _Answer:
         """Query the SRV records, then their targets' addresses."""
@@ -335,8 +337,17 @@ class SrvDiscovery(DnsDiscovery):
             return _endpoints(record, [literal]), math.inf
         hosts, ttl = self._from_additional(record.target, extra)
         if not hosts:
-            hosts, ttl = await self.addresses(record.target)
-        if not hosts:
+            try:
+                hosts, ttl = await self.addresses(record.target)
+            except _Unresolved as exc:
+                # one target failing must not fail the set: keep what it last resolved
+                # to (or leave it out) and ask again soon
+                hosts, ttl = self._known_targets.get(record.target, []), 1.0
+                logger.debug("discovery %s: SRV target %s: %s; %s", self.url, record.target,
+                             exc, "keeping its last addresses" if hosts else "left out")
+        if hosts:
+            self._known_targets[record.target] = list(hosts)
+        else:
             logger.debug("discovery %s: SRV target %s has no address, skipped",
                          self.url, record.target)
         return _endpoints(record, hosts), ttl
