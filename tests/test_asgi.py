@@ -372,3 +372,31 @@ def test_parse_deadline(mesh: list[str], grpc: list[str], expected: float | None
         assert result is None
     else:
         assert result == pytest.approx(expected)
+
+
+async def test_background_tasks_do_not_inherit_the_answered_callers_deadline() -> None:
+    """Work a handler leaves for after the response is not bound by the caller's deadline."""
+    import math
+
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    seen: dict[str, float] = {}
+
+    async def later() -> None:
+        await asyncio.sleep(0.15)
+        seen["background"] = meshlib.time_left()
+
+    async def handler(request: object) -> PlainTextResponse:
+        seen["handler"] = meshlib.time_left()
+        return PlainTextResponse("ok", background=BackgroundTask(later))
+
+    app = MeshMiddleware(Starlette(routes=[Route("/", handler)]))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
+        response = await client.get("/", headers={"x-mesh-timeout-ms": "100"})
+    assert response.text == "ok"
+    assert 0 < seen["handler"] <= 0.1
+    assert math.isinf(seen["background"])

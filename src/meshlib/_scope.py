@@ -43,6 +43,17 @@ def time_left() -> float:
     return _DEADLINE.get() - time.monotonic()
 
 
+def release_deadline(value: float) -> None:
+    """Set the scoped deadline back to ``value`` for the rest of the current context.
+
+    For server middleware: once the response has been sent, work that goes on
+    in the same task (background tasks) is no longer bound by the caller's
+    deadline. The enclosing ``meshlib.deadline`` still restores the outer value
+    when it exits.
+    """
+    _DEADLINE.set(value)
+
+
 def current_overrides() -> Mapping[str, Any]:
     """The policy fields set by enclosing ``meshlib.policy(...)`` scopes (inner wins)."""
     return _OVERRIDES.get()

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any, Protocol, runtime_checkable
 
 from ._call import DEADLINE_HEADER
-from ._scope import deadline
+from ._scope import current_deadline, deadline, release_deadline
 
 __all__ = ["GRPC_TIMEOUT_HEADER", "MeshMiddleware", "SupportsSnapshot", "parse_deadline"]
 
@@ -179,9 +179,18 @@ class MeshMiddleware:
             await self.app(scope, receive, send)
             return
         # Same task as the application: the contextvar is visible to it, and to
-        # every task it starts (they copy the context).
+        # every task it starts (they copy the context). Once the last body chunk
+        # has been sent, the caller is answered: work that goes on in this task
+        # (Starlette's background tasks) gets the outer deadline back.
+        outer = current_deadline()
+
+        async def send_and_release(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                release_deadline(outer)
+
         with deadline(seconds):
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_and_release)
 
     @staticmethod
     def _deadline(scope: Scope) -> float | None:
