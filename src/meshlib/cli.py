@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -29,11 +30,17 @@ def _format_set(endpoints: Sequence[object]) -> str:
     return "\n".join(lines) if lines else "(no endpoints)"
 
 
+def _nameserver() -> tuple[str, int] | None:
+    """``MESHLIB_DNS_NAMESERVER`` alone: ``resolve`` needs nothing else from the environment."""
+    raw = os.environ.get("MESHLIB_DNS_NAMESERVER", "")
+    return read_env({"MESHLIB_DNS_NAMESERVER": raw}).dns_nameserver if raw.strip() else None
+
+
 async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
-    env = read_env()
-    discovery = discovery_from_url(url, DiscoveryOptions(dns_nameserver=env.dns_nameserver))
+    discovery = discovery_from_url(url, DiscoveryOptions(dns_nameserver=_nameserver()))
     updates = discovery.updates()
     status = 0
+    last: object = None  # with --watch, print only what changed
     try:
         while True:
             try:
@@ -46,12 +53,16 @@ async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
             except StopAsyncIteration:
                 return status
             if isinstance(update, DiscoveryFailure):
-                print(f"meshlib resolve: {url}: {update.reason}", file=sys.stderr)
-                status = 1
+                if not isinstance(last, DiscoveryFailure):
+                    print(f"meshlib resolve: {url}: {update.reason}", file=sys.stderr)
+                last, status = update, 1
                 if not watch:
                     return status
                 continue
             status = 0
+            if update == last:
+                continue
+            last = update
             if as_json:
                 print(json.dumps([{"endpoint": e.address, "host": e.host, "port": e.port,
                                    "weight": e.weight, "zone": e.zone, "priority": e.priority}
@@ -69,6 +80,16 @@ async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
         await discovery.aclose()
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     resolve = sub.add_parser("resolve", help="print what a discovery URL resolves to")
     resolve.add_argument("url")
     resolve.add_argument("--watch", action="store_true", help="print every change until ^C")
-    resolve.add_argument("--timeout", type=float, default=10.0)
+    resolve.add_argument("--timeout", type=_positive, default=10.0,
+                         help="seconds to wait for the first answer (default 10)")
     resolve.add_argument("--json", action="store_true")
     bench = sub.add_parser("bench", help="benchmarks against bare httpx, in the same run")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")

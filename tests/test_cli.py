@@ -1,0 +1,60 @@
+"""The meshlib command line: resolve (once and --watch) and its errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from meshlib.cli import main
+from servers import Dnsmasq
+
+SRV = "_http._tcp.svc.mesh.test"
+
+
+def test_resolve_prints_a_static_list(capsys: pytest.CaptureFixture[str]) -> None:
+    """meshlib resolve URL prints each endpoint, IPv6 in brackets."""
+    assert main(["resolve", "static://127.0.0.1:8001,[::1]:8002"]) == 0
+    out = capsys.readouterr().out
+    assert "127.0.0.1:8001" in out and "[::1]:8002" in out
+
+
+def test_resolve_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints the set as JSON."""
+    assert main(["resolve", "--json", "static://127.0.0.1:8001"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["endpoint"] == "127.0.0.1:8001" and data[0]["weight"] == 1.0
+
+
+def test_resolve_reports_bad_urls(capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed URL gives exit status 2 and a one-line error naming it."""
+    assert main(["resolve", "static://host:port"]) == 2
+    assert "static://host:port" in capsys.readouterr().err
+
+
+def test_resolve_ignores_unrelated_environment(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad MESHLIB_SERVICES does not stop resolving an unrelated URL."""
+    monkeypatch.setenv("MESHLIB_SERVICES", "garbage")
+    assert main(["resolve", "static://127.0.0.1:8001"]) == 0
+
+
+@pytest.mark.server
+def test_resolve_watch_prints_only_changes() -> None:
+    """--watch against a TTL-1 SRV set prints it once, not on every refresh."""
+    with Dnsmasq([f"srv-host={SRV},node1.mesh.test,18081,10,10",
+                  "host-record=node1.mesh.test,127.0.0.1"], ttl=1) as dns:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "meshlib", "resolve", "--watch",
+             f"dns+srv://{SRV}?nameserver={dns.nameserver}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(3.5)  # three refreshes at TTL 1 s
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=10)
+    assert out.count("127.0.0.1:18081") == 1, out + err
