@@ -199,14 +199,14 @@ def test_p2c_ewma_explores_so_one_unlucky_sample_does_not_exile_an_endpoint() ->
     states = _states(2)
     now = 1.0
     states[0].observe(0.200, now, failed=False, penalty=FAILURE_PENALTY)  # a cold-start outlier
-    states[1].observe(0.020, now, failed=False, penalty=FAILURE_PENALTY)
+    states[1].observe(0.060, now, failed=False, penalty=FAILURE_PENALTY)
     balancer = P2CEwma(random.Random(11))
     probes = 0
     for _ in range(2000):  # 30 s of traffic
         now += 0.015
         chosen = balancer.pick(states, now)
         probes += chosen is states[0]
-        chosen.observe(0.002 if chosen is states[0] else 0.020, now, failed=False,
+        chosen.observe(0.002 if chosen is states[0] else 0.060, now, failed=False,
                        penalty=FAILURE_PENALTY)
     picks = Counter(states.index(balancer.pick(states, now)) for _ in range(200))
     assert probes > 0

@@ -49,9 +49,9 @@ DEFAULT_RTT = 0.001
 #: p2c-ewma prices every candidate when there are at most this many
 SMALL_SET = 5
 #: on a small set, candidates costing up to this factor of the cheapest ...
-NEAR_BEST = 1.25
+NEAR_BEST = 1.5
 #: ... plus this many seconds are near-equal (sub-millisecond differences are noise)
-NEAR_SLACK = 0.002
+NEAR_SLACK = 0.005
 #: on a small set, this share of picks goes to a random candidate, so that an endpoint
 #: judged by one unlucky sample (a cold connection, a pause) is measured again soon
 EXPLORE = 0.01
