@@ -98,15 +98,15 @@ def test_weights_give_proportional_traffic(name: str) -> None:
     assert 2.0 < ratio < 4.5, picks
 
 
-def test_p2c_ewma_unsampled_endpoint_costs_the_mean() -> None:
-    """A new endpoint with no samples is priced at the mean of the others, not zero."""
+def test_p2c_ewma_unsampled_endpoint_costs_the_cheapest() -> None:
+    """A new endpoint with no samples is priced like the cheapest sampled one, not zero."""
     states = _states(3)
     states[0].observe(0.010, 1.0, failed=False, penalty=FAILURE_PENALTY)
     states[1].observe(0.030, 1.0, failed=False, penalty=FAILURE_PENALTY)
     balancer = P2CEwma(random.Random(1))
     default = balancer.default_rtt(states, 1.0)
-    assert default == pytest.approx(0.020)
-    assert balancer.cost(states[2], 1.0, default) == pytest.approx(0.020)
+    assert default == pytest.approx(0.010)
+    assert balancer.cost(states[2], 1.0, default) == pytest.approx(0.010)
 
 
 def test_peak_ewma_jumps_up_and_decays_down() -> None:
@@ -229,3 +229,13 @@ def test_retired_endpoint_breakers_do_not_disturb_health_tracking() -> None:
     balancer = runtime.balancer("random")
     picked = {runtime.pick(balancer, set(), 100.0)[0].address for _ in range(400)}
     assert picked == {c.address}
+
+
+def test_p2c_ewma_tries_a_new_endpoint_although_another_is_failing() -> None:
+    """A failing endpoint's penalty does not make an unsampled newcomer look bad."""
+    states = _states(3)
+    states[1].observe(0.010, 1.0, failed=False, penalty=FAILURE_PENALTY)
+    states[2].observe(0.001, 1.0, failed=True, penalty=FAILURE_PENALTY)
+    balancer = P2CEwma(random.Random(4))
+    picks = Counter(states.index(balancer.pick(states, 1.0)) for _ in range(200))
+    assert picks[0] > 50, picks  # the newcomer shares with the healthy one

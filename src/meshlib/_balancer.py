@@ -6,9 +6,11 @@ never blocks. Weights come from discovery (SRV weight, registry weight).
 
 - ``p2c-ewma``: power of two choices over ``peak_ewma * (inflight + 1) / weight``
   (Finagle's and Linkerd's cost). An endpoint with no latency sample yet costs
-  the mean of the sampled ones, so it gets a fair first share without a
-  stampede; a failure counts as a slow sample (see ``FAILURE_PENALTY``) so an
-  instance failing fast does not look like the fastest. On a small set
+  as much as the cheapest sampled one, so it is tried soon (a failing
+  endpoint's penalty must not make every newcomer look bad), while the
+  in-flight factor keeps a burst from stampeding onto it; a failure counts
+  as a slow sample (see ``FAILURE_PENALTY``) so an instance failing fast does
+  not look like the fastest. On a small set
   (``SMALL_SET`` candidates or fewer) two random choices are a poor sample:
   with three endpoints, one slow and one failing, p2c would still send the
   slow one a third of the traffic (whenever the pair excludes the best). So
@@ -114,13 +116,12 @@ class P2CEwma(_PowerOfTwo):
     name = "p2c-ewma"
 
     def default_rtt(self, candidates: Sequence[EndpointState], now: float) -> float:
-        total, count = 0.0, 0
+        best = None
         for state in candidates:
             value = state.ewma(now)
-            if value is not None:
-                total += value
-                count += 1
-        return total / count if count else DEFAULT_RTT
+            if value is not None and (best is None or value < best):
+                best = value
+        return DEFAULT_RTT if best is None else best
 
     def cost(self, state: EndpointState, now: float, default_rtt: float) -> float:
         rtt = state.ewma(now)
@@ -135,7 +136,7 @@ class P2CEwma(_PowerOfTwo):
             return candidates[self.rng.randrange(len(candidates))]
         rtts = [state.ewma(now) for state in candidates]
         sampled = [rtt for rtt in rtts if rtt is not None]
-        default = sum(sampled) / len(sampled) if sampled else DEFAULT_RTT
+        default = min(sampled) if sampled else DEFAULT_RTT
         # weight sets the share among near-equal endpoints (below), so here it only
         # scales the load: three requests in flight on a weight-3 endpoint weigh as one
         costs = [
