@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import pytest
 
+import meshlib.testing
 from meshlib._backend import Backend
 
 
@@ -56,7 +57,8 @@ def _meshlib_clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("MESHLIB_"):
             monkeypatch.delenv(name, raising=False)
-    # TODO(core): reset meshlib's process-global state here if it grows any
-    # (shared discovery registries, telemetry instruments, caches), e.g.
-    # ``meshlib._testing.reset()``, before and after the test.
+    # meshlib's only process-wide switch a test may flip is meshlib.testing's;
+    # telemetry instruments are created once by design and bind to any provider.
+    meshlib.testing.set_testing(False)
     yield
+    meshlib.testing.set_testing(False)
