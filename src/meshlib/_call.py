@@ -283,9 +283,12 @@ class Call:
         for state in self.runtime.states.values():
             if state.address in self.tried and len(self.tried) < len(self.runtime.states):
                 continue
+            if not state.breaker.available(now):
+                continue
             value = state.ok_estimate(now)
-            if value is not None and value < best and state.breaker.available(now):
-                best = value
+            if value is None:
+                return None  # an endpoint not measured yet might well make it
+            best = min(best, value)
         return None if math.isinf(best) else best
 
     def hedge_delay(self) -> float:
