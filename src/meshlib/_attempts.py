@@ -77,7 +77,7 @@ def pick(call: Call, now: float) -> Admitted | Outcome:
 
 
 def superseded(call: Call) -> httpx.Response | None:
-    """The response a retry replaces, once the retry is really being sent (to drain)."""
+    """The response a retry replaces, once the retry is really being sent (to close)."""
     previous, call.previous = call.previous, None
     return previous.response if previous is not None else None
 
