@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_base, stop_after_attempt
+from tenacity import AsyncRetrying, stop_after_attempt
 
 from . import testing
 from ._attempts import (
@@ -22,15 +22,18 @@ from ._attempts import (
     Admitted,
     HedgeRace,
     Launch,
+    RetryPredicate,
     aborted,
     answered,
     failed,
     finish,
+    last_outcome,
     launch,
     pick,
     stamp,
     superseded,
     undiscovered,
+    wait,
 )
 from ._call import Call, Outcome
 from ._discovery._runner import follow
@@ -38,8 +41,7 @@ from ._endpoint import EndpointState
 from ._mesh import Mesh, ServicesArg
 from ._policy import Policy
 from ._pool import AsyncEndpointPool, PoolSettings
-from ._telemetry import telemetry
-from ._transport import _last, _split_kwargs, _wait
+from ._transport import _split_kwargs
 
 __all__ = ["AsyncMeshTransport"]
 
@@ -48,24 +50,6 @@ __all__ = ["AsyncMeshTransport"]
 async def adiscard(response: httpx.Response) -> None:
     """Close a response nobody will read (see ``_transport.discard``)."""
     await response.aclose()
-
-
-class _AsyncMeshRetry(retry_base):
-    """tenacity's retry predicate, delegating to the call's verdict."""
-
-    def __init__(self, transport: AsyncMeshTransport, call: Call) -> None:
-        self.transport, self.call = transport, call
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
-        call = self.call
-        verdict = call.verdict(outcome, retry_state, self.transport.clock())
-        if verdict.retry:  # the superseded response is closed when the retry is sent
-            telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
-            call.next_sleep = verdict.sleep
-        elif call.wants_retry(outcome):
-            telemetry.decision(call, "no_retry", verdict.reason)
-        return verdict.retry
 
 
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
@@ -162,7 +146,6 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     async def _retry(self, call: Call, first: Outcome, attempt: Any) -> Outcome:
         pending = [first]
-        predicate = _AsyncMeshRetry(self, call)
 
         async def next_attempt() -> Outcome:
             if pending:
@@ -172,10 +155,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(call.policy.retries + 1),
-            wait=partial(_wait, call),
-            retry=predicate,
+            wait=partial(wait, call),
+            retry=RetryPredicate(call, self.clock),
             sleep=self.sleep,
-            retry_error_callback=_last,
+            retry_error_callback=last_outcome,
         )
         try:
             result: Outcome = await retrying(next_attempt)

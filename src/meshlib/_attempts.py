@@ -9,11 +9,13 @@ here, on top of :class:`~meshlib._call.Call`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 from opentelemetry.trace import Span
+from tenacity import RetryCallState, retry_base
 
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
@@ -27,18 +29,50 @@ __all__ = [
     "Admitted",
     "HedgeRace",
     "Launch",
+    "RetryPredicate",
     "aborted",
     "answered",
     "failed",
     "finish",
+    "last_outcome",
     "launch",
     "pick",
     "stamp",
     "superseded",
     "undiscovered",
+    "wait",
 ]
 
 STOP: Literal["stop"] = "stop"
+
+
+class RetryPredicate(retry_base):
+    """tenacity's retry hook (for ``Retrying`` and ``AsyncRetrying`` alike): asks the
+    call's verdict, records the decision, and leaves the sleep for :func:`wait`."""
+
+    def __init__(self, call: Call, clock: Callable[[], float]) -> None:
+        self.call, self.clock = call, clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
+        call = self.call
+        verdict = call.verdict(outcome, retry_state, self.clock())
+        if verdict.retry:  # the superseded response is closed when the retry is sent
+            telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
+            call.next_sleep = verdict.sleep
+        elif call.wants_retry(outcome):
+            telemetry.decision(call, "no_retry", verdict.reason)
+        return verdict.retry
+
+
+def wait(call: Call, retry_state: RetryCallState) -> float:
+    """tenacity's wait hook: the sleep the verdict chose (backoff, or ``Retry-After``)."""
+    return call.next_sleep
+
+
+def last_outcome(retry_state: RetryCallState) -> Outcome:
+    """tenacity's ``retry_error_callback``: end with the last outcome, not ``RetryError``."""
+    return retry_state.outcome.result()  # type: ignore[union-attr, no-any-return]
 
 
 @dataclass(slots=True)

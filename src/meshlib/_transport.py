@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_base, stop_after_attempt
+from tenacity import Retrying, stop_after_attempt
 
 from . import testing
 from ._attempts import (
@@ -24,15 +24,18 @@ from ._attempts import (
     Admitted,
     HedgeRace,
     Launch,
+    RetryPredicate,
     aborted,
     answered,
     failed,
     finish,
+    last_outcome,
     launch,
     pick,
     stamp,
     superseded,
     undiscovered,
+    wait,
 )
 from ._call import Call, Outcome
 from ._discovery._runner import follow
@@ -41,7 +44,6 @@ from ._mesh import Mesh, ServicesArg
 from ._policy import Policy
 from ._pool import EndpointPool, PoolSettings
 from ._service import ServiceRuntime
-from ._telemetry import telemetry
 
 __all__ = ["MeshTransport"]
 
@@ -63,32 +65,6 @@ def discard(response: httpx.Response) -> None:
     gives up its connection; retries are rare enough for that to be cheap.
     """
     response.close()
-
-
-class _MeshRetry(retry_base):
-    """tenacity's retry predicate, delegating to the call's verdict."""
-
-    def __init__(self, transport: MeshTransport, call: Call) -> None:
-        self.transport, self.call = transport, call
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
-        call = self.call
-        verdict = call.verdict(outcome, retry_state, self.transport.clock())
-        if verdict.retry:  # the superseded response is closed when the retry is sent
-            telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
-            call.next_sleep = verdict.sleep
-        elif call.wants_retry(outcome):
-            telemetry.decision(call, "no_retry", verdict.reason)
-        return verdict.retry
-
-
-def _wait(call: Call, retry_state: RetryCallState) -> float:
-    return call.next_sleep
-
-
-def _last(retry_state: RetryCallState) -> Outcome:
-    return retry_state.outcome.result()  # type: ignore[union-attr, no-any-return]
 
 
 class MeshTransport(httpx.BaseTransport):
@@ -168,10 +144,10 @@ class MeshTransport(httpx.BaseTransport):
 
         retrying = Retrying(
             stop=stop_after_attempt(call.policy.retries + 1),
-            wait=partial(_wait, call),
-            retry=_MeshRetry(self, call),
+            wait=partial(wait, call),
+            retry=RetryPredicate(call, self.clock),
             sleep=self.sleep,
-            retry_error_callback=_last,
+            retry_error_callback=last_outcome,
         )
         try:
             result: Outcome = retrying(next_attempt)
