@@ -159,3 +159,13 @@ async def test_unreachable_consul_is_a_failure() -> None:
         assert isinstance(await next_update(updates, lambda _: True), DiscoveryFailure)
     finally:
         await updates.aclose()
+
+
+def test_index_rules_follow_consuls_blocking_query_guidance() -> None:
+    """An index <= 0 becomes 1 (so the next query blocks); one going backwards resets to 0."""
+    discovery = ConsulDiscovery("consul://127.0.0.1:8500/users")
+    assert discovery._advance(0) and discovery.index == 1
+    assert discovery._advance(-3) and discovery.index == 1
+    assert discovery._advance(7) and discovery.index == 7
+    assert not discovery._advance(7)  # a timed-out wait: nothing new
+    assert discovery._advance(3) and discovery.index == 0

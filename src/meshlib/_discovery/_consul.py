@@ -179,7 +179,13 @@ class ConsulDiscovery(Discovery):
     def _advance(self, index: int) -> bool:
         """Take the answer's index; whether the answer is new (not a timed-out wait)."""
         previous = self.index
-        if index <= 0 or index < previous:
+        if index <= 0:
+            # Consul's docs: an index <= 0 is a Consul bug that would make every query
+            # return at once; index 1 is always safe to block on. The answer itself
+            # may still be new (the tracker drops a repeated set).
+            self.index = 1
+            return True
+        if index < previous:  # Consul's docs: an index that goes backwards resets to 0
             logger.debug("discovery %s: X-Consul-Index went from %d to %d; resetting",
                          self.url, previous, index)
             self.index = 0
