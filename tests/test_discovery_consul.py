@@ -169,3 +169,17 @@ def test_index_rules_follow_consuls_blocking_query_guidance() -> None:
     assert discovery._advance(7) and discovery.index == 7
     assert not discovery._advance(7)  # a timed-out wait: nothing new
     assert discovery._advance(3) and discovery.index == 0
+
+
+def test_a_bad_instance_is_skipped_and_warned_about_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Garbage in one instance skips it; repeating the same answer does not warn again."""
+    good = {"Node": {"Address": "127.0.0.1"}, "Service": {"Address": "", "Port": 8001},
+            "Checks": []}
+    bad = {"Node": {"Address": "127.0.0.1"}, "Service": {"Address": "", "Port": 8002},
+           "Checks": 5}
+    url = "consul://127.0.0.1:1/garbage"
+    for _ in range(3):
+        assert [e.port for e in parse_instances([good, bad], url=url)] == [8001]
+    warnings = [r for r in caplog.records if "skipping instance 1" in r.getMessage()]
+    assert len(warnings) == 1

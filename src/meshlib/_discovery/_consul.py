@@ -106,15 +106,26 @@ def parse_instances(data: Any, *, url: str = "consul") -> tuple[Endpoint, ...]:
     if not isinstance(data, list):
         raise _Broken(f"expected a JSON list of instances, not {type(data).__name__}")
     endpoints: dict[tuple[str, int], Endpoint] = {}
+    problems: set[str] = set()
     for position, entry in enumerate(data):
         try:
             endpoint = _instance(entry)
-        except EntryError as exc:
-            logger.warning("discovery %s: skipping instance %d: %s", url, position, exc)
+        except (EntryError, TypeError, AttributeError, ValueError) as exc:
+            problems.add(f"skipping instance {position}: {exc}")
             continue
         if endpoint is not None:
             endpoints.setdefault((endpoint.host, endpoint.port), endpoint)
+    # every blocking query that times out repeats the answer: warn about a bad
+    # instance when it appears, not on every repetition
+    for problem in sorted(problems - _warned.get(url, set())):
+        logger.warning("discovery %s: %s", url, problem)
+    if problems or url in _warned:
+        _warned[url] = problems
     return tuple(sorted(endpoints.values(), key=lambda e: (e.host, e.port)))
+
+
+#: the problems last warned about, per discovery URL
+_warned: dict[str, set[str]] = {}
 
 
 def _index(response: httpx.Response) -> int:
