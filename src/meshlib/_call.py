@@ -17,7 +17,6 @@ rules of API.md live here once:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,5 +349,3 @@ class Call:
             "hedged": self.hedged,
         }
 
-
-Clock = Callable[[], float]

@@ -74,11 +74,6 @@ class EndpointState:
         self._ok_stamp = 0.0
         self._lock = threading.Lock()
 
-    @property
-    def sampled(self) -> bool:
-        """Whether any latency sample was recorded."""
-        return self._ewma is not None
-
     def ewma(self, now: float) -> float | None:
         """The peak-EWMA latency in seconds at ``now``, decayed; ``None`` before any sample."""
         value = self._ewma
