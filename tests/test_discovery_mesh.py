@@ -205,3 +205,21 @@ def test_a_discovery_kind_that_crashes_is_restarted(monkeypatch: pytest.MonkeyPa
         _write(path, b, [1])
         assert _wait_for(lambda: _endpoints(client) == {b.addresses[1]})
     assert calls["n"] >= 3
+
+
+def test_drained_endpoints_are_not_tracked_forever(tmp_path: Path,
+                                                   backends: BackendFactory) -> None:
+    """Endpoints that left and finished draining are forgotten at the next update."""
+    b = backends(3)
+    path = tmp_path / "svc.json"
+    _write(path, b, [0])
+    with meshlib.MeshClient(services={"svc": f"file://{path}"}) as client:
+        runtime = client.mesh_transport.mesh.runtimes["svc"]
+        with client.stream("GET", "http://svc/") as streamed:
+            _write(path, b, [1])
+            assert _wait_for(lambda: _endpoints(client) == {b.addresses[1]})
+            assert len(runtime.draining) == 1
+            streamed.read()
+        _write(path, b, [2])
+        assert _wait_for(lambda: _endpoints(client) == {b.addresses[2]})
+        assert runtime.draining == set()

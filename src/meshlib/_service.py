@@ -134,6 +134,9 @@ class ServiceRuntime:
                 tuple(s for s in fresh.values() if s.endpoint.priority == p) for p in priorities
             )
             idle: list[EndpointState] = []
+            # endpoints that finished draining since the last update were closed by the
+            # transport when their last response ended: stop tracking them
+            self.draining = {s for s in self.draining if s.inflight > 0}
             for state in gone:
                 state.retired = True
                 self._unhealthy.discard(state.address)
