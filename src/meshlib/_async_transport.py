@@ -41,7 +41,6 @@ from ._endpoint import EndpointState
 from ._mesh import Mesh, ServicesArg
 from ._policy import Policy
 from ._pool import AsyncEndpointPool, PoolSettings
-from ._transport import _split_kwargs
 
 __all__ = ["AsyncMeshTransport"]
 
@@ -63,12 +62,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
                  environ: Mapping[str, str] | None = None, **transport_kwargs: Any) -> None:
         passthrough = transport_kwargs.pop("passthrough", None)
-        pool_kwargs, other = _split_kwargs(transport_kwargs)
         self.mesh = Mesh(services, policy, environ=environ)
         self.clock = self.mesh.clock
-        self.settings = PoolSettings(**pool_kwargs)
-        self._passthrough_kwargs = {**pool_kwargs, **other, "verify": self.settings.ssl_context}
-        self._passthrough_kwargs.pop("cert", None)
+        self.settings, self._passthrough_kwargs = PoolSettings.split(transport_kwargs)
         self._passthrough: httpx.AsyncBaseTransport | None = passthrough
         self._closed = False
         self.sleep = testing.asleep
@@ -92,7 +88,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 call.remaining(now)):
             raise undiscovered(call, self.clock())
         runtime.budget.deposit(now)
-        await self._retire(runtime.check_due(now))
+        retired = runtime.check_due(now)
+        if retired:  # a pending empty answer took effect (rare)
+            await self._retire(retired)
         attempt = self._hedged_attempt if call.can_hedge() else self._attempt
         outcome = await attempt(call)
         if call.wants_retry(outcome):

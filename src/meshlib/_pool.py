@@ -62,6 +62,11 @@ def map_httpcore_exceptions() -> Iterator[None]:
         raise
 
 
+#: httpx transport arguments that configure the endpoint pools too
+_POOL_KEYS = frozenset({"verify", "cert", "trust_env", "http1", "http2", "limits",
+                        "local_address", "socket_options"})
+
+
 class PoolSettings:
     """What every endpoint pool of a transport shares: one SSL context, limits, HTTP versions."""
 
@@ -75,6 +80,16 @@ class PoolSettings:
         self.limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self.local_address = local_address
         self.socket_options = socket_options
+
+    @classmethod
+    def split(cls, transport_kwargs: dict[str, Any]) -> tuple[PoolSettings, dict[str, Any]]:
+        """Settings for the endpoint pools from httpx transport arguments, and the
+        arguments for the pass-through ``httpx.HTTPTransport`` (sharing the SSL context)."""
+        pool = {k: v for k, v in transport_kwargs.items() if k in _POOL_KEYS}
+        settings = cls(**pool)
+        passthrough = {k: v for k, v in transport_kwargs.items() if k != "cert"}
+        passthrough["verify"] = settings.ssl_context
+        return settings, passthrough
 
     def pool_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for an httpcore pool."""

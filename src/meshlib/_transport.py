@@ -47,16 +47,6 @@ from ._service import ServiceRuntime
 
 __all__ = ["MeshTransport"]
 
-_POOL_KEYS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "local_address",
-              "socket_options")
-
-
-def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    pool = {k: v for k, v in kwargs.items() if k in _POOL_KEYS}
-    rest = {k: v for k, v in kwargs.items() if k not in _POOL_KEYS}
-    return pool, rest
-
-
 def discard(response: httpx.Response) -> None:
     """Close a response nobody will read (a superseded answer, a losing hedge).
 
@@ -82,12 +72,9 @@ class MeshTransport(httpx.BaseTransport):
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
                  environ: Mapping[str, str] | None = None, **transport_kwargs: Any) -> None:
         passthrough = transport_kwargs.pop("passthrough", None)
-        pool_kwargs, other = _split_kwargs(transport_kwargs)
         self.mesh = Mesh(services, policy, environ=environ)
         self.clock = self.mesh.clock
-        self.settings = PoolSettings(**pool_kwargs)
-        self._passthrough_kwargs = {**pool_kwargs, **other, "verify": self.settings.ssl_context}
-        self._passthrough_kwargs.pop("cert", None)
+        self.settings, self._passthrough_kwargs = PoolSettings.split(transport_kwargs)
         self._passthrough: httpx.BaseTransport | None = passthrough
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -107,7 +94,9 @@ class MeshTransport(httpx.BaseTransport):
         if not runtime.ready.is_set() and not runtime.wait_ready(call.remaining(now)):
             raise undiscovered(call, self.clock())
         runtime.budget.deposit(now)
-        self._retire(runtime.check_due(now))
+        retired = runtime.check_due(now)
+        if retired:  # a pending empty answer took effect (rare)
+            self._retire(retired)
         attempt = self._hedged_attempt if call.can_hedge() else self._attempt
         outcome = attempt(call)
         if call.wants_retry(outcome):
