@@ -36,9 +36,9 @@ from .._errors import ConfigError
 
 if TYPE_CHECKING:
     from .._policy import Policy
-    from ._fleet import Fleet, Hit
+    from ._fleet import Fleet, FleetFactory, Hit
 
-__all__ = ["Fleet", "Hit", "asleep", "capped", "is_testing", "set_testing", "sleep"]
+__all__ = ["Fleet", "FleetFactory", "Hit", "asleep", "capped", "is_testing", "set_testing", "sleep"]
 
 
 class _State:
@@ -144,7 +144,7 @@ async def asleep(seconds: float) -> None:
 def __getattr__(name: str) -> Any:
     # The fleet lives with the tooling; the runtime imports this module for its
     # sleeps only, so the fleet is loaded on first use.
-    if name in ("Fleet", "Hit"):
+    if name in ("Fleet", "FleetFactory", "Hit"):
         from . import _fleet
 
         return getattr(_fleet, name)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from .._errors import ConfigError
 from .._tools.backend import Backend, BackendProcess, RecordedRequest
 
-__all__ = ["Fleet", "Hit"]
+__all__ = ["Fleet", "FleetFactory", "Hit"]
 
 _RECORD_LIMIT = 10_000
 
@@ -314,3 +314,14 @@ class Fleet:
 def _hit(r: RecordedRequest) -> Hit:
     return Hit(endpoint=r.backend, method=r.method, path=r.path, query=r.query,
                headers=r.headers, body=r.body, time=r.time)
+
+
+class FleetFactory(Protocol):
+    """The type of the ``mesh_fleet`` fixture: ``mesh_fleet(n=1, **behaviour) -> Fleet``.
+
+    The fleet it returns is started, and closed at the end of the test.
+
+    .. versionadded:: 0.1
+    """
+
+    def __call__(self, n: int = 1, **behaviour: Any) -> Fleet: ...

@@ -1,4 +1,4 @@
-"""meshlib's pytest plugin (entry point ``pytest11``, name ``meshlib``): fault fleets and testing mode.
+"""meshlib's pytest plugin (entry point ``pytest11``, name ``meshlib``): fleets, testing mode.
 
 Loaded automatically when meshlib is installed; disable with ``-p no:meshlib``.
 
@@ -22,21 +22,15 @@ A user's integration test under faults::
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from . import set_testing
-    from ._fleet import Fleet
+    from ._fleet import Fleet, FleetFactory
 
-__all__ = ["FleetFactory", "mesh_fleet", "mesh_testing"]
-
-
-class FleetFactory(Protocol):
-    """The ``mesh_fleet`` fixture: ``mesh_fleet(n=1, **behaviour) -> Fleet`` (started)."""
-
-    def __call__(self, n: int = 1, **behaviour: Any) -> Fleet: ...
+__all__ = ["mesh_fleet", "mesh_testing"]
 
 
 @pytest.fixture
