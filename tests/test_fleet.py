@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -268,3 +270,13 @@ def test_in_a_child_process() -> None:
         hits = fleet.hits()
         assert [h.path for h in hits[0]] == ["/x"]
         assert hits[1][0].path == "/y" and hits[1][0].headers["x-k"] == "v"
+
+
+def test_the_runtime_does_not_load_the_tooling() -> None:
+    """The fence: importing meshlib (and its testing mode) loads no tooling module."""
+    code = ("import sys, meshlib, meshlib.testing, meshlib.asgi, meshlib.wsgi, meshlib.etcd\n"
+            "meshlib.testing.set_testing(attempts=1)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('meshlib._tools')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "[]"

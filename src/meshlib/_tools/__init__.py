@@ -1,7 +1,8 @@
 """meshlib's tooling, fenced off from the runtime core.
 
-Nothing in the runtime (clients, transports, discovery, policy) imports this
-package. It holds what surrounds the runtime:
+The runtime core (clients, transports, discovery, policy, middleware) never
+imports this package; only the command line and :class:`meshlib.testing.Fleet`
+load it, when used. It holds what surrounds the runtime:
 
 * :mod:`.backend`: the loopback HTTP/1.1 fault server (parsing, behaviour,
   control, a thread runner and a child-process runner), the engine of

@@ -1,10 +1,10 @@
 """The loopback backend's behaviour: one asyncio protocol per connection.
 
-It reads requests (:mod:`.parsing`), records them on their :class:`~.control.Server`,
-then acts on the server's current settings: refuse nothing here (that is the
-listener's job), stall, drop or reset the connection, or answer (after a delay,
-possibly with the error status and ``Retry-After``) with a JSON body naming the
-endpoint.
+It reads requests (:mod:`.parsing`), records each on its
+:class:`~.control.Server`, then acts on the server's current settings: stall,
+drop or reset the connection, or answer (after a delay, possibly with the
+error status and ``Retry-After``) with a JSON body naming the endpoint.
+Refusing connections is the listener's job (:meth:`.control.Server.refuse`).
 """
 
 from __future__ import annotations
