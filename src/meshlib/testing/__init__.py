@@ -101,11 +101,6 @@ def is_testing() -> bool:
     return _state.enabled
 
 
-def testing_attempts() -> int | None:
-    """The attempts cap of :func:`set_testing`, or ``None`` when requests are not capped."""
-    return _state.attempts if _state.enabled else None
-
-
 def capped(policy: Policy) -> Policy:
     """``policy`` limited to the ``set_testing(attempts=N)`` cap; ``policy`` itself if none.
 
