@@ -9,16 +9,17 @@ from __future__ import annotations
 from collections import Counter
 
 import meshlib
-from meshlib._backend import Backend  # meshlib's own loopback test servers
+from meshlib.testing import Fleet  # real endpoints on 127.0.0.1 whose faults we choose
 
 
 def main() -> None:
-    backends = Backend(3, delay_ms=[2, 40, 2], fail_pct=[0, 0, 30]).start()
-    try:
-        healthy, slow, failing = backends.addresses
+    with Fleet(3, latency=0.002) as fleet:
+        fleet.set(1, latency=0.040)
+        fleet.set(2, error_rate=0.3)
+        healthy, slow, failing = fleet.endpoints
         names = {healthy: "healthy", slow: "slow (40 ms)", failing: "failing (30% 503)"}
         policy = meshlib.Policy(timeout=1.0, hedge=meshlib.Hedge(delay=0.02))
-        with meshlib.MeshClient(services={"users": backends.static_url}, policy=policy) as client:
+        with meshlib.MeshClient(services={"users": fleet.url}, policy=policy) as client:
             answered: Counter[str] = Counter()
             attempts = 0
             for _ in range(200):
@@ -35,8 +36,6 @@ def main() -> None:
                 print(f"  {names[endpoint['endpoint']]:18} ewma {endpoint['ewma_ms']} ms, "
                       f"{endpoint['requests']} requests, {endpoint['failures']} failures, "
                       f"breaker {endpoint['breaker']}")
-    finally:
-        backends.stop()
 
 
 if __name__ == "__main__":

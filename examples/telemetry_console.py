@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProces
 
 import meshlib
 from meshlib import Backoff, Hedge, Policy
-from meshlib._backend import Backend
+from meshlib.testing import Fleet
 
 
 def one_line(span: ReadableSpan) -> str:
@@ -62,22 +62,23 @@ def main(argv: list[str]) -> int:
     trace.set_tracer_provider(provider)
     tracer = trace.get_tracer("example")
 
-    # seed 11: each server fails its first request (503) and answers its second
-    backend = Backend(2, delay_ms=150, fail_pct=50, seed=11).start()
+    # seed 11: each endpoint fails its first request (503) and answers its second
+    fleet = Fleet(2, latency=0.15, error_rate=0.5, seed=11).start()
     policy = Policy(hedge=Hedge(delay=0.05), backoff=Backoff(base=0.01, max=0.02))
     try:
-        with meshlib.MeshClient(services={"inventory": backend.static_url},
+        with meshlib.MeshClient(services={"inventory": fleet.url},
                                 policy=policy) as client, \
                 tracer.start_as_current_span("checkout") as checkout:
             response = client.get("http://inventory/items/42")
             info = response.extensions["meshlib"]
         time.sleep(0.3)  # a losing hedge's span ends when its answer arrives
+        hits = [hit for endpoint in fleet.hits() for hit in endpoint]
     finally:
-        backend.stop()
+        fleet.close()
         provider.shutdown()
 
     trace_id = format(checkout.get_span_context().trace_id, "032x")
-    received = [r.headers.get("traceparent", "") for r in backend.requests]
+    received = [hit.headers.get("traceparent", "") for hit in hits]
     same_trace = sum(trace_id in header for header in received)
     print(f"\nstatus {response.status_code} from {info['endpoint']} after "
           f"{info['attempts']} attempts (hedged: {info['hedged']})")

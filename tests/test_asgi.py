@@ -26,8 +26,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import meshlib
-from meshlib._backend import Backend
 from meshlib._scope import current_deadline, time_left
+from meshlib._tools.backend import Backend
 from meshlib.asgi import MeshMiddleware, parse_deadline
 
 BackendFactory = Callable[..., Backend]

@@ -1,4 +1,4 @@
-"""Tests of the loopback test backend itself (``meshlib._backend``), with plain httpx."""
+"""Tests of the loopback test backend itself (``meshlib._tools.backend``), with plain httpx."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from meshlib._backend import Backend, BackendProcess, _parse_chunked
+from meshlib._tools.backend import Backend, BackendProcess
+from meshlib._tools.backend.parsing import parse_chunked as _parse_chunked
 
 BackendFactory = Callable[..., Backend]
 
@@ -458,3 +459,42 @@ def test_backend_process() -> None:
                 proc.set(0, fail_pct=500)
     with pytest.raises(httpx.ConnectError):
         httpx.get(proc.urls[0], timeout=2)
+
+
+def test_backend_process_refuse_requests_and_reset() -> None:
+    with BackendProcess(2, record_limit=10) as proc, httpx.Client() as c:
+        c.post(proc.urls[1] + "/in?a=1", content=b"\x00\xff")
+        recorded = proc.requests()
+        assert [len(r) for r in recorded] == [0, 1]
+        assert (recorded[1][0].method, recorded[1][0].target, recorded[1][0].body) == (
+            "POST", "/in?a=1", b"\x00\xff")
+        proc.reset_counts()
+        assert proc.requests() == [[], []]
+        proc.refuse(0)
+        with pytest.raises(httpx.ConnectError):
+            c.get(proc.urls[0])
+        proc.refuse(0, False)
+        assert c.get(proc.urls[0]).status_code == 200
+    with pytest.raises(ValueError, match="fail_pct"):  # the child's error, at start
+        BackendProcess(1, fail_pct=500).start()
+
+
+def test_drop_pct_and_query_overrides(backends: BackendFactory) -> None:
+    b = backends(1, drop_pct=100, query_overrides=False)
+    with httpx.Client() as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            c.get(b.urls[0])
+        b[0].set(drop_pct=0)
+        assert c.get(b.urls[0] + "/?status=503&delay_ms=x").status_code == 200
+        b[0].set(query_overrides=True)
+        assert c.get(b.urls[0] + "/?status=503").status_code == 503
+    assert b.count == 3
+    with pytest.raises(ValueError, match="drop_pct"):
+        b[0].set(drop_pct=101)
+
+
+def test_retry_after_only_on_error_answers(backends: BackendFactory) -> None:
+    b = backends(1, retry_after=5)
+    with httpx.Client() as c:
+        assert "retry-after" not in c.get(b.urls[0]).headers
+        assert c.get(b.urls[0] + "/?status=429").headers["retry-after"] == "5"

@@ -10,8 +10,8 @@ import json
 import math
 import threading
 
-from meshlib._bench import format_table, run_bench
-from meshlib._demo import run_demo
+from meshlib._tools.bench import format_table, run_bench
+from meshlib._tools.demo import run_demo
 
 
 def _finite_positive(value: object) -> bool:

@@ -14,7 +14,7 @@ import respx
 
 import meshlib
 from conftest import BackendFactory
-from meshlib._backend import Backend
+from meshlib._tools.backend import Backend
 
 
 def _body(response: httpx.Response) -> dict[str, Any]:

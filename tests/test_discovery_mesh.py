@@ -11,8 +11,8 @@ import pytest
 
 import meshlib
 from conftest import BackendFactory
-from meshlib._backend import Backend
 from meshlib._discovery._file import FileDiscovery
+from meshlib._tools.backend import Backend
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 
 import meshlib
-from meshlib._backend import Backend
-from meshlib._status import format_snapshot
+from meshlib._tools.backend import Backend
+from meshlib._tools.status import format_snapshot
 from meshlib.cli import main
 from meshlib.wsgi import MeshMiddleware
 

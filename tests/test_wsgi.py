@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 import meshlib
-from meshlib._backend import Backend
 from meshlib._scope import current_deadline, time_left
+from meshlib._tools.backend import Backend
 from meshlib.wsgi import MeshMiddleware
 
 if TYPE_CHECKING:

@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from ._demo import run_demo
+            from ._tools.demo import run_demo
 
             return run_demo()
         if args.command == "resolve":
@@ -123,12 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except KeyboardInterrupt:
                 return 0
         if args.command == "bench":
-            from ._bench import run_bench
+            from ._tools.bench import run_bench
 
             run_bench(json_output=args.json, quick=args.quick)
             return 0
         if args.command == "status":
-            from ._status import run_status
+            from ._tools.status import run_status
 
             return run_status(args.url, as_json=args.json)
     except ConfigError as exc:

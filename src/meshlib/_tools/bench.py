@@ -17,7 +17,7 @@ Scenarios (each measured in the same run as its baseline):
     with the ``p2c-ewma`` balancer and default retries: p50, p99, success
     rate and attempts per request.
 
-The servers run in a child process (:class:`meshlib._backend.BackendProcess`)
+The servers are a :class:`meshlib.testing.Fleet` in a child process (``process=True``)
 so that they do not share the client's interpreter lock: on a two-core
 machine an in-process server thread takes the GIL away from the client at
 every request, adds the same absolute time to baseline and mesh and so
@@ -41,7 +41,7 @@ from typing import Any, Literal, TextIO
 
 import httpx
 
-from ._backend import Backend, BackendProcess
+from ..testing import Fleet
 
 __all__ = ["run_bench"]
 
@@ -266,22 +266,24 @@ def _tail_mesh(static_url: str, n: int, budget_s: float) -> dict[str, Any]:
     return _tail_stats(latencies, ok, attempts, by_backend, time.perf_counter() - start)
 
 
-def _servers(mode: Literal["process", "thread"], n: int, **kwargs: Any) -> Backend | BackendProcess:
-    """Loopback servers in a child process (default) or in a thread of this one."""
+def _servers(mode: Literal["process", "thread"], n: int, latency: float = 0.0,
+             **kwargs: Any) -> Fleet:
+    """Loopback endpoints in a child process (default) or in a thread of this one."""
     if mode == "thread":
         kwargs.pop("cpu", None)
-        return Backend(n, **kwargs)
-    return BackendProcess(n, **kwargs)
+    return Fleet(n, latency=latency, process=mode == "process", **kwargs)
 
 
 def _tail(
     *, n: int, base_delay_ms: float, budget_s: float, mode: Literal["process", "thread"]
 ) -> dict[str, Any]:
     delays = [base_delay_ms, base_delay_ms * 10, base_delay_ms]
-    with _servers(mode, 3, delay_ms=delays, fail_pct=[0, 0, 20], seed=1234) as servers:
-        roles = dict(zip(servers.addresses, ["healthy", "slow", "failing-20%"], strict=True))
-        baseline = _tail_round_robin(servers.urls, n, budget_s / 2)
-        mesh = _tail_mesh(servers.static_url, n, budget_s / 2)
+    with _servers(mode, 3, latency=base_delay_ms / 1000.0, seed=1234) as fleet:
+        fleet.set(1, latency=delays[1] / 1000.0)
+        fleet.set(2, error_rate=0.2)
+        roles = dict(zip(fleet.endpoints, ["healthy", "slow", "failing-20%"], strict=True))
+        baseline = _tail_round_robin([f"http://{e}" for e in fleet.endpoints], n, budget_s / 2)
+        mesh = _tail_mesh(fleet.url, n, budget_s / 2)
     for side in (baseline, mesh):
         side["answered_by"] = {roles.get(k, k): v for k, v in side["answered_by"].items()}
     return {
@@ -422,10 +424,10 @@ def run_bench(
 
     scenarios: dict[str, Any] = {}
     with _servers(servers, 1, cpu=_backend_cpu()) as server:
-        url = server.urls[0] + "/"
+        url = f"http://{server.endpoints[0]}/"
         note("overhead: MeshClient vs httpx.Client ...")
         scenarios["overhead_sync"] = _overhead_sync(
-            server.static_url,
+            server.url,
             url,
             rounds=rounds,
             per_round=per_round,
@@ -434,7 +436,7 @@ def run_bench(
         )
         note("overhead: AsyncMeshClient vs httpx.AsyncClient ...")
         scenarios["overhead_async"] = _overhead_async(
-            server.static_url,
+            server.url,
             url,
             rounds=async_rounds,
             per_round=async_per_round,

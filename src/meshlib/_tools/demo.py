@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from ._backend import Backend
+from ..testing import Fleet
 
 __all__ = ["run_demo"]
 
@@ -160,19 +160,16 @@ def run_demo(
 
     total = max(1, int(duration * rate))
     roles = ["healthy", "goes-down", "healthy", "slow", "failing"]
-    backend = Backend(
-        5,
-        delay_ms=[_HEALTHY_MS, _HEALTHY_MS, _HEALTHY_MS, _SLOW_MS, _HEALTHY_MS],
-        fail_pct=[0, 0, 0, 0, _FAIL_PCT],
-        seed=42,
-    )
+    fleet = Fleet(5, latency=_HEALTHY_MS / 1000.0, seed=42)
     stop = threading.Event()
     threads: list[threading.Thread] = []
     try:
-        backend.start()
-        role_of = dict(zip(backend.addresses, roles, strict=True))
-        victim = backend[1]
-        say(f"meshlib demo: {len(backend)} local backends on loopback")
+        fleet.start()
+        fleet.set(3, latency=_SLOW_MS / 1000.0)
+        fleet.set(4, error_rate=_FAIL_PCT / 100.0)
+        role_of = dict(zip(fleet.endpoints, roles, strict=True))
+        victim = fleet.endpoints[1]
+        say(f"meshlib demo: {len(fleet)} local backends on loopback")
         for address, role in role_of.items():
             detail = {
                 "healthy": f"answers in {_HEALTHY_MS:g} ms",
@@ -187,17 +184,17 @@ def run_demo(
         say(f'  meshlib  meshlib.MeshClient(services={{"{_SERVICE}": "static://..."}}),')
         say(f"           GET http://{_SERVICE}/... (p2c-ewma balancer, default retries,")
         say(f"           a hedge to a second backend after {_HEDGE_S * 1000:g} ms)")
-        say(f"Half-way through, {victim.address} goes down (connections refused).")
+        say(f"Half-way through, {victim} goes down (connections refused).")
         say()
 
         plain_stats = _Stats("httpx", total)
         mesh_stats = _Stats("meshlib", total)
         plain = httpx.Client(timeout=5.0)
         mesh = meshlib.MeshClient(
-            services={_SERVICE: backend.static_url},
+            services={_SERVICE: fleet.url},
             policy=meshlib.Policy(timeout=5.0, hedge=meshlib.Hedge(delay=_HEDGE_S)),
         )
-        urls = backend.urls
+        urls = [f"http://{e}" for e in fleet.endpoints]
 
         def send_plain(index: int) -> None:
             t0 = time.perf_counter()
@@ -248,9 +245,9 @@ def run_demo(
         while any(t.is_alive() for t in threads):
             now = time.monotonic()
             if not outage_done and now >= outage_at:
-                victim.refuse()
+                fleet.set(1, refuse=True)
                 outage_done = True
-                say(f"  >> t={now - start:4.1f}s  {victim.address} is down: connections refused")
+                say(f"  >> t={now - start:4.1f}s  {victim} is down: connections refused")
             if now >= next_report:
                 next_report += 1.0
                 say(_progress_line(now - start, plain_stats, mesh_stats))
@@ -279,7 +276,7 @@ def run_demo(
         stop.set()
         for thread in threads:
             thread.join(timeout=10)
-        backend.stop()
+        fleet.close()
 
 
 def _progress_line(elapsed: float, plain: _Stats, mesh: _Stats) -> str:

@@ -1,0 +1,14 @@
+"""meshlib's tooling, fenced off from the runtime core.
+
+The runtime core (clients, transports, discovery, policy, middleware) never
+imports this package; only the command line and :class:`meshlib.testing.Fleet`
+load it, when used. It holds what surrounds the runtime:
+
+* :mod:`.backend`: the loopback HTTP/1.1 fault server (parsing, behaviour,
+  control, a thread runner and a child-process runner), the engine of
+  :class:`meshlib.testing.Fleet` and of meshlib's own tests;
+* :mod:`.bench`, :mod:`.demo`, :mod:`.status`: the ``meshlib bench``,
+  ``meshlib demo`` and ``meshlib status`` commands.
+
+Not public API: users reach it through :mod:`meshlib.testing` and the CLI.
+"""

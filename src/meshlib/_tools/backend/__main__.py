@@ -1,0 +1,9 @@
+"""``python -m meshlib._tools.backend``: loopback servers until stdin closes."""
+
+from __future__ import annotations
+
+import sys
+
+from .process import main
+
+sys.exit(main())
