@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: ``scheme://`` followed by an authority holding ``user[:password]@`` (up to its last ``@``)
-_USERINFO = re.compile(r"(://)[^/?#\s;]*@")
+_USERINFO = re.compile(r"(://)[^/?#\s]*@", re.ASCII)
 #: a query parameter whose name suggests a secret
 _SECRET_PARAM = re.compile(
     r"([?&][^=&#\s]*(?:token|pass|secret|key|auth|sig)[^=&#\s]*=)[^&#\s;]*", re.IGNORECASE)

@@ -42,12 +42,12 @@ def discovery_from_url(url: str, options: DiscoveryOptions | None = None) -> Dis
         raise ConfigError(f"discovery URL {shown!r} has no scheme (e.g. static://host:port)")
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
-    authority = rest
-    for stop in "/?#":
-        authority = authority.partition(stop)[0]
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
     if "@" in authority:
+        shown = f"{scheme}://***@{authority.rpartition('@')[2]}{redact_url(rest[end:])}"
         raise ConfigError(
-            f"discovery URL {redact_url(url)!r}: userinfo (user:password@) is not allowed "
+            f"discovery URL {shown!r}: userinfo (user:password@) is not allowed "
             "in a discovery URL")
     target = _KINDS.get(scheme)
     if target is None:
@@ -62,4 +62,9 @@ def discovery_from_url(url: str, options: DiscoveryOptions | None = None) -> Dis
         raise ConfigError(
             f"discovery URL {redact_url(url)!r}: {scheme!r} is not available yet") from None
     cls: type[Discovery] = getattr(module, class_name)
-    return cls(url, options)
+    try:
+        return cls(url, options)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # urlsplit's "Invalid IPv6 URL" and the like
+        raise ConfigError(f"discovery URL {redact_url(url)!r}: {exc}") from None

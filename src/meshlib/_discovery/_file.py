@@ -112,6 +112,8 @@ def parse_entry_list(text: str | bytes) -> tuple[Endpoint, ...]:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise EntryError(f"not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." nested deeper than the interpreter's stack allows
+        raise EntryError("not valid JSON: nested too deeply") from None
     if not isinstance(data, list):
         raise EntryError(f"expected a JSON list of endpoints, not {type(data).__name__}")
     endpoints: dict[tuple[str, int], Endpoint] = {}
