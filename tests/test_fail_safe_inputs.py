@@ -174,7 +174,8 @@ def test_env_timeout_1e308_refused_when_the_client_is_built(
 
 
 @pytest.mark.parametrize(("var", "raw"), [
-    ("MESHLIB_RETRIES", "1000"), ("MESHLIB_RETRIES", "²"), ("MESHLIB_RETRIES", "1" * 5000),
+    ("MESHLIB_RETRIES", "1000"), ("MESHLIB_RETRIES", "²"), ("MESHLIB_RETRIES", "١٢"),
+    ("MESHLIB_RETRIES", "1" * 5000),
     ("MESHLIB_BREAKER_RESET_TIMEOUT", "1e308"), ("MESHLIB_HEDGE_DELAY", "1e308"),
     ("MESHLIB_ATTEMPT_TIMEOUT", "0"), ("MESHLIB_RETRY_BUDGET_RATIO", "1e308"),
     ("MESHLIB_BREAKER_FAILURES", "0"),

@@ -187,7 +187,7 @@ class ServiceRuntime:
         reason = self._tracker.failing
         if reason is None:
             return f"{where} has not answered after {waited:.2f} s"
-        return redact_url(f"{where} has not answered with endpoints after {waited:.2f} s; "
+        return redact_url(f"{where} has given no good answer after {waited:.2f} s; "
                           f"last error: {reason}")
 
     def wait_ready(self, timeout: float) -> bool:
