@@ -23,7 +23,7 @@ from meshlib._gate import RETRY_AFTER_MAX, parse_retry_after
 from meshlib._policy import MAX_SECONDS
 
 SETTINGS = settings(max_examples=300, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 #: text that looks a little like what the parsers expect, plus arbitrary unicode
 _PIECES = st.sampled_from(["", " ", ":", "[", "]", "::1", "@", "/", "?", "#", "=", ",", ";",
@@ -55,10 +55,10 @@ def test_retry_after_ascii_digits_are_seconds(seconds: int, pad: str) -> None:
 
 
 @SETTINGS
-@given(st.text(alphabet=st.characters(whitelist_categories=["Nd"]), min_size=1))
+@given(st.text(alphabet=st.characters(whitelist_categories=["Nd"], min_codepoint=128),
+               min_size=1))
 def test_retry_after_non_ascii_digits_are_ignored(value: str) -> None:
     """Unicode digits that str.isdigit() accepts are not seconds."""
-    assume(not value.isascii())
     assert parse_retry_after(value) is None
 
 
@@ -102,23 +102,24 @@ def test_discovery_urls_are_total(scheme: str, rest: str) -> None:
 
 @SETTINGS
 @given(_SCHEMES, st.from_regex(r"[a-z]{1,8}", fullmatch=True),
-       st.from_regex(r"[A-Za-z0-9!$&'()*+,;=._~-]{4,16}", fullmatch=True), TEXT)
+       st.from_regex(r"[A-Za-z0-9!$&'()*+,;=._~-]{4,16}", fullmatch=True),
+       st.text(alphabet=st.characters(blacklist_characters="/?#")))
 def test_userinfo_is_refused_and_never_echoed(scheme: str, user: str, password: str,
                                               rest: str) -> None:
     """user:password@ in any discovery URL is a ConfigError that does not show the password."""
-    assume("/" not in rest and "?" not in rest and "#" not in rest)
     url = f"{scheme}://{user}:{password}@{rest}"
     with pytest.raises(ConfigError) as caught:
         discovery_from_url(url)
     assert f"{user}:{password}" not in str(caught.value)
 
 
+_USERINFO_CHARS = st.characters(blacklist_characters="/?#@ \t\n\r\x0b\x0c")
+
+
 @SETTINGS
-@given(TEXT, TEXT)
+@given(st.text(_USERINFO_CHARS), st.text(_USERINFO_CHARS, min_size=3))
 def test_redact_url_hides_userinfo(user: str, password: str) -> None:
     """redact_url never lets the password of a userinfo part through."""
-    assume(not any(c in password for c in "/?#@ \t\n\r\x0b\x0c;") and len(password) >= 3)
-    assume(not any(c in user for c in "/?#@ \t\n\r\x0b\x0c;"))
     assume(password not in "http://***@svc/x")
     assert password not in redact_url(f"http://{user}:{password}@svc/x")
 
