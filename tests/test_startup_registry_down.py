@@ -81,3 +81,18 @@ def test_registry_that_comes_up_within_the_deadline_serves_the_request(
         assert result["waited"] >= 0.3
     finally:
         etcd.stop()
+
+
+async def test_waiting_requests_leave_nothing_behind_during_an_outage() -> None:
+    """Many requests that wait out their deadline while the registry is down: each one's
+    waiter is removed again (a long outage must not pile up one future per request)."""
+    import asyncio
+
+    url = f"consul://127.0.0.1:{free_port()}/users"
+    async with meshlib.AsyncMeshClient(services={"users": url},
+                                       policy=Policy(timeout=0.2)) as client:
+        results = await asyncio.gather(*(client.get("http://users/") for _ in range(20)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, meshlib.NoEndpointsError) for r in results)
+        runtime = client.mesh_transport.mesh.runtimes["users"]
+        assert runtime._waiters == []

@@ -9,6 +9,7 @@ transports share it unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -209,6 +210,12 @@ class ServiceRuntime:
             await asyncio.wait_for(future, max(timeout, 0.0))
         except asyncio.TimeoutError:
             return self.ready.is_set()
+        finally:
+            if not future.done() or future.cancelled():
+                # timed out or cancelled: forget this waiter, or a long registry outage
+                # would pile up one future per request
+                with self._lock, contextlib.suppress(ValueError):
+                    self._waiters.remove((loop, future))
         return True
 
     # -- request side -----------------------------------------------------------------
