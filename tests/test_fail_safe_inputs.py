@@ -428,3 +428,29 @@ def test_parse_duration_is_exported_for_cli_use() -> None:
     """parse_duration names the variable it was given."""
     with pytest.raises(ConfigError, match="X_VAR"):
         parse_duration("X_VAR", "soon")
+
+
+def test_deadline_error_names_the_incoming_header_wsgi(backends: BackendFactory) -> None:
+    """The same through meshlib.wsgi.MeshMiddleware under a real WSGI server."""
+    from meshlib.wsgi import MeshMiddleware
+    from test_wsgi import serve_wsgi
+
+    b = backends(1, delay_ms=2000)
+    client = meshlib.MeshClient(services={"svc": b.static_url}, policy=FAST.replace(timeout=2))
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        try:
+            client.get("http://svc/")
+            text = "no error"
+        except meshlib.DeadlineExceeded as exc:
+            text = str(exc)
+        start_response("200 OK", [("content-type", "text/plain")])  # type: ignore[operator]
+        return [text.encode()]
+
+    try:
+        with serve_wsgi(MeshMiddleware(app)) as base, \
+                httpx.Client(base_url=base, timeout=10) as http:
+            text = http.get("/", headers={"x-mesh-timeout-ms": "150"}).text
+    finally:
+        client.close()
+    assert "(deadline 0.15 s from x-mesh-timeout-ms header)" in text
