@@ -19,6 +19,7 @@ from meshlib import Backoff, Breaker, ConfigError, Hedge, Policy, RetryBudget
 from meshlib._config import parse_duration, read_env
 from meshlib._errors import redact_url
 from meshlib._gate import RETRY_AFTER_MAX, parse_retry_after
+from meshlib._tools.backend import Backend
 from servers import free_port
 
 FAST = Policy(backoff=Backoff(base=0.001, max=0.005))
@@ -132,7 +133,7 @@ def test_policy_timeout_error_names_the_value() -> None:
         Policy(timeout=1e308)
 
 
-def test_largest_allowed_timeout_works_end_to_end(backend: meshlib._backend.Backend) -> None:
+def test_largest_allowed_timeout_works_end_to_end(backend: Backend) -> None:
     """A one-day timeout (the maximum) and 100 retries: requests work, nothing overflows."""
     policy = Policy(timeout=86400, retries=100, breaker=Breaker(reset_timeout=86400))
     with meshlib.MeshClient(services={"svc": backend.static_url}, policy=policy) as client:
@@ -211,7 +212,7 @@ def test_unknown_env_variable_warned_once_with_a_suggestion(
 
 
 def test_client_with_no_services_warns(caplog: pytest.LogCaptureFixture,
-                                       backend: meshlib._backend.Backend) -> None:
+                                       backend: Backend) -> None:
     """A forgotten MESHLIB_SERVICES: one warning that everything passes through."""
     caplog.set_level(logging.WARNING, "meshlib")
     with meshlib.MeshClient() as client:
