@@ -94,13 +94,17 @@ def test_garbage_keeps_the_last_good_endpoints(tmp_path: Path, backends: Backend
 
 
 def test_first_request_waits_for_discovery_then_raises_no_endpoints(tmp_path: Path) -> None:
-    """A service whose registry has nothing raises NoEndpointsError, nothing hangs."""
+    """A failing first answer (missing file) is no answer: the request waits within its
+    deadline for a good one, then NoEndpointsError names the discovery failure."""
     path = tmp_path / "missing.json"
-    with meshlib.MeshClient(services={"svc": f"file://{path}"}) as client:
+    with meshlib.MeshClient(services={"svc": f"file://{path}"},
+                            policy=meshlib.Policy(timeout=0.5)) as client:
         start = time.monotonic()
-        with pytest.raises(meshlib.NoEndpointsError):
+        with pytest.raises(meshlib.NoEndpointsError, match="No such file") as caught:
             client.get("http://svc/")
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - start >= 0.4
+        assert "last error" in str(caught.value)
+        assert client.snapshot()["services"]["svc"]["ready"] is False
 
 
 async def test_async_client_follows_file_changes(tmp_path: Path,

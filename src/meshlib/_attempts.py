@@ -190,8 +190,7 @@ def undiscovered(call: Call, now: float) -> BaseException:
     """
     waited = max(now - call.started, 0.0)
     return telemetry.not_sent(call, NoEndpointsError(
-        f"discovery for service {call.runtime.name!r} ({call.runtime.discovery.url}) "
-        f"has not answered after {waited:.2f} s", request=call.request))
+        call.runtime.unready_message(waited), request=call.request))
 
 
 def finish(call: Call, outcome: Outcome, now: float) -> httpx.Response:

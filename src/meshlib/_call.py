@@ -26,10 +26,10 @@ from tenacity import RetryCallState, wait_random_exponential
 from ._balancer import FAILURE_PENALTY
 from ._breaker import ADMITTED, REFUSED
 from ._endpoint import EndpointState
-from ._errors import DeadlineExceeded, MeshError
+from ._errors import DeadlineExceeded, MeshError, redact_url
 from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
 from ._policy import Policy
-from ._scope import current_deadline
+from ._scope import current_deadline, describe_deadline
 from ._service import ServiceRuntime, TooSlow
 
 __all__ = ["DEADLINE_HEADER", "Call", "Outcome", "Verdict"]
@@ -102,11 +102,11 @@ class Call:
 
     def deadline_error(self, now: float, cause: str = "") -> DeadlineExceeded:
         """The error for a deadline that has passed."""
-        budget = self.policy.timeout
         detail = f": {cause}" if cause else ""
         return DeadlineExceeded(
-            f"deadline for {self.request.method} {self.request.url} passed after "
-            f"{self.attempts} attempt(s) (timeout {budget:g} s){detail}", request=self.request,
+            f"deadline for {self.request.method} {redact_url(self.request.url)} passed after "
+            f"{self.attempts} attempt(s) ({describe_deadline(self.deadline, self.policy.timeout)})"
+            f"{detail}", request=self.request,
         )
 
     # -- attempts ---------------------------------------------------------------------

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 
 __all__ = [
@@ -23,7 +25,29 @@ __all__ = [
     "DeadlineExceeded",
     "MeshError",
     "NoEndpointsError",
+    "redact_url",
 ]
+
+#: ``scheme://`` followed by an authority holding ``user[:password]@`` (up to its last ``@``)
+_USERINFO = re.compile(r"(://)[^/?#\s]*@", re.ASCII)
+#: a query parameter whose name suggests a secret
+_SECRET_PARAM = re.compile(
+    r"([?&][^=&#\s]*(?:token|pass|secret|key|auth|sig)[^=&#\s]*=)[^&#\s;]*", re.IGNORECASE)
+
+
+def redact_url(url: object) -> str:
+    """``url`` (or any text holding URLs) with credentials replaced by ``***``.
+
+    Userinfo (``user:password@``) and the values of query parameters named like
+    secrets (``token``, ``password``, ``key``...) are hidden. Every error
+    message and log line that shows a URL goes through this.
+    """
+    text = str(url)
+    if "@" in text:
+        text = _USERINFO.sub(r"\1***@", text)
+    if "=" in text:
+        text = _SECRET_PARAM.sub(r"\1***", text)
+    return text
 
 
 class MeshError(httpx.TransportError):

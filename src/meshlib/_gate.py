@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 
 import httpx
@@ -18,6 +19,7 @@ from ._errors import CircuitOpenError
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "RETRY_AFTER_MAX",
     "is_idempotent",
     "is_replayable",
     "parse_retry_after",
@@ -50,18 +52,35 @@ def sent_before_failure(error: BaseException) -> bool:
     return not isinstance(error, _NOT_SENT)
 
 
+#: ``Retry-After`` in seconds: ASCII digits only, as urllib3 (``str.isdigit`` takes ``²``)
+_RETRY_AFTER_SECONDS = re.compile(r"^\s*([0-9]+)\s*$", re.ASCII)
+
+#: a ``Retry-After`` longer than this is read as this (a day; any deadline is shorter)
+RETRY_AFTER_MAX = 86400.0
+
+
 def parse_retry_after(value: str | None, now_wall: float | None = None) -> float | None:
-    """Seconds to wait for a ``Retry-After`` value (seconds or HTTP date); ``None`` if bad."""
-    if value is None:
+    """Seconds to wait for a ``Retry-After`` value; ``None`` if it is absent or malformed.
+
+    Total: never raises, whatever the server sent. Accepted are ASCII digits
+    (delta-seconds, as urllib3) and HTTP dates (a date in the past means 0).
+    Values are clamped to :data:`RETRY_AFTER_MAX`.
+    """
+    if not isinstance(value, str):
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    match = _RETRY_AFTER_SECONDS.match(value)
+    if match is not None:
+        digits = match.group(1).lstrip("0")
+        if len(digits) > 6:  # int() of a huge string is slow and has a length limit
+            return RETRY_AFTER_MAX
+        return min(float(int(digits or "0")), RETRY_AFTER_MAX)
+    if len(value) > 64 or not value.isascii():
+        return None
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        when = email.utils.parsedate_to_datetime(value.strip())
+        seconds = when.timestamp() - (time.time() if now_wall is None else now_wall)
+    except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
         return None
-    if when is None:
+    if not math.isfinite(seconds):
         return None
-    seconds = when.timestamp() - (time.time() if now_wall is None else now_wall)
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)

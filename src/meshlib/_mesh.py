@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from . import testing
-from ._config import SERVICE_NAME, EnvConfig, read_env
+from ._config import SERVICE_NAME, EnvConfig, read_env, warn_if_host_like, warn_no_services
 from ._discovery import DiscoveryOptions, discovery_from_url
 from ._errors import ConfigError
 from ._policy import Policy
@@ -69,10 +69,13 @@ class Mesh:
                 raise ConfigError(
                     f"service {name!r} must be a discovery URL or meshlib.Service, got {spec!r}")
             discovery = discovery_from_url(service.discovery, options)
+            warn_if_host_like(name)
             self.runtimes[name.lower()] = ServiceRuntime(
                 name, service, discovery, service.policy or self.policy, zone=env.zone,
                 on_transition=telemetry.breaker_transition, clock=clock,
             )
+        if not self.runtimes:
+            warn_no_services()
         self._scoped: dict[int, tuple[Mapping[str, Any], Policy, Policy]] = {}
         register_mesh(self)  # for the meshlib.endpoints gauge (weakly held)
 

@@ -9,7 +9,17 @@ from typing import Any, Literal
 
 from ._errors import ConfigError
 
-__all__ = ["BALANCERS", "Backoff", "Breaker", "Hedge", "Policy", "RetryBudget"]
+__all__ = [
+    "BALANCERS", "MAX_RETRIES", "MAX_SECONDS", "Backoff", "Breaker", "Hedge", "Policy",
+    "RetryBudget",
+]
+
+#: the longest duration any policy field may hold: one day. Every time a policy
+#: sets is finite and small enough that ``monotonic() + t``, a conversion to
+#: milliseconds, ``asyncio.wait_for`` and ``threading.Event.wait`` cannot overflow.
+MAX_SECONDS = 86400.0
+#: the most retries a policy may allow (each one also draws from the retry budget)
+MAX_RETRIES = 100
 
 BALANCERS = ("p2c-ewma", "least-request", "round-robin", "random")
 BalancerName = Literal["p2c-ewma", "least-request", "round-robin", "random"]
@@ -17,15 +27,22 @@ BalancerName = Literal["p2c-ewma", "least-request", "round-robin", "random"]
 
 def _check_number(
     owner: str, name: str, value: object, *, minimum: float = 0.0, allow_none: bool = False,
-    strict: bool = False,
+    strict: bool = False, maximum: float = MAX_SECONDS,
 ) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ConfigError(f"{owner}.{name} must be a number, got {value!r}")
-    if value < minimum or (strict and value == minimum) or math.isinf(value):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ConfigError(f"{owner}.{name} must be finite and {bound}, got {value!r}")
+    if value < minimum or (strict and value == minimum) or math.isinf(value) or value > maximum:
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ConfigError(
+            f"{owner}.{name} must be finite, {bound} and <= {maximum:g}, got {value!r}")
+
+
+def _check_int(owner: str, name: str, value: object, minimum: int, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ConfigError(
+            f"{owner}.{name} must be an int from {minimum} to {maximum}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +61,8 @@ class RetryBudget:
     ttl: float = 10.0
 
     def __post_init__(self) -> None:
-        _check_number("RetryBudget", "ratio", self.ratio)
-        if self.ratio > 1000:
-            raise ConfigError(f"RetryBudget.ratio must be <= 1000, got {self.ratio!r}")
-        _check_number("RetryBudget", "min_per_second", self.min_per_second)
+        _check_number("RetryBudget", "ratio", self.ratio, maximum=1000.0)
+        _check_number("RetryBudget", "min_per_second", self.min_per_second, maximum=1e6)
         _check_number("RetryBudget", "ttl", self.ttl, minimum=1.0)
 
 
@@ -78,10 +93,7 @@ class Breaker:
     reset_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.failures, bool) or not isinstance(self.failures, int):
-            raise ConfigError(f"Breaker.failures must be an int, got {self.failures!r}")
-        if self.failures < 1:
-            raise ConfigError(f"Breaker.failures must be >= 1, got {self.failures!r}")
+        _check_int("Breaker", "failures", self.failures, 1, 1_000_000)
         _check_number("Breaker", "reset_timeout", self.reset_timeout)
 
 
@@ -104,16 +116,18 @@ class Hedge:
         if self.delay != "p95":
             _check_number("Hedge", "delay", self.delay)
         _check_number("Hedge", "fallback", self.fallback)
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or (
-            self.max_attempts < 2
-        ):
-            raise ConfigError(f"Hedge.max_attempts must be an int >= 2, got {self.max_attempts!r}")
+        _check_int("Hedge", "max_attempts", self.max_attempts, 2, 10)
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     """What a mesh request may do: deadline, retries, budget, backoff, balancer,
     breaker, hedging and idempotency. Immutable; use :meth:`replace`.
+
+    Every duration (``timeout``, ``attempt_timeout``, and those of ``backoff``,
+    ``breaker``, ``hedge`` and ``retry_budget``) must be finite and at most
+    one day (``MAX_SECONDS``); ``retries`` at most 100. A value outside its
+    bounds, NaN or infinity raises ``ConfigError`` naming the field and value.
 
     .. versionadded:: 0.1
     """
@@ -133,8 +147,7 @@ class Policy:
         _check_number("Policy", "timeout", self.timeout, strict=True)
         _check_number("Policy", "attempt_timeout", self.attempt_timeout, allow_none=True,
                       strict=True)
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise ConfigError(f"Policy.retries must be an int >= 0, got {self.retries!r}")
+        _check_int("Policy", "retries", self.retries, 0, MAX_RETRIES)
         try:
             codes = tuple(self.retry_on)
         except TypeError:

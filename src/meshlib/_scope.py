@@ -20,9 +20,45 @@ from typing import Any, TypeVar, cast
 from ._errors import ConfigError
 from ._policy import Policy
 
-__all__ = ["current_deadline", "current_overrides", "deadline", "policy", "time_left"]
+__all__ = [
+    "Deadline", "current_deadline", "current_overrides", "deadline", "describe_deadline",
+    "header_source", "policy", "time_left",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+class Deadline(float):
+    """An absolute deadline (a ``time.monotonic()`` value) that remembers where it came from.
+
+    It is a ``float`` everywhere a time is computed; ``seconds`` and ``source``
+    only serve error messages: ``DeadlineExceeded`` names the budget that won.
+    """
+
+    __slots__ = ("seconds", "source")
+    seconds: float
+    source: str
+
+    def __new__(cls, at: float, seconds: float, source: str) -> Deadline:
+        self = super().__new__(cls, at)
+        self.seconds = seconds
+        self.source = source
+        return self
+
+
+def describe_deadline(at: float, timeout: float) -> str:
+    """``"deadline 0.3 s from meshlib.deadline"`` or ``"timeout 2 s from Policy.timeout"``:
+    which budget a request's deadline ``at`` came from (``timeout`` is its policy's)."""
+    if isinstance(at, Deadline):
+        return f"deadline {at.seconds:g} s from {at.source}"
+    return f"timeout {timeout:g} s from Policy.timeout"
+
+
+def header_source(mesh_header: bool, grpc_header: bool) -> str:
+    """The ``source`` a server middleware gives the deadline it read from headers."""
+    if mesh_header and grpc_header:
+        return "x-mesh-timeout-ms/grpc-timeout header"
+    return "grpc-timeout header" if grpc_header else "x-mesh-timeout-ms header"
+
 
 _DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar(
     "meshlib_deadline", default=math.inf
@@ -143,18 +179,28 @@ class deadline(_Scope):
     ``with meshlib.deadline(0.5):`` / ``async with ...``. Nested deadlines take
     the earliest. Raises ``ConfigError`` for a negative, NaN or non-number value.
 
+    ``source`` is what a ``DeadlineExceeded`` message names when this deadline
+    is the one that ran out (the server middlewares say which header set it).
+
     .. versionadded:: 0.1
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, source: str = "meshlib.deadline") -> None:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or (
             math.isnan(seconds) or seconds < 0
         ):
             raise ConfigError(f"meshlib.deadline needs seconds >= 0, got {seconds!r}")
         self.seconds = float(seconds)
+        self.source = source
 
     def _enter_value(self) -> tuple[contextvars.ContextVar[Any], Any]:
-        return _DEADLINE, min(_DEADLINE.get(), time.monotonic() + self.seconds)
+        outer = _DEADLINE.get()
+        at = time.monotonic() + self.seconds
+        return _DEADLINE, outer if outer <= at else Deadline(at, self.seconds, self.source)
+
+
+#: policy fields that configure per-service state, which a scope cannot change
+_PER_SERVICE = ("retry_budget", "breaker")
 
 
 class policy(_Scope):
@@ -163,13 +209,21 @@ class policy(_Scope):
     ``@meshlib.policy(retries=0, idempotent=True)`` or ``with meshlib.policy(...)``.
     A scoped override beats the service's and the client's policy; nested
     scopes merge, the inner one winning. Raises ``ConfigError`` for an unknown
-    field or a bad value.
+    field or a bad value, and for ``retry_budget`` and ``breaker``: those
+    are state shared by every request to a service, so they cannot be
+    scoped (set them on the client's or the ``Service``'s policy).
 
     .. versionadded:: 0.1
     """
 
     def __init__(self, **changes: Any) -> None:
         Policy().replace(**changes)  # validate now, not at the first request
+        for name in _PER_SERVICE:
+            if name in changes:
+                raise ConfigError(
+                    f"meshlib.policy({name}=...) cannot be scoped: {name} is state kept per "
+                    "service (one for every request to it), not a per-request setting; set it "
+                    "on the client's or the Service's Policy instead")
         self.changes: Mapping[str, Any] = MappingProxyType(dict(changes))
 
     def _enter_value(self) -> tuple[contextvars.ContextVar[Any], Any]:

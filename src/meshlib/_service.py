@@ -9,6 +9,7 @@ transports share it unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from ._breaker import REFUSED, EndpointBreaker
 from ._budget import BudgetLedger
 from ._discovery import Discovery, EndpointSetTracker, Update
 from ._endpoint import Endpoint, EndpointState
-from ._errors import CircuitOpenError, ConfigError, NoEndpointsError
+from ._errors import CircuitOpenError, ConfigError, NoEndpointsError, redact_url
 from ._latency import LatencyWindow
 from ._policy import Policy
 
@@ -112,7 +113,8 @@ class ServiceRuntime:
         retired: list[EndpointState] = []
         if accepted is not None:
             retired = self._replace(accepted, now)
-        self._mark_ready()
+        if self._tracker.current is not None:  # a failure is no answer: requests keep waiting
+            self._mark_ready()
         return retired
 
     def _replace(self, endpoints: tuple[Endpoint, ...], now: float) -> list[EndpointState]:
@@ -179,8 +181,19 @@ class ServiceRuntime:
             accepted = self._tracker.due(now)
         return self._replace(accepted, now) if accepted is not None else []
 
+    def unready_message(self, waited: float) -> str:
+        """Why a request found no endpoint after waiting ``waited`` s for discovery's first
+        good answer: the last discovery failure, if there was one."""
+        where = f"discovery for service {self.name!r} ({self._tracker.url})"
+        reason = self._tracker.failing
+        if reason is None:
+            return f"{where} has not answered after {waited:.2f} s"
+        return redact_url(f"{where} has given no good answer after {waited:.2f} s; "
+                          f"last error: {reason}")
+
     def wait_ready(self, timeout: float) -> bool:
-        """Block until discovery has answered once, at most ``timeout`` seconds."""
+        """Block until discovery has given a first good answer (a set, possibly empty;
+        not a failure), at most ``timeout`` seconds."""
         return self.ready.wait(max(timeout, 0.0))
 
     async def wait_ready_async(self, timeout: float) -> bool:
@@ -197,6 +210,12 @@ class ServiceRuntime:
             await asyncio.wait_for(future, max(timeout, 0.0))
         except asyncio.TimeoutError:
             return self.ready.is_set()
+        finally:
+            if not future.done() or future.cancelled():
+                # timed out or cancelled: forget this waiter, or a long registry outage
+                # would pile up one future per request
+                with self._lock, contextlib.suppress(ValueError):
+                    self._waiters.remove((loop, future))
         return True
 
     # -- request side -----------------------------------------------------------------

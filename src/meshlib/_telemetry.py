@@ -276,8 +276,8 @@ class Telemetry:
         elif "budget" in reason:
             self.budget_refusals.add(1, labels)
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s %s (attempt %d): %s: %s %s", call.request.method, call.request.url,
-                         call.attempts, name, reason, attributes or "")
+            logger.debug("%s %s (attempt %d): %s: %s %s", call.request.method,
+                         _redacted(call.request.url), call.attempts, name, reason, attributes or "")
         span = self._decision_span(call, hedging=name in ("hedge", "no_hedge"))
         if span is not None:
             event: dict[str, Any] = {"meshlib.reason": reason,
@@ -300,7 +300,8 @@ class Telemetry:
         else:
             name = "circuit_open" if isinstance(error, CircuitOpenError) else "no_endpoints"
             self.not_sent_requests.add(1, labels)
-        logger.debug("%s %s: nothing sent: %s", call.request.method, call.request.url, error)
+        logger.debug("%s %s: nothing sent: %s", call.request.method,
+                     _redacted(call.request.url), error)
         span = self._decision_span(call, hedging=False)
         if span is not None:
             span.add_event(f"meshlib.{name}", {"meshlib.reason": str(error), **labels})

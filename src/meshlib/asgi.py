@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any, Protocol, runtime_checkable
 
 from ._call import DEADLINE_HEADER
-from ._scope import current_deadline, deadline, release_deadline
+from ._scope import current_deadline, deadline, header_source, release_deadline
 
 __all__ = ["GRPC_TIMEOUT_HEADER", "MeshMiddleware", "SupportsSnapshot", "parse_deadline"]
 
@@ -174,7 +174,7 @@ class MeshMiddleware:
         if self.snapshot_path is not None and scope.get("path") == self.snapshot_path:
             await self._serve_snapshot(scope, send)
             return
-        seconds = self._deadline(scope)
+        seconds, source = self._deadline(scope)
         if seconds is None:
             await self.app(scope, receive, send)
             return
@@ -189,11 +189,11 @@ class MeshMiddleware:
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 release_deadline(outer)
 
-        with deadline(seconds):
+        with deadline(seconds, source=source):
             await self.app(scope, receive, send_and_release)
 
     @staticmethod
-    def _deadline(scope: Scope) -> float | None:
+    def _deadline(scope: Scope) -> tuple[float | None, str]:
         mesh: list[str] = []
         grpc: list[str] = []
         for raw_name, raw_value in scope.get("headers") or ():
@@ -203,8 +203,8 @@ class MeshMiddleware:
             elif name == b"grpc-timeout":
                 grpc.append(bytes(raw_value).decode("latin-1"))
         if not mesh and not grpc:
-            return None
-        return parse_deadline(mesh, grpc, log=logger)
+            return None, ""
+        return parse_deadline(mesh, grpc, log=logger), header_source(bool(mesh), bool(grpc))
 
     async def _serve_snapshot(self, scope: Scope, send: Send) -> None:
         method = str(scope.get("method", "GET")).upper()

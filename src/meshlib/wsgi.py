@@ -39,7 +39,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from ._scope import deadline
+from ._scope import deadline, header_source
 from .asgi import SupportsSnapshot, _snapshot_body, parse_deadline
 
 if TYPE_CHECKING:
@@ -114,7 +114,8 @@ class MeshMiddleware:
         context = contextvars.copy_context()
         # Entered in the copy and never exited there: the copy is this request's
         # own context and is dropped with the response.
-        context.run(deadline(seconds).__enter__)
+        context.run(deadline(seconds, source=header_source(mesh is not None,
+                                                           grpc is not None)).__enter__)
         return _ScopedResponse(context, context.run(self.app, environ, start_response))
 
     def _serve_snapshot(self, environ: WSGIEnvironment,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .._errors import ConfigError
+from .._errors import ConfigError, redact_url
 from ._base import (
     EMPTY_GRACE_SECONDS,
     Discovery,
@@ -38,18 +38,33 @@ _KINDS: dict[str, str] = {
 def discovery_from_url(url: str, options: DiscoveryOptions | None = None) -> Discovery:
     """Build the discovery for ``url``; raise ``ConfigError`` naming a bad URL."""
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigError(f"discovery URL {url!r} has no scheme (e.g. static://host:port)")
-    scheme = url.partition("://")[0].lower()
+        shown = redact_url(url) if isinstance(url, str) else url
+        raise ConfigError(f"discovery URL {shown!r} has no scheme (e.g. static://host:port)")
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if "@" in authority:
+        shown = f"{scheme}://***@{authority.rpartition('@')[2]}{redact_url(rest[end:])}"
+        raise ConfigError(
+            f"discovery URL {shown!r}: userinfo (user:password@) is not allowed "
+            "in a discovery URL")
     target = _KINDS.get(scheme)
     if target is None:
         raise ConfigError(
-            f"discovery URL {url!r}: unknown scheme {scheme!r} "
+            f"discovery URL {redact_url(url)!r}: unknown scheme {scheme!r} "
             f"(known: {', '.join(sorted(_KINDS))})"
         )
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name, __name__)
     except ModuleNotFoundError:
-        raise ConfigError(f"discovery URL {url!r}: {scheme!r} is not available yet") from None
+        raise ConfigError(
+            f"discovery URL {redact_url(url)!r}: {scheme!r} is not available yet") from None
     cls: type[Discovery] = getattr(module, class_name)
-    return cls(url, options)
+    try:
+        return cls(url, options)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # urlsplit's "Invalid IPv6 URL" and the like
+        raise ConfigError(f"discovery URL {redact_url(url)!r}: {exc}") from None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .._endpoint import Endpoint
+from .._errors import redact_url
 
 __all__ = [
     "EMPTY_GRACE_SECONDS",
@@ -101,7 +102,7 @@ class EndpointSetTracker:
 
     def __init__(self, service: str, url: str, grace: float = EMPTY_GRACE_SECONDS) -> None:
         self.service = service
-        self.url = url
+        self.url = redact_url(url)
         self.grace = grace
         self.current: tuple[Endpoint, ...] | None = None
         self.failing: str | None = None

@@ -8,6 +8,12 @@ changes, so replacing it by an atomic rename (write a temporary file, then
 A missing file, unreadable file, garbage JSON or a bad entry yields a
 :class:`DiscoveryFailure` (the mesh keeps the last good set).
 
+Only regular files are read: a FIFO, a device (a symlink to ``/dev/zero``), a
+directory or a socket is a failure, found by ``fstat`` on a descriptor opened
+with ``O_NONBLOCK`` (opening a FIFO for reading would otherwise wait for a
+writer for ever). A file larger than :data:`MAX_FILE_BYTES` is a failure too,
+and at most that many bytes (plus one) are ever read.
+
 The entry format is shared with ``etcd://`` values (:func:`parse_entry`).
 """
 
@@ -19,6 +25,7 @@ import json
 import logging
 import math
 import os
+import stat as stat_module
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -27,7 +34,10 @@ from .._endpoint import Endpoint
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
 
-__all__ = ["EntryError", "FileDiscovery", "parse_entry", "parse_entry_list"]
+__all__ = ["MAX_FILE_BYTES", "EntryError", "FileDiscovery", "parse_entry", "parse_entry_list"]
+
+#: the largest endpoint file read (1 MiB, about 15,000 entries); a larger one is refused
+MAX_FILE_BYTES = 1 << 20
 
 logger = logging.getLogger("meshlib.discovery")
 
@@ -102,6 +112,8 @@ def parse_entry_list(text: str | bytes) -> tuple[Endpoint, ...]:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise EntryError(f"not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." nested deeper than the interpreter's stack allows
+        raise EntryError("not valid JSON: nested too deeply") from None
     if not isinstance(data, list):
         raise EntryError(f"expected a JSON list of endpoints, not {type(data).__name__}")
     endpoints: dict[tuple[str, int], Endpoint] = {}
@@ -136,11 +148,55 @@ def _signature(stat: os.stat_result) -> _Signature:
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
+class NotReadable(OSError):
+    """The path names something that is not a regular file, or one too large to read."""
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is (``None`` for a regular file)."""
+    if stat_module.S_ISREG(mode):
+        return None
+    for test, name in ((stat_module.S_ISFIFO, "a FIFO"), (stat_module.S_ISCHR, "a device"),
+                       (stat_module.S_ISBLK, "a device"), (stat_module.S_ISDIR, "a directory"),
+                       (stat_module.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _check(info: os.stat_result) -> None:
+    """Raise :class:`NotReadable` unless ``info`` is a regular file within the size cap."""
+    kind = _kind(info.st_mode)
+    if kind is not None:
+        raise NotReadable(f"{kind}, not a regular file: refused")
+    if info.st_size > MAX_FILE_BYTES:
+        raise NotReadable(f"{info.st_size} bytes, larger than the {MAX_FILE_BYTES} byte limit")
+
+
 def _read(path: str) -> tuple[_Signature, bytes]:
-    """The file's content and the signature of exactly that content."""
-    with open(path, "rb") as handle:
-        signature = _signature(os.fstat(handle.fileno()))
-        return signature, handle.read()
+    """The file's content and the signature of exactly that content.
+
+    Never blocks: opened with ``O_NONBLOCK`` and checked by ``fstat`` (a regular
+    file within the size cap) before a single byte is read.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        _check(info)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_FILE_BYTES:  # it grew after the fstat
+            raise NotReadable(f"larger than the {MAX_FILE_BYTES} byte limit")
+        return _signature(info), b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 class FileDiscovery(Discovery):
@@ -161,9 +217,11 @@ class FileDiscovery(Discovery):
     def _stat(self) -> _Signature | str:
         """The file's signature, or an error text if it cannot be stat'ed."""
         try:
-            return _signature(os.stat(self.path))
+            info = os.stat(self.path)
+            _check(info)
         except OSError as exc:
             return f"cannot read {self.path}: {exc.strerror or exc}"
+        return _signature(info)
 
     async def _load(self) -> tuple[_Signature | str, Update]:
         """Read and parse the file: its signature (or error text) and the update to yield."""
