@@ -119,10 +119,13 @@ def test_status_not_a_snapshot(path: str, message: str,
 
 
 def test_status_http_error(capsys: pytest.CaptureFixture[str]) -> None:
-    app = MeshMiddleware(_plain_app, snapshot_path="/_mesh")
+    app = MeshMiddleware(_plain_app, snapshot_path="/_mesh", clients=[])
     with serve_wsgi(app) as url:
-        assert main(["status", f"{url}/_mesh", "--json"]) == 0  # no clients: empty, still valid
-        assert json.loads(capsys.readouterr().out) == {"services": {}}
+        # no clients: the empty snapshot is printed, but the exit status says something is off
+        assert main(["status", f"{url}/_mesh", "--json"]) == 1
+        captured = capsys.readouterr()
+        assert json.loads(captured.out) == {"services": {}}
+        assert "lists no services" in captured.err
         with serve_wsgi(lambda e, s: (s("404 Not Found", []), [b""])[1]) as url404:
             assert main(["status", f"{url404}/_mesh"]) == 1
     assert "HTTP 404" in capsys.readouterr().err

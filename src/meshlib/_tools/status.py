@@ -80,7 +80,8 @@ def run_status(url: str, as_json: bool = False, *, out: TextIO | None = None,
     """Fetch the snapshot at ``url`` and print it; return the exit status.
 
     Prints a table per service (or the JSON with ``as_json``) to ``out``
-    (standard output by default) and returns 0. On a connection error, a
+    (standard output by default) and returns 0. A snapshot that lists no
+    service is printed too but returns 1, with a hint on ``err``. On a connection error, a
     timeout, an HTTP error status, a body that is not JSON, or JSON without a
     ``"services"`` mapping, prints one clear line to ``err`` (standard error by
     default) and returns 1.
@@ -120,4 +121,8 @@ def run_status(url: str, as_json: bool = False, *, out: TextIO | None = None,
         print(json.dumps(data, indent=2), file=out)
     else:
         print(format_snapshot(data), file=out)
+    if not data["services"]:
+        print(f"meshlib status: {url} lists no services: the middleware sees no open mesh "
+              "client (build one, or pass clients=[...] to MeshMiddleware)", file=err)
+        return 1
     return 0

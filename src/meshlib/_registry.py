@@ -1,0 +1,36 @@
+"""A weak, process-wide registry of live mesh clients, for the snapshot endpoints.
+
+Every :class:`meshlib.MeshClient` and :class:`meshlib.AsyncMeshClient`
+registers itself when it is built. The registry holds it weakly: it never keeps
+a client alive, and one that has been closed or garbage-collected drops out by
+itself. The ASGI and WSGI middlewares read it when they were given no
+``clients``, so a client made after the middleware (in a FastAPI lifespan, say)
+is seen. A bare ``MeshTransport`` under a plain ``httpx.Client`` is not
+registered: pass it in ``clients=`` explicitly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from typing import Any
+
+__all__ = ["live_clients", "register_client"]
+
+_live: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+_order = itertools.count()
+_lock = threading.Lock()
+
+
+def register_client(client: Any) -> None:
+    """Remember ``client`` (weakly) until it is closed or collected."""
+    with _lock:
+        _live[next(_order)] = client
+
+
+def live_clients() -> list[Any]:
+    """The registered clients that are still open (``not client.is_closed``), oldest first."""
+    with _lock:
+        items = sorted(_live.items())
+    return [c for _, c in items if not c.is_closed]
