@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from meshlib._demo_baseline import TenacityBaseline
+from meshlib._tools.demo_baseline import TenacityBaseline
 
 BackendFactory = Callable[..., Any]
 
