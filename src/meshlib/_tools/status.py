@@ -19,7 +19,9 @@ import httpx
 __all__ = ["format_snapshot", "run_status"]
 
 TIMEOUT = 5.0
-_COLUMNS = ("endpoint", "ewma_ms", "inflight", "breaker", "requests", "failures")
+_COLUMNS = ("endpoint", "ewma_ms", "latency_ms", "inflight", "breaker", "requests", "failures")
+_LEGEND = ("ewma_ms: the balancer's score, a failure counting as 1000 ms (a fast-failing "
+           "endpoint reads ~1000: a penalty, not a latency); latency_ms: successful answers only")
 
 
 def _cell(value: Any) -> str:
@@ -72,6 +74,8 @@ def format_snapshot(snapshot: Mapping[str, Any]) -> str:
         else:
             lines.append("  (no endpoints)")
         blocks.append("\n".join(lines))
+    if any("ewma_ms" in block for block in blocks):
+        blocks.append(_LEGEND)
     return "\n\n".join(blocks)
 
 
