@@ -14,9 +14,10 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["live_clients", "register_client"]
+__all__ = ["client_list", "live_clients", "register_client", "snapshot_sources"]
 
 _live: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 _order = itertools.count()
@@ -34,3 +35,20 @@ def live_clients() -> list[Any]:
     with _lock:
         items = sorted(_live.items())
     return [c for _, c in items if not c.is_closed]
+
+
+def client_list(clients: Iterable[Any] | None) -> list[Any] | None:
+    """What a middleware keeps of its ``clients`` argument.
+
+    ``None`` stays ``None`` (every live client, looked up at each request); a
+    list is kept as it is, not copied, so the caller can append to it later;
+    any other iterable becomes a new list.
+    """
+    if clients is None or isinstance(clients, list):
+        return clients
+    return list(clients)
+
+
+def snapshot_sources(clients: list[Any] | None) -> list[Any]:
+    """What a snapshot endpoint shows: the given clients, or every open mesh client."""
+    return live_clients() if clients is None else clients

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any, Protocol, runtime_checkable
 
 from ._call import DEADLINE_HEADER
+from ._registry import client_list, snapshot_sources
 from ._scope import current_deadline, deadline, header_source, release_deadline
 
 __all__ = ["GRPC_TIMEOUT_HEADER", "MeshMiddleware", "SupportsSnapshot", "parse_deadline"]
@@ -137,23 +138,6 @@ def _snapshot_body(clients: Iterable[SupportsSnapshot], log: logging.Logger) -> 
     return 200, body.encode()
 
 
-def _client_list(clients: Iterable[SupportsSnapshot] | None) -> list[SupportsSnapshot] | None:
-    """``None`` stays ``None`` (every live client); a list is kept as it is, not copied,
-    so the caller can append to it later; any other iterable becomes a new list."""
-    if clients is None or isinstance(clients, list):
-        return clients
-    return list(clients)
-
-
-def _sources(clients: list[SupportsSnapshot] | None) -> list[SupportsSnapshot]:
-    """What the snapshot endpoint shows: the given clients, or every open client."""
-    if clients is None:
-        from ._registry import live_clients
-
-        return live_clients()
-    return clients
-
-
 _SNAPSHOT_METHODS = ("GET", "HEAD")
 
 
@@ -194,7 +178,7 @@ class MeshMiddleware:
             raise ValueError(f"snapshot_path must start with '/', got {snapshot_path!r}")
         self.app = app
         self.snapshot_path = snapshot_path
-        self.clients: list[SupportsSnapshot] | None = _client_list(clients)
+        self.clients: list[SupportsSnapshot] | None = client_list(clients)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection scope."""
@@ -242,7 +226,7 @@ class MeshMiddleware:
             body = json.dumps({"error": "method not allowed"}).encode()
             await _respond(send, 405, body, [(b"allow", b"GET, HEAD")], head=False)
             return
-        status, body = _snapshot_body(_sources(self.clients), logger)
+        status, body = _snapshot_body(snapshot_sources(self.clients), logger)
         await _respond(send, status, body, [(b"cache-control", b"no-store")],
                        head=method == "HEAD")
 

@@ -39,8 +39,9 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from ._registry import client_list, snapshot_sources
 from ._scope import deadline, header_source
-from .asgi import SupportsSnapshot, _client_list, _snapshot_body, _sources, parse_deadline
+from .asgi import SupportsSnapshot, _snapshot_body, parse_deadline
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -98,7 +99,7 @@ class MeshMiddleware:
             raise ValueError(f"snapshot_path must start with '/', got {snapshot_path!r}")
         self.app = app
         self.snapshot_path = snapshot_path
-        self.clients: list[SupportsSnapshot] | None = _client_list(clients)
+        self.clients: list[SupportsSnapshot] | None = client_list(clients)
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
@@ -130,7 +131,7 @@ class MeshMiddleware:
                 ("Allow", "GET, HEAD"),
             ])
             return [body]
-        status, body = _snapshot_body(_sources(self.clients), logger)
+        status, body = _snapshot_body(snapshot_sources(self.clients), logger)
         start_response("200 OK" if status == 200 else "500 Internal Server Error", [
             ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
