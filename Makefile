@@ -2,19 +2,27 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.meshlib-installed
+DEMO_STAMP := $(VENV)/.meshlib-demo-installed
 
-.PHONY: venv demo test lint typecheck unit servers bench clean
+.PHONY: venv demo test lint typecheck unit docs servers bench clean
 
+# the package editable, with its test, lint and docs tools
 $(STAMP): pyproject.toml scripts/venv.sh
-	bash scripts/venv.sh $(VENV)
-	touch $(STAMP)
+	bash scripts/venv.sh $(VENV) dev
+	touch $(STAMP) $(DEMO_STAMP)
+
+# the demo needs only the package and its runtime dependencies (httpx, tenacity, ...)
+$(DEMO_STAMP): pyproject.toml scripts/venv.sh
+	bash scripts/venv.sh $(VENV) demo
+	touch $(DEMO_STAMP)
 
 venv: $(STAMP)
 
 servers:
 	bash scripts/install-servers.sh
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
+	@echo "make demo: running 'meshlib demo' (local backends on 127.0.0.1, about 15 s)"
 	$(VENV)/bin/meshlib demo
 
 lint: $(STAMP)
@@ -26,10 +34,14 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-test: $(STAMP) servers lint typecheck unit
+# the documentation site, into site/; --strict turns broken links and warnings into errors
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+test: $(STAMP) servers lint typecheck unit docs
 
 bench: $(STAMP)
 	$(VENV)/bin/meshlib bench
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -400,3 +400,54 @@ async def test_background_tasks_do_not_inherit_the_answered_callers_deadline() -
     assert response.text == "ok"
     assert 0 < seen["handler"] <= 0.1
     assert math.isinf(seen["background"])
+
+
+# -- the snapshot of clients made after the middleware ---------------------------------------
+
+
+def test_snapshot_sees_a_client_made_in_the_lifespan(backends: BackendFactory) -> None:
+    """add_middleware + a client built in the lifespan: the snapshot and `meshlib status` see it."""
+    from meshlib.cli import main
+
+    backend = backends(1)
+    address = backend.servers[0].address
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with meshlib.AsyncMeshClient(
+                services={"lifespan-users": f"static://{address}"}) as client:
+            app.state.client = client
+            yield
+
+    async def call(request: Request) -> JSONResponse:
+        response = await request.app.state.client.get("http://lifespan-users/x")
+        return JSONResponse({"status": response.status_code})
+
+    app = Starlette(routes=[Route("/call", call)], lifespan=lifespan)
+    app.add_middleware(MeshMiddleware, snapshot_path="/_mesh")  # no clients: every open one
+    with serve_asgi(app) as url:
+        assert httpx.get(f"{url}/call", timeout=5).json() == {"status": 200}
+        services = httpx.get(f"{url}/_mesh", timeout=5).json()["services"]
+        [endpoint] = services["lifespan-users"]["endpoints"]
+        assert endpoint["endpoint"] == address and endpoint["requests"] == 1
+        assert main(["status", f"{url}/_mesh"]) == 0
+
+
+def test_snapshot_without_clients_drops_closed_ones(backends: BackendFactory) -> None:
+    """A closed client leaves the process-wide snapshot; a list given is not copied."""
+    backend = backends(1)
+    address = backend.servers[0].address
+    given: list[Any] = []
+    every = MeshMiddleware(_echo_app([]), snapshot_path="/_mesh")
+    chosen = MeshMiddleware(_echo_app([]), snapshot_path="/_mesh", clients=given)
+    with serve_asgi(every) as url, serve_asgi(chosen) as chosen_url:
+        client = meshlib.MeshClient(services={"closing-users": f"static://{address}"})
+        try:
+            assert "closing-users" in httpx.get(f"{url}/_mesh", timeout=5).json()["services"]
+            assert httpx.get(f"{chosen_url}/_mesh", timeout=5).json() == {"services": {}}
+            given.append(client)  # appended to the caller's list after the middleware was built
+            assert list(httpx.get(f"{chosen_url}/_mesh", timeout=5).json()["services"]) == [
+                "closing-users"]
+        finally:
+            client.close()
+        assert "closing-users" not in httpx.get(f"{url}/_mesh", timeout=5).json()["services"]

@@ -58,3 +58,59 @@ def test_resolve_watch_prints_only_changes() -> None:
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=10)
     assert out.count("127.0.0.1:18081") == 1, out + err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """meshlib --version prints the package version and exits 0."""
+    import meshlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"meshlib {meshlib.__version__}"
+
+
+def test_resolve_a_service_name_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """meshlib resolve NAME looks NAME up in MESHLIB_SERVICES (ignoring case)."""
+    monkeypatch.setenv("MESHLIB_SERVICES",
+                       "users=static://127.0.0.1:8001 orders=static://127.0.0.1:9001")
+    assert main(["resolve", "Users"]) == 0
+    out = capsys.readouterr().out
+    assert "127.0.0.1:8001" in out and "9001" not in out
+
+
+@pytest.mark.parametrize(("services", "hint"), [
+    (None, "MESHLIB_SERVICES is not set"),
+    ("orders=static://127.0.0.1:9001", "which names orders"),
+])
+def test_resolve_an_unknown_name(monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str],
+                                 services: str | None, hint: str) -> None:
+    """An unknown service name exits 2 with one line saying where it was looked up."""
+    if services is None:
+        monkeypatch.delenv("MESHLIB_SERVICES", raising=False)
+    else:
+        monkeypatch.setenv("MESHLIB_SERVICES", services)
+    assert main(["resolve", "users"]) == 2
+    err = capsys.readouterr().err
+    assert "'users'" in err and hint in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_command_and_option_has_help() -> None:
+    """--help explains every subcommand, argument and option."""
+    import argparse
+
+    from meshlib.cli import _parser
+
+    parser = _parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) >= {"demo", "resolve", "bench", "status"}
+    helps = {choice.dest: choice.help for choice in sub._choices_actions}
+    for name, command in sub.choices.items():
+        assert helps.get(name), f"{name} has no help line"
+        assert command.description, f"{name} has no description"
+        for action in command._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    for action in parser._actions:
+        assert action.help or action is sub, action

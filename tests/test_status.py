@@ -76,15 +76,19 @@ def test_status_prints_a_table(snapshot_url: tuple[str, list[str]],
     assert lines[0].startswith("service users")
     assert "retry budget balance" in out
     header = next(line for line in lines if "endpoint" in line and "ewma_ms" in line)
-    assert header.split() == ["endpoint", "ewma_ms", "inflight", "breaker", "requests",
-                              "failures"]
-    for address in addresses:
-        row = next(line for line in lines if line.startswith(f"  {address} ")).split()
-        assert row[0] == address and row[3] == "closed"
-    requests = {line.split()[0]: (int(line.split()[4]), int(line.split()[5]))
-                for line in lines if line.split() and line.split()[0] in addresses}
+    assert header.split() == ["endpoint", "ewma_ms", "latency_ms", "inflight", "breaker",
+                              "requests", "failures"]
+    rows = {address: next(line for line in lines if line.startswith(f"  {address} ")).split()
+            for address in addresses}
+    assert all(row[4] == "closed" for row in rows.values())
+    requests = {address: (int(row[5]), int(row[6])) for address, row in rows.items()}
     assert sum(r for r, _ in requests.values()) == 3
     assert requests[addresses[0]][1] == 0 and requests[addresses[1]][1] >= 1
+    # the endpoint answering 503 fast: a ~1000 ms penalty score, no latency of its own
+    healthy, failing = rows[addresses[0]], rows[addresses[1]]
+    assert float(failing[1]) >= 900 and failing[2] == "-"
+    assert float(healthy[2]) < 900
+    assert "a penalty, not a latency" in out
 
 
 def test_status_json(snapshot_url: tuple[str, list[str]],
@@ -119,10 +123,13 @@ def test_status_not_a_snapshot(path: str, message: str,
 
 
 def test_status_http_error(capsys: pytest.CaptureFixture[str]) -> None:
-    app = MeshMiddleware(_plain_app, snapshot_path="/_mesh")
+    app = MeshMiddleware(_plain_app, snapshot_path="/_mesh", clients=[])
     with serve_wsgi(app) as url:
-        assert main(["status", f"{url}/_mesh", "--json"]) == 0  # no clients: empty, still valid
-        assert json.loads(capsys.readouterr().out) == {"services": {}}
+        # no clients: the empty snapshot is printed, but the exit status says something is off
+        assert main(["status", f"{url}/_mesh", "--json"]) == 1
+        captured = capsys.readouterr()
+        assert json.loads(captured.out) == {"services": {}}
+        assert "lists no services" in captured.err
         with serve_wsgi(lambda e, s: (s("404 Not Found", []), [b""])[1]) as url404:
             assert main(["status", f"{url404}/_mesh"]) == 1
     assert "HTTP 404" in capsys.readouterr().err

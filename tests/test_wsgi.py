@@ -240,3 +240,22 @@ def test_no_header_returns_the_app_iterable_unwrapped() -> None:
     environ = {"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_X_MESH_TIMEOUT_MS": "bad"}
     assert MeshMiddleware(app)(environ, lambda *a: lambda b: None) is body
     assert MeshMiddleware(app)({"PATH_INFO": "/"}, lambda *a: lambda b: None) is body
+
+
+def test_snapshot_without_clients_sees_a_client_made_later(backends: BackendFactory) -> None:
+    """No clients given: a client built after the middleware is in the snapshot until closed."""
+    backend = backends(1)
+    address = backend.servers[0].address
+
+    def plain(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    with serve_wsgi(MeshMiddleware(plain, snapshot_path="/_mesh")) as url:
+        assert "wsgi-late" not in httpx.get(f"{url}/_mesh", timeout=5).json()["services"]
+        with meshlib.MeshClient(services={"wsgi-late": f"static://{address}"}) as client:
+            client.get("http://wsgi-late/x").raise_for_status()
+            late = httpx.get(f"{url}/_mesh", timeout=5).json()["services"]["wsgi-late"]
+            assert [(e["endpoint"], e["requests"]) for e in late["endpoints"]] == [(address, 1)]
+            assert late["endpoints"][0]["latency_ms"] is not None
+        assert "wsgi-late" not in httpx.get(f"{url}/_mesh", timeout=5).json()["services"]

@@ -10,6 +10,7 @@ import httpx
 from ._async_transport import AsyncMeshTransport
 from ._mesh import ServicesArg
 from ._policy import Policy
+from ._registry import register_client
 from ._transport import MeshTransport
 
 __all__ = ["AsyncMeshClient", "MeshClient"]
@@ -60,9 +61,22 @@ class MeshClient(httpx.Client):
         except BaseException:
             self.mesh_transport.close()
             raise
+        register_client(self)  # seen by snapshot endpoints given no clients
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget."""
+        """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget.
+
+        Shape: ``{"services": {NAME: {"discovery", "ready", "balancer",
+        "endpoints": [{"endpoint", "ewma_ms", "latency_ms", "inflight",
+        "breaker", "requests", "failures", "weight", "zone", "priority"}],
+        "retry_budget": {"balance"}}}}``.
+
+        ``ewma_ms`` is the balancer's score, not a measured latency: a failure
+        counts as a sample of at least 1000 ms, so an endpoint that fails fast
+        reads about 1000 ms (a penalty that steers traffic away from it), then
+        decays over about 10 s. ``latency_ms`` is the estimate from successful
+        answers only (``None`` before the first one).
+        """
         return self.mesh_transport.snapshot()
 
 
@@ -81,9 +95,22 @@ class AsyncMeshClient(httpx.AsyncClient):
         mounts = _with_service_mounts(kwargs, self.mesh_transport.mesh.runtimes,
                                       self.mesh_transport)
         super().__init__(mounts=mounts, **kwargs)
+        register_client(self)  # seen by snapshot endpoints given no clients
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget."""
+        """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget.
+
+        Shape: ``{"services": {NAME: {"discovery", "ready", "balancer",
+        "endpoints": [{"endpoint", "ewma_ms", "latency_ms", "inflight",
+        "breaker", "requests", "failures", "weight", "zone", "priority"}],
+        "retry_budget": {"balance"}}}}``.
+
+        ``ewma_ms`` is the balancer's score, not a measured latency: a failure
+        counts as a sample of at least 1000 ms, so an endpoint that fails fast
+        reads about 1000 ms (a penalty that steers traffic away from it), then
+        decays over about 10 s. ``latency_ms`` is the estimate from successful
+        answers only (``None`` before the first one).
+        """
         return self.mesh_transport.snapshot()
 
 

@@ -290,13 +290,21 @@ class ServiceRuntime:
         return local or candidates
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """JSON-ready state: endpoints with EWMA, in-flight, breaker, counters; budget balance."""
+        """JSON-ready state: endpoints with EWMA, in-flight, breaker, counters; budget balance.
+
+        ``ewma_ms`` is the balancer's score, in which a failure counts as a sample
+        of at least ``FAILURE_PENALTY`` (1 s): a fast-failing endpoint reads about
+        1000 ms. ``latency_ms`` is the decayed peak EWMA of successful answers
+        only, ``None`` before the first one.
+        """
         endpoints = []
         for state in list(self.states.values()):
             ewma = state.ewma(now)
+            ok = state.ok_estimate(now)
             endpoints.append({
                 "endpoint": state.address,
                 "ewma_ms": None if ewma is None else round(ewma * 1000.0, 3),
+                "latency_ms": None if ok is None else round(ok * 1000.0, 3),
                 "inflight": state.inflight,
                 "breaker": state.breaker.state(now),
                 "requests": state.requests,

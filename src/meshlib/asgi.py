@@ -8,7 +8,7 @@ deadline::
 
     from meshlib.asgi import MeshMiddleware
 
-    app = MeshMiddleware(app, snapshot_path="/_mesh", clients=[client])
+    app = MeshMiddleware(app, snapshot_path="/_mesh")  # shows every open mesh client
 
 Headers read (both optional; when both are present the earlier deadline wins):
 
@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any, Protocol, runtime_checkable
 
 from ._call import DEADLINE_HEADER
+from ._registry import client_list, snapshot_sources
 from ._scope import current_deadline, deadline, header_source, release_deadline
 
 __all__ = ["GRPC_TIMEOUT_HEADER", "MeshMiddleware", "SupportsSnapshot", "parse_deadline"]
@@ -144,13 +145,26 @@ class MeshMiddleware:
     """ASGI middleware: run each HTTP request inside the caller's mesh deadline.
 
     ``app`` is any ASGI 3 application. ``snapshot_path`` (off by default)
-    serves ``{"services": ...}``, merged from the ``snapshot()`` of every object
-    in ``clients`` (``MeshClient``, ``AsyncMeshClient`` or a transport), as
-    ``application/json`` on a ``GET`` to exactly that path; any request to
-    that path is answered by the middleware and never reaches ``app`` (other
-    methods get 405). ``clients`` is kept as the mutable list
-    :attr:`clients`, so clients built later (e.g. in a lifespan handler) can be
-    appended.
+    serves ``{"services": ...}`` as ``application/json`` on a ``GET`` to
+    exactly that path; any request to that path is answered by the middleware
+    and never reaches ``app`` (other methods get 405).
+
+    What the snapshot shows:
+
+    * ``clients=None`` (the default): every ``MeshClient`` and
+      ``AsyncMeshClient`` open in the process at the time of the request,
+      including those built after the middleware (in a FastAPI lifespan
+      handler, say, with ``app.add_middleware(MeshMiddleware, ...)``). They
+      are held weakly: a closed or collected client drops out.
+    * ``clients=[...]``: only those objects (clients or transports), merged.
+      A list is kept as it is, not copied, as :attr:`clients`: append to it
+      (or to your own list) later and the endpoint sees the addition.
+
+    A service name seen in more than one client appears as ``name``,
+    ``name#2``, ... Each endpoint's ``ewma_ms`` is the balancer's latency
+    estimate, in which a failure counts as a slow sample (about 1000 ms): a
+    fast-failing endpoint reads high on purpose. It is a penalty, not a
+    measured latency.
 
     Only expose ``snapshot_path`` where its audience may see your topology:
     it lists service names, endpoint addresses and their health.
@@ -159,12 +173,12 @@ class MeshMiddleware:
     """
 
     def __init__(self, app: ASGIApp, *, snapshot_path: str | None = None,
-                 clients: Iterable[SupportsSnapshot] = ()) -> None:
+                 clients: Iterable[SupportsSnapshot] | None = None) -> None:
         if snapshot_path is not None and not snapshot_path.startswith("/"):
             raise ValueError(f"snapshot_path must start with '/', got {snapshot_path!r}")
         self.app = app
         self.snapshot_path = snapshot_path
-        self.clients: list[SupportsSnapshot] = list(clients)
+        self.clients: list[SupportsSnapshot] | None = client_list(clients)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection scope."""
@@ -212,7 +226,7 @@ class MeshMiddleware:
             body = json.dumps({"error": "method not allowed"}).encode()
             await _respond(send, 405, body, [(b"allow", b"GET, HEAD")], head=False)
             return
-        status, body = _snapshot_body(self.clients, logger)
+        status, body = _snapshot_body(snapshot_sources(self.clients), logger)
         await _respond(send, status, body, [(b"cache-control", b"no-store")],
                        head=method == "HEAD")
 

@@ -1,4 +1,7 @@
-"""The ``meshlib`` command line: ``demo``, ``resolve``, ``bench``, ``status``."""
+"""The ``meshlib`` command line: ``demo``, ``resolve``, ``bench``, ``status``.
+
+Run ``meshlib COMMAND --help`` for the options of each command.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ._config import read_env
+from ._config import parse_services, read_env
 from ._discovery import DiscoveryFailure, DiscoveryOptions, discovery_from_url
 from ._errors import ConfigError
 
@@ -34,6 +37,25 @@ def _nameserver() -> tuple[str, int] | None:
     """``MESHLIB_DNS_NAMESERVER`` alone: ``resolve`` needs nothing else from the environment."""
     raw = os.environ.get("MESHLIB_DNS_NAMESERVER", "")
     return read_env({"MESHLIB_DNS_NAMESERVER": raw}).dns_nameserver if raw.strip() else None
+
+
+def _discovery_url(target: str) -> str:
+    """``target`` itself if it is a discovery URL, else the URL ``MESHLIB_SERVICES`` gives it.
+
+    Raises ``ConfigError`` naming the service when it is not there (or the variable is bad).
+    """
+    if "://" in target:
+        return target
+    raw = os.environ.get("MESHLIB_SERVICES", "")
+    services = parse_services(raw) if raw.strip() else {}
+    for name, url in services.items():
+        if name.lower() == target.lower():
+            return url
+    if not services:
+        raise ConfigError(f"{target!r} is not a discovery URL (scheme://...) and "
+                          "MESHLIB_SERVICES is not set, so it is not a service name either")
+    raise ConfigError(f"{target!r} is not a discovery URL (scheme://...) nor a service in "
+                      f"MESHLIB_SERVICES (which names {', '.join(sorted(services))})")
 
 
 async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
@@ -90,22 +112,66 @@ def _positive(text: str) -> float:
     return value
 
 
+_EPILOG = """environment:
+  MESHLIB_SERVICES        name=URL pairs, for `meshlib resolve NAME`
+  MESHLIB_DNS_NAMESERVER  HOST:PORT for DNS discovery URLs that name no nameserver
+"""
+
+_RESOLVE_HELP = """Print the endpoints a discovery URL resolves to, one per line with its
+weight, priority and zone. TARGET is a discovery URL (static://, dns+srv://,
+dns://, file://, etcd://, consul://, k8s://) or the name of a service in
+MESHLIB_SERVICES. Exit status: 0 on an answer, 1 when discovery failed or
+did not answer in time, 2 on a malformed URL or an unknown service name."""
+
+_STATUS_HELP = """Fetch the JSON snapshot a running service exposes through
+meshlib.asgi.MeshMiddleware or meshlib.wsgi.MeshMiddleware (their snapshot_path)
+and print one table per service: endpoints, latency score (ewma_ms; a failure
+counts as 1000 ms), requests in flight, breaker state, requests and failures.
+Exit status: 0 when the snapshot lists at least one service, 1 otherwise (not
+reachable, not a snapshot, or no services: the middleware sees no client)."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshlib", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="plain httpx and MeshClient side by side on local backends")
-    resolve = sub.add_parser("resolve", help="print what a discovery URL resolves to")
-    resolve.add_argument("url")
-    resolve.add_argument("--watch", action="store_true", help="print every change until ^C")
-    resolve.add_argument("--timeout", type=_positive, default=10.0,
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="meshlib", description="meshlib, an embeddable client-side service mesh for httpx.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"meshlib {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "demo", help="plain httpx and MeshClient side by side on local backends",
+        description="Start local backends on loopback (one slow, one failing) and send the "
+                    "same requests through plain httpx and through MeshClient, with progress "
+                    "lines and a final table. "
+                    "Needs no setup and no network beyond 127.0.0.1.")
+    resolve = sub.add_parser("resolve", help="print what a discovery URL or service resolves to",
+                             description=_RESOLVE_HELP, epilog=_EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    resolve.add_argument("url", metavar="TARGET",
+                         help="a discovery URL, e.g. dns+srv://_http._tcp.users.example.com, "
+                              "or a service name from MESHLIB_SERVICES")
+    resolve.add_argument("--watch", action="store_true",
+                         help="keep following discovery and print every change until ^C")
+    resolve.add_argument("--timeout", type=_positive, default=10.0, metavar="SECONDS",
                          help="seconds to wait for the first answer (default 10)")
-    resolve.add_argument("--json", action="store_true")
-    bench = sub.add_parser("bench", help="benchmarks against bare httpx, in the same run")
+    resolve.add_argument("--json", action="store_true",
+                         help="print each endpoint set as a JSON list")
+    bench = sub.add_parser(
+        "bench", help="benchmarks against bare httpx, in the same run",
+        description="Run the benchmark scenarios on loopback, each against a bare httpx "
+                    "baseline measured in the same run, and print a table.")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    bench.add_argument("--quick", action="store_true", help="a short run")
-    status = sub.add_parser("status", help="show the mesh snapshot of a running service")
-    status.add_argument("url", help="the snapshot URL a meshlib middleware exposes")
-    status.add_argument("--json", action="store_true")
+    bench.add_argument("--quick", action="store_true",
+                       help="a short run (fewer requests; noisier numbers)")
+    status = sub.add_parser("status", help="show the mesh snapshot of a running service",
+                            description=_STATUS_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    status.add_argument("url", help="the snapshot URL a meshlib middleware exposes, "
+                                    "e.g. http://127.0.0.1:8000/_mesh")
+    status.add_argument("--json", action="store_true",
+                        help="print the snapshot as JSON instead of tables")
     return parser
 
 
@@ -119,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo()
         if args.command == "resolve":
             try:
-                return asyncio.run(_resolve(args.url, args.watch, args.timeout, args.json))
+                url = _discovery_url(args.url)
+                return asyncio.run(_resolve(url, args.watch, args.timeout, args.json))
             except KeyboardInterrupt:
                 return 0
         if args.command == "bench":

@@ -8,7 +8,7 @@ requests it makes inherit what is left of the caller's deadline::
 
     from meshlib.wsgi import MeshMiddleware
 
-    app.wsgi_app = MeshMiddleware(app.wsgi_app, snapshot_path="/_mesh", clients=[client])
+    app.wsgi_app = MeshMiddleware(app.wsgi_app, snapshot_path="/_mesh")
 
 Header rules are those of :mod:`meshlib.asgi` (earliest deadline wins;
 malformed or negative values are ignored with a DEBUG log on the
@@ -39,6 +39,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from ._registry import client_list, snapshot_sources
 from ._scope import deadline, header_source
 from .asgi import SupportsSnapshot, _snapshot_body, parse_deadline
 
@@ -81,22 +82,24 @@ class MeshMiddleware:
     """WSGI middleware: run each request, body included, inside the caller's mesh deadline.
 
     ``app`` is any WSGI application. ``snapshot_path`` (off by default) serves
-    ``{"services": ...}``, merged from the ``snapshot()`` of every object in
-    ``clients``, as ``application/json`` on a ``GET`` to exactly that
+    ``{"services": ...}`` as ``application/json`` on a ``GET`` to exactly that
     ``PATH_INFO``; any request to that path is answered by the middleware and
-    never reaches ``app`` (other methods get 405). ``clients`` is kept as the
-    mutable list :attr:`clients`.
+    never reaches ``app`` (other methods get 405). With ``clients=None`` (the
+    default) it shows every ``MeshClient`` and ``AsyncMeshClient`` open in the
+    process when the request arrives, including those built after the
+    middleware; with a list, only those objects (the list is kept, not copied,
+    as :attr:`clients`). See :class:`meshlib.asgi.MeshMiddleware`.
 
     .. versionadded:: 0.1
     """
 
     def __init__(self, app: WSGIApplication, *, snapshot_path: str | None = None,
-                 clients: Iterable[SupportsSnapshot] = ()) -> None:
+                 clients: Iterable[SupportsSnapshot] | None = None) -> None:
         if snapshot_path is not None and not snapshot_path.startswith("/"):
             raise ValueError(f"snapshot_path must start with '/', got {snapshot_path!r}")
         self.app = app
         self.snapshot_path = snapshot_path
-        self.clients: list[SupportsSnapshot] = list(clients)
+        self.clients: list[SupportsSnapshot] | None = client_list(clients)
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
@@ -128,7 +131,7 @@ class MeshMiddleware:
                 ("Allow", "GET, HEAD"),
             ])
             return [body]
-        status, body = _snapshot_body(self.clients, logger)
+        status, body = _snapshot_body(snapshot_sources(self.clients), logger)
         start_response("200 OK" if status == 200 else "500 Internal Server Error", [
             ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),

@@ -8,7 +8,8 @@ load it, when used. It holds what surrounds the runtime:
   control, a thread runner and a child-process runner), the engine of
   :class:`meshlib.testing.Fleet` and of meshlib's own tests;
 * :mod:`.bench`, :mod:`.demo`, :mod:`.status`: the ``meshlib bench``,
-  ``meshlib demo`` and ``meshlib status`` commands.
+  ``meshlib demo`` and ``meshlib status`` commands;
+* :mod:`.demo_baseline`: httpx + tenacity retries, the demo's second baseline.
 
 Not public API: users reach it through :mod:`meshlib.testing` and the CLI.
 """

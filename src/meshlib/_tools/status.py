@@ -19,7 +19,9 @@ import httpx
 __all__ = ["format_snapshot", "run_status"]
 
 TIMEOUT = 5.0
-_COLUMNS = ("endpoint", "ewma_ms", "inflight", "breaker", "requests", "failures")
+_COLUMNS = ("endpoint", "ewma_ms", "latency_ms", "inflight", "breaker", "requests", "failures")
+_LEGEND = ("ewma_ms: the balancer's score, a failure counting as 1000 ms (a fast-failing "
+           "endpoint reads ~1000: a penalty, not a latency); latency_ms: successful answers only")
 
 
 def _cell(value: Any) -> str:
@@ -72,6 +74,8 @@ def format_snapshot(snapshot: Mapping[str, Any]) -> str:
         else:
             lines.append("  (no endpoints)")
         blocks.append("\n".join(lines))
+    if any("ewma_ms" in block for block in blocks):
+        blocks.append(_LEGEND)
     return "\n\n".join(blocks)
 
 
@@ -80,7 +84,8 @@ def run_status(url: str, as_json: bool = False, *, out: TextIO | None = None,
     """Fetch the snapshot at ``url`` and print it; return the exit status.
 
     Prints a table per service (or the JSON with ``as_json``) to ``out``
-    (standard output by default) and returns 0. On a connection error, a
+    (standard output by default) and returns 0. A snapshot that lists no
+    service is printed too but returns 1, with a hint on ``err``. On a connection error, a
     timeout, an HTTP error status, a body that is not JSON, or JSON without a
     ``"services"`` mapping, prints one clear line to ``err`` (standard error by
     default) and returns 1.
@@ -120,4 +125,8 @@ def run_status(url: str, as_json: bool = False, *, out: TextIO | None = None,
         print(json.dumps(data, indent=2), file=out)
     else:
         print(format_snapshot(data), file=out)
+    if not data["services"]:
+        print(f"meshlib status: {url} lists no services: the middleware sees no open mesh "
+              "client (build one, or pass clients=[...] to MeshMiddleware)", file=err)
+        return 1
     return 0
