@@ -17,7 +17,6 @@ from functools import partial
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, stop_after_attempt
 
 from .. import testing
 from .._attempts import (
@@ -25,18 +24,16 @@ from .._attempts import (
     Admitted,
     HedgeRace,
     Launch,
-    RetryPredicate,
+    Retries,
     aborted,
     answered,
     failed,
     finish,
-    last_outcome,
     launch,
     pick,
     stamp,
     superseded,
     undiscovered,
-    wait,
 )
 from .._call import Call, Outcome
 from .._endpoint import EndpointState
@@ -127,30 +124,28 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     # -- the request path -------------------------------------------------------------
 
-    async def _retry(self, call: Call, first: Outcome, attempt: Attempt) -> Outcome:
-        pending = [first]
+    async def _retry(self, call: Call, outcome: Outcome, attempt: Attempt) -> Outcome:
+        """Retry while the call's verdict says so, sleeping the backoff it chose.
 
-        async def next_attempt() -> Outcome:
-            if pending:
-                return pending.pop()
-            return await attempt(call)
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(call.policy.retries + 1),
-            wait=partial(wait, call),
-            retry=RetryPredicate(call, self.clock),
-            sleep=self.sleep,
-            retry_error_callback=last_outcome,
-        )
+        Interrupted anywhere (in the backoff, or while deciding), the responses
+        the retry held are closed and its budget token is given back.
+        """
+        retries = Retries(call)
         try:
-            result: Outcome = await retrying(next_attempt)
-        except BaseException:  # interrupted (in backoff, say): release what the retry held
+            sleep = retries.after(outcome, self.clock())
+            while sleep is not None:
+                await self.sleep(sleep)
+                outcome = await attempt(call)
+                sleep = retries.after(outcome, self.clock())
+        except BaseException:
             stale = superseded(call)
             if stale is not None:
                 await adiscard(stale)
+            if outcome.response is not None:
+                await adiscard(outcome.response)
             call.refund()
             raise
-        return result
+        return outcome
 
     async def _pick(self, call: Call) -> Admitted | Outcome:
         """The endpoint for the next attempt (or the outcome that ends the call instead);
