@@ -30,7 +30,7 @@ class Runner:
         self.transport = transport
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._closing: set[asyncio.Future[None]] = set()
+        self._closing: set[asyncio.Future[None]] = set()  # closes in progress
         self._closed = False
 
     def enter(self) -> None:
@@ -71,18 +71,25 @@ class Runner:
         return await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
 
     async def abandon(self, pending: set[asyncio.Future[Outcome]]) -> None:
-        """Losing attempts: cancel them and wait, so their connections are released."""
+        """Losing attempts: cancel them and wait, so their connections are released; close
+        the answers of those that finished anyway (now, or when they do)."""
         if not pending:
             return
         for task in pending:
             task.cancel()
-        await asyncio.wait(pending)  # the caller's own cancellation still propagates
-        for task in pending:
-            if task.cancelled() or task.exception() is not None:
-                continue
-            outcome = task.result()
-            if outcome.response is not None:
-                await outcome.response.aclose()
+        try:
+            await asyncio.wait(pending)  # the caller's own cancellation still propagates
+        finally:
+            for task in pending:
+                if task.done():
+                    await _close_answer(task)
+                else:  # the caller was cancelled meanwhile: close it when it ends
+                    task.add_done_callback(self._close_later)
+
+    def _close_later(self, task: asyncio.Future[Outcome]) -> None:
+        closing = asyncio.ensure_future(_close_answer(task))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     def close_soon(self, pool: AsyncEndpointPool) -> None:
         """Close a retired endpoint's pool from a callback (its last response ended)."""
@@ -98,3 +105,12 @@ class Runner:
             task.cancel()
         if tasks and self._loop is asyncio.get_running_loop():
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _close_answer(task: asyncio.Future[Outcome]) -> None:
+    """Close the response of a finished attempt nobody will read."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    response = task.result().response
+    if response is not None:
+        await response.aclose()

@@ -67,6 +67,13 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     endpoint pool and to the pass-through transport; ``passthrough=`` supplies a
     transport of your own for hosts that are not services.
 
+    Each attempt ends at its time limit (``attempt_timeout``, or the deadline):
+    meshlib's own sockets end their reads and writes then, in both twins. The
+    async transport also cancels the send as a whole shortly after the limit,
+    which ends an attempt that never touches a socket (a respx mock whose side
+    effect sleeps, say); the sync transport cannot interrupt a thread, so such
+    an attempt runs until it returns.
+
     .. versionadded:: 0.1
     """
 
@@ -187,26 +194,29 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     async def _hedged_attempt(self, call: Call) -> Outcome:
         """The first attempt plus hedges after the hedge delay; the first good answer wins.
 
-        Decisions stay with the caller; the runner only sends concurrently (see
-        its ``abandon`` for what becomes of a losing attempt).
+        Decisions stay with the caller; the runner only sends concurrently. Every
+        answer that is not returned is closed: a superseded one at once, a losing
+        one when it arrives (see the runner's ``abandon``), and, when this is
+        interrupted, whatever was held.
         """
         chosen = await self._pick(call)
         if isinstance(chosen, Outcome):
             return chosen
         race = HedgeRace(call)
         pending = {self._start(call, chosen, hedge=False)}
-        finished = False
+        unsettled: list[Any] = []  # finished attempts not looked at yet
+        outcome: Outcome | None = None
         try:
             while pending:
                 done, pending = await self._runner.wait_first(
                     pending, race.wait_time(self.clock()))
-                for future in done:
-                    outcome = future.result()
+                unsettled = list(done)
+                while unsettled:
+                    outcome = unsettled.pop().result()
                     won, stale = race.settle(outcome)
                     if stale is not None:
                         await adiscard(stale)
                     if won:
-                        finished = True
                         return outcome
                 if done:
                     continue
@@ -215,14 +225,15 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     break
                 if isinstance(hedge_to, Admitted):
                     pending.add(self._start(call, hedge_to, hedge=True))
-            finished = True
             return race.result(self.clock())
+        except BaseException:  # interrupted: nobody will read the answers held here
+            for held in (race.last, outcome):
+                if held is not None and held.response is not None:
+                    await adiscard(held.response)
+            raise
         finally:
+            pending.update(unsettled)  # finished at the same time as the winner: lost too
             await self._runner.abandon(pending)
-            if not finished:  # interrupted: nobody will read the answer kept so far
-                kept = race.last.response if race.last is not None else None
-                if kept is not None:
-                    await adiscard(kept)
 
     def _start(self, call: Call, chosen: Admitted, *, hedge: bool) -> Any:
         """Start an attempt now (count, span) and send it concurrently."""
