@@ -17,9 +17,8 @@ from opentelemetry.trace import Span
 
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
-from ._errors import NoEndpointsError
+from ._errors import NoEndpointsError, TooSlow
 from ._gate import sent_before_failure
-from ._service import TooSlow
 from ._telemetry import telemetry
 
 __all__ = [
@@ -160,8 +159,9 @@ def aborted(call: Call, state: EndpointState, attempt: Launch, exc: BaseExceptio
 def undiscovered(call: Call, now: float) -> BaseException:
     """The error for a service whose discovery has not answered within the deadline.
 
-    API.md: the request waits for the first answer within its deadline, then
-    raises ``NoEndpointsError`` (not ``DeadlineExceeded``) if there is still none.
+    The request waits for the first answer within its deadline, then raises
+    ``NoEndpointsError`` (not ``DeadlineExceeded``) if there is still none
+    (docs/discovery.md).
     """
     waited = max(now - call.started, 0.0)
     return telemetry.not_sent(call, NoEndpointsError(

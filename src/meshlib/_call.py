@@ -3,7 +3,7 @@
 The sync and async transports drive a :class:`Call`: they ask it for an
 endpoint, for the per-attempt headers and timeouts, hand it each attempt's
 outcome, and ask whether (and after how long a sleep) to try again. The
-rules of API.md live here once:
+rules of docs/guide.md and docs/deadlines.md live here once:
 
 - the deadline spans all attempts and backoff; nothing is sent past it;
 - the idempotency gate (``_gate``) decides which failures may be retried;
@@ -26,15 +26,15 @@ from tenacity import RetryCallState, Retrying, wait_random_exponential
 from ._balancer import FAILURE_PENALTY
 from ._breaker import ADMITTED, REFUSED
 from ._endpoint import EndpointState
-from ._errors import DeadlineExceeded, MeshError, redact_url
+from ._errors import DeadlineExceeded, MeshError, TooSlow, redact_url
 from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
+from ._headers import DEADLINE_HEADER
 from ._policy import Policy
 from ._scope import current_deadline, describe_deadline
-from ._service import ServiceRuntime, TooSlow
+from ._service import ServiceRuntime
 
-__all__ = ["DEADLINE_HEADER", "Call", "Outcome", "Verdict"]
+__all__ = ["Call", "Outcome", "Verdict"]
 
-DEADLINE_HEADER = "x-mesh-timeout-ms"
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 #: the (unused) controller a tenacity wait strategy's RetryCallState must name
 _NO_RETRYING = Retrying()

@@ -102,7 +102,7 @@ class Mesh:
         return policy
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state of every service (see API.md)."""
+        """JSON-serialisable state of every service (see docs/guide.md)."""
         now = self.clock()
         return {"services": {rt.name: rt.snapshot(now) for rt in self.runtimes.values()}}
 

@@ -45,8 +45,8 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from opentelemetry import context as otel_context
@@ -60,7 +60,7 @@ from ._errors import CircuitOpenError, DeadlineExceeded, NoEndpointsError
 if TYPE_CHECKING:
     from ._call import Call, Outcome
     from ._endpoint import EndpointState
-    from ._mesh import Mesh
+    from ._service import ServiceRuntime
 
 __all__ = ["DURATION_BUCKETS", "Telemetry", "register_mesh", "telemetry"]
 
@@ -419,11 +419,25 @@ def _redacted(url: httpx.URL) -> str:
 
 # -- the endpoints gauge: a weak registry of live meshes --------------------------------
 
-_meshes: weakref.WeakSet[Mesh] = weakref.WeakSet()
+class Observed(Protocol):
+    """What the gauge reads of a mesh (``_mesh.Mesh``): its clock and service runtimes."""
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The mesh's monotonic clock."""
+        ...
+
+    @property
+    def runtimes(self) -> Mapping[str, ServiceRuntime]:
+        """Service runtimes by name."""
+        ...
+
+
+_meshes: weakref.WeakSet[Observed] = weakref.WeakSet()
 _meshes_lock = threading.Lock()
 
 
-def register_mesh(mesh: Mesh) -> None:
+def register_mesh(mesh: Observed) -> None:
     """Let the ``meshlib.endpoints`` gauge observe ``mesh`` for as long as it lives."""
     with _meshes_lock:
         _meshes.add(mesh)

@@ -11,14 +11,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._call import Outcome
 from .._discovery._runner import follow
+from .._endpoint import EndpointState
+from .._mesh import Mesh
 
 if TYPE_CHECKING:
     from .pool import AsyncEndpointPool
-    from .transport import AsyncMeshTransport
+
+
+
+class Owner(Protocol):
+    """The transport a runner works for (``AsyncMeshTransport``), as far as the runner sees it."""
+
+    @property
+    def mesh(self) -> Mesh:
+        """Its services."""
+        ...
+
+    async def _retire(self, states: list[EndpointState]) -> None:
+        """Close the pools of endpoints that discovery retired."""
 
 __all__ = ["Runner"]
 
@@ -26,8 +40,9 @@ __all__ = ["Runner"]
 class Runner:
     """Tasks on the running event loop: discovery, concurrent attempts, closing pools."""
 
-    def __init__(self, transport: AsyncMeshTransport) -> None:
-        self.transport = transport
+    def __init__(self, transport: Owner) -> None:
+        self.mesh = transport.mesh
+        self._retire = transport._retire
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Future[None]] = set()  # closes in progress
@@ -44,10 +59,10 @@ class Runner:
         loop = asyncio.get_running_loop()
         if self._loop is loop or self._closed:
             return
-        transport = self.transport
+        mesh = self.mesh
         old = self._loop
         if old is not None and old.is_closed():
-            for runtime in transport.mesh.runtimes.values():
+            for runtime in mesh.runtimes.values():
                 for state in runtime.states.values():
                     state.pool = None
         for task in self._tasks:
@@ -55,9 +70,9 @@ class Runner:
                 task.cancel()
         self._loop = loop
         self._tasks = [
-            loop.create_task(follow(rt, transport._retire, transport.clock),
+            loop.create_task(follow(rt, self._retire, mesh.clock),
                              name=f"meshlib-discovery-{rt.name}")
-            for rt in transport.mesh.dynamic
+            for rt in mesh.dynamic
         ]
 
     def spawn(self, send: Callable[..., Awaitable[Outcome]], *args: Any,

@@ -15,15 +15,33 @@ import contextvars
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._call import Outcome
 from .._discovery._runner import follow
+from .._endpoint import EndpointState
+from .._mesh import Mesh
+from .._pool import PoolSettings
 
 if TYPE_CHECKING:
-    from .._endpoint import EndpointState
     from .pool import EndpointPool
-    from .transport import MeshTransport
+
+
+class Owner(Protocol):
+    """The transport a runner works for (``MeshTransport``), as far as the runner sees it."""
+
+    @property
+    def mesh(self) -> Mesh:
+        """Its services."""
+        ...
+
+    @property
+    def settings(self) -> PoolSettings:
+        """Its pool settings (the connection limit sizes the worker pool)."""
+        ...
+
+    def _retire(self, states: list[EndpointState]) -> None:
+        """Close the pools of endpoints that discovery retired."""
 
 __all__ = ["Runner"]
 
@@ -31,7 +49,7 @@ __all__ = ["Runner"]
 class Runner:
     """Threads: a discovery thread, and a worker pool for concurrent attempts."""
 
-    def __init__(self, transport: MeshTransport) -> None:
+    def __init__(self, transport: Owner) -> None:
         self.settings = transport.settings
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -98,9 +116,9 @@ class _DiscoveryThread:
     that was never closed is garbage-collected.
     """
 
-    def __init__(self, transport: MeshTransport) -> None:
+    def __init__(self, transport: Owner) -> None:
         self.runtimes = transport.mesh.dynamic
-        self.clock = transport.clock
+        self.clock = transport.mesh.clock
         reference = weakref.ref(transport)
 
         def retire(states: list[EndpointState]) -> None:
