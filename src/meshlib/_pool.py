@@ -191,57 +191,47 @@ class async_attempt_limit:
     sync twin); and the send itself is cancelled shortly after it, which also
     ends an attempt that never touches a socket (a respx mock whose side
     effect sleeps, say). That raises ``httpx.ReadTimeout``.
+
+    This is ``asyncio.timeout_at`` cut down to one timer handle: it runs on
+    every attempt, and costs about half as much.
     """
 
-    __slots__ = ("_limit_at", "_timeout", "_token")
+    __slots__ = ("_cancelling", "_expired", "_handle", "_limit_at", "_task", "_token")
 
     def __init__(self, limit_at: float | None) -> None:
         self._limit_at = limit_at
-        self._timeout: Any = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._expired = False
+        self._cancelling = 0
 
     async def __aenter__(self) -> None:
         self._token = _ATTEMPT_LIMIT.set(self._limit_at)
-        if self._limit_at is not None:
-            loop = asyncio.get_running_loop()
-            when = loop.time() + (self._limit_at - time.monotonic()) + _CANCEL_SLACK
-            self._timeout = _timeout_at(when)
-            await self._timeout.__aenter__()
+        task = asyncio.current_task()
+        if self._limit_at is None or task is None:
+            return
+        self._task = task
+        if sys.version_info >= (3, 11):
+            self._cancelling = task.cancelling()
+        loop = asyncio.get_running_loop()
+        when = loop.time() + (self._limit_at - time.monotonic()) + _CANCEL_SLACK
+        self._handle = loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._task.cancel()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        try:
-            if self._timeout is not None:
-                await self._timeout.__aexit__(exc_type, exc, tb)
-        except TimeoutError:
+        _ATTEMPT_LIMIT.reset(self._token)
+        if self._handle is None:
+            return
+        self._handle.cancel()
+        if self._expired and exc_type is asyncio.CancelledError and self._ours():
             raise httpx.ReadTimeout("the attempt's deadline passed") from None
-        finally:
-            _ATTEMPT_LIMIT.reset(self._token)
 
-
-if sys.version_info >= (3, 11):
-    _timeout_at = asyncio.timeout_at
-else:  # pragma: no cover - Python 3.10 has no asyncio.timeout_at
-
-    class _timeout_at:
-        """A minimal ``asyncio.timeout_at`` for Python 3.10."""
-
-        def __init__(self, when: float) -> None:
-            self._when = when
-            self._expired = False
-            self._handle: asyncio.TimerHandle | None = None
-
-        async def __aenter__(self) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._handle = asyncio.get_running_loop().call_at(self._when, self._expire, task)
-
-        def _expire(self, task: asyncio.Task[Any]) -> None:
-            self._expired = True
-            task.cancel()
-
-        async def __aexit__(self, exc_type: type[BaseException] | None,
-                            exc: BaseException | None, tb: TracebackType | None) -> None:
-            if self._handle is not None:
-                self._handle.cancel()
-            if self._expired and exc_type is asyncio.CancelledError:
-                raise TimeoutError
+    def _ours(self) -> bool:
+        """Withdraw our cancellation; whether it was the only one (else the caller's
+        cancellation goes on)."""
+        if sys.version_info >= (3, 11):
+            return self._task.uncancel() <= self._cancelling
+        return True  # Python 3.10 cannot tell two cancellations apart
