@@ -30,7 +30,7 @@ logger = logging.getLogger("meshlib.config")
 
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 
-#: every ``MESHLIB_*`` variable meshlib reads (API.md, "Environment"); any other
+#: every ``MESHLIB_*`` variable meshlib reads (docs/guide.md, "Environment variables"); any other
 #: ``MESHLIB_*`` name is a typo and is warned about once per process
 KNOWN_VARIABLES = frozenset({
     "MESHLIB_SERVICES", "MESHLIB_TIMEOUT", "MESHLIB_ATTEMPT_TIMEOUT", "MESHLIB_RETRIES",
