@@ -49,7 +49,7 @@ def parse_host_port(text: str, *, what: str, default_port: int | None = None) ->
         if default_port is None:
             raise ConfigError(f"{what}: {text!r} has no port")
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{what}: {text!r} has a bad port {port_text!r}")
     return host, int(port_text)
 
