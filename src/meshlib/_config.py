@@ -30,8 +30,8 @@ logger = logging.getLogger("meshlib.config")
 
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 
-#: every ``MESHLIB_*`` variable meshlib reads (docs/guide.md, "Environment variables"); any other
-#: ``MESHLIB_*`` name is a typo and is warned about once per process
+#: every ``MESHLIB_*`` variable meshlib reads (docs/configuration.md, "Environment
+#: variables"); any other ``MESHLIB_*`` name is a typo and is warned about once per process
 KNOWN_VARIABLES = frozenset({
     "MESHLIB_SERVICES", "MESHLIB_TIMEOUT", "MESHLIB_ATTEMPT_TIMEOUT", "MESHLIB_RETRIES",
     "MESHLIB_BALANCER", "MESHLIB_RETRY_BUDGET_RATIO", "MESHLIB_BREAKER_FAILURES",
