@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.meshlib-installed
 DEMO_STAMP := $(VENV)/.meshlib-demo-installed
 
-.PHONY: venv demo test lint typecheck unit docs servers bench clean
+.PHONY: venv demo test lint unasync typecheck unit docs servers bench clean
 
 # the package editable, with its test, lint and docs tools
 $(STAMP): pyproject.toml scripts/venv.sh
@@ -25,8 +25,13 @@ demo: $(DEMO_STAMP)
 	@echo "make demo: running 'meshlib demo' (local backends on 127.0.0.1, about 15 s)"
 	$(VENV)/bin/meshlib demo
 
+# the sync twins (src/meshlib/_sync/{pool,transport}.py) are generated from src/meshlib/_async
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples
+	$(PY) scripts/unasync.py --check
+
+unasync: $(STAMP)
+	$(PY) scripts/unasync.py
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict src tests/typing_api.py

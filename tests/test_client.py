@@ -14,6 +14,7 @@ import respx
 
 import meshlib
 from conftest import BackendFactory
+from meshlib import Backoff, Policy
 from meshlib._tools.backend import Backend
 
 
@@ -206,6 +207,50 @@ async def test_respx_mocks_match_async_requests() -> None:
         mock.get("http://users/v1/me").respond(201)
         async with meshlib.AsyncMeshClient(services={"users": "static://127.0.0.1:9"}) as c:
             assert (await c.get("http://users/v1/me")).status_code == 201
+
+
+async def test_async_attempt_under_a_sleeping_respx_mock_ends_at_its_time_limit() -> None:
+    """A respx side effect that sleeps never touches a socket; AsyncMeshClient still ends
+    the attempt at its time limit (the side effect is cancelled) and retries elsewhere."""
+    calls: list[str] = []
+    finished: list[str] = []
+
+    async def first_slow(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if len(calls) == 1:
+            await asyncio.sleep(30)
+            finished.append("slow")
+        return httpx.Response(200, text="fast")
+
+    policy = Policy(attempt_timeout=0.2, timeout=20.0, retries=1,
+                    backoff=Backoff(base=0.001, max=0.005))
+    with respx.mock(assert_all_called=True) as mock:
+        mock.get("http://users/v1/me").mock(side_effect=first_slow)
+        async with meshlib.AsyncMeshClient(services={"users": "static://127.0.0.1:9"},
+                                           policy=policy) as client:
+            response = await client.get("http://users/v1/me")
+    assert response.text == "fast"
+    assert response.extensions["meshlib"]["attempts"] == 2
+    assert finished == []
+
+
+async def test_async_deadline_under_a_sleeping_respx_mock() -> None:
+    """With no time for a retry, the sleeping mock ends in DeadlineExceeded, not its answer."""
+    started: list[str] = []
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        started.append(request.url.path)
+        await asyncio.sleep(30)
+        return httpx.Response(200)
+
+    # respx counts a call once its side effect returns: this one is cancelled first
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get("http://users/v1/me").mock(side_effect=slow)
+        async with meshlib.AsyncMeshClient(services={"users": "static://127.0.0.1:9"},
+                                           policy=Policy(timeout=0.2)) as client:
+            with pytest.raises(meshlib.DeadlineExceeded):
+                await client.get("http://users/v1/me")
+    assert started == ["/v1/me"]
 
 
 def test_ipv6_endpoints(backends: BackendFactory) -> None:

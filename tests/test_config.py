@@ -103,6 +103,12 @@ def test_host_port_parsing_handles_ipv6() -> None:
         parse_host_port("::1:80", what="x")
 
 
+def test_host_port_with_a_non_ascii_digit_is_a_config_error() -> None:
+    """'²' is a digit to str.isdigit() but not to int(): ConfigError, not ValueError."""
+    with pytest.raises(ConfigError, match="bad port"):
+        parse_host_port("host:\u00b2", what="x")
+
+
 def test_bad_services_variable_raises_even_when_services_are_given(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A malformed MESHLIB_SERVICES URL is reported though services= overrides it."""

@@ -1,4 +1,4 @@
-"""Policy values: defaults from API.md, immutability, replace(), clear errors."""
+"""Policy values: defaults from docs/configuration.md, immutability, replace(), clear errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from meshlib import Backoff, Breaker, ConfigError, Hedge, Policy, RetryBudget
 
 
 def test_defaults_match_the_contract() -> None:
-    """The defaults are the ones API.md lists."""
+    """The defaults are the ones docs/configuration.md lists."""
     policy = Policy()
     assert policy.timeout == 10.0
     assert policy.attempt_timeout is None
@@ -82,7 +82,8 @@ def test_config_error_is_a_value_error_and_mesh_errors_are_httpx_errors() -> Non
 
 
 def test_public_names_are_exported_under_meshlib() -> None:
-    """Every API.md name is importable from meshlib and shows the public module."""
+    """Every public name (docs/reference.md) is importable from meshlib and shows the
+    public module."""
     for name in ["MeshClient", "AsyncMeshClient", "MeshTransport", "AsyncMeshTransport",
                  "Service", "Policy", "RetryBudget", "Backoff", "Breaker", "Hedge",
                  "deadline", "policy", "MeshError", "NoEndpointsError", "CircuitOpenError",

@@ -310,6 +310,19 @@ def test_post_with_a_hedge_policy_says_why_it_is_not_hedged(backends: BackendFac
     assert event["meshlib.reason"] == "not idempotent"
 
 
+def test_hedge_policy_without_retries_says_so_not_one_endpoint(
+        backends: BackendFactory) -> None:
+    """retries=0 leaves no extra attempt to hedge with: the reason says that, not that
+    the (three-endpoint) service has only one endpoint."""
+    b = backends(3)
+    policy = FAST.replace(hedge=Hedge(delay=0.05), retries=0)
+    with meshlib.MeshClient(services={"tel-noretries": b.static_url}, policy=policy) as client:
+        client.get("http://tel-noretries/")
+    (span,) = _spans("tel-noretries", wait_for=1)
+    (event,) = _events(span, "meshlib.no_hedge")
+    assert event["meshlib.reason"] == "no extra attempt allowed (retries=0)"
+
+
 def test_endpoint_gauge_counts_endpoints_per_service_and_state(
         backends: BackendFactory) -> None:
     """meshlib.endpoints reports the live client's endpoints by breaker state."""

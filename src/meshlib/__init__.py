@@ -8,14 +8,14 @@ hedging and OpenTelemetry, in-process.
 
 from __future__ import annotations
 
-from ._async_transport import AsyncMeshTransport
+from ._async.transport import AsyncMeshTransport
 from ._client import AsyncMeshClient, MeshClient
 from ._endpoint import Endpoint
 from ._errors import CircuitOpenError, ConfigError, DeadlineExceeded, MeshError, NoEndpointsError
 from ._policy import Backoff, Breaker, Hedge, Policy, RetryBudget
 from ._scope import current_deadline, deadline, policy, time_left
 from ._service import Service
-from ._transport import MeshTransport
+from ._sync.transport import MeshTransport
 
 __version__ = "0.1.0"
 
@@ -43,5 +43,9 @@ __all__ = [
     "time_left",
 ]
 
-for _name in ("MeshTransport", "AsyncMeshTransport"):
-    globals()[_name].__module__ = "meshlib"
+# the public path in reprs and tracebacks (meshlib.Policy, not meshlib._policy.Policy)
+for _name in __all__:
+    _public = globals()[_name]
+    if isinstance(_public, type):
+        _public.__module__ = "meshlib"
+del _name, _public

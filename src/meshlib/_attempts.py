@@ -9,19 +9,16 @@ here, on top of :class:`~meshlib._call.Call`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 from opentelemetry.trace import Span
-from tenacity import RetryCallState, retry_base
 
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
-from ._errors import NoEndpointsError
+from ._errors import NoEndpointsError, TooSlow
 from ._gate import sent_before_failure
-from ._service import TooSlow
 from ._telemetry import telemetry
 
 __all__ = [
@@ -29,50 +26,19 @@ __all__ = [
     "Admitted",
     "HedgeRace",
     "Launch",
-    "RetryPredicate",
+    "Retries",
     "aborted",
     "answered",
     "failed",
     "finish",
-    "last_outcome",
     "launch",
     "pick",
     "stamp",
     "superseded",
     "undiscovered",
-    "wait",
 ]
 
 STOP: Literal["stop"] = "stop"
-
-
-class RetryPredicate(retry_base):
-    """tenacity's retry hook (for ``Retrying`` and ``AsyncRetrying`` alike): asks the
-    call's verdict, records the decision, and leaves the sleep for :func:`wait`."""
-
-    def __init__(self, call: Call, clock: Callable[[], float]) -> None:
-        self.call, self.clock = call, clock
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        outcome: Outcome = retry_state.outcome.result()  # type: ignore[union-attr]
-        call = self.call
-        verdict = call.verdict(outcome, retry_state, self.clock())
-        if verdict.retry:  # the superseded response is closed when the retry is sent
-            telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
-            call.next_sleep = verdict.sleep
-        elif call.wants_retry(outcome):
-            telemetry.decision(call, "no_retry", verdict.reason)
-        return verdict.retry
-
-
-def wait(call: Call, retry_state: RetryCallState) -> float:
-    """tenacity's wait hook: the sleep the verdict chose (backoff, or ``Retry-After``)."""
-    return call.next_sleep
-
-
-def last_outcome(retry_state: RetryCallState) -> Outcome:
-    """tenacity's ``retry_error_callback``: end with the last outcome, not ``RetryError``."""
-    return retry_state.outcome.result()  # type: ignore[union-attr, no-any-return]
 
 
 @dataclass(slots=True)
@@ -142,51 +108,60 @@ def launch(call: Call, chosen: Admitted, start: float, *, hedge: bool,
     request = call.fork_request() if concurrent else call.request
     call.begin(chosen.state)
     span = telemetry.start_attempt(call, chosen.state, request, hedge=hedge)
-    sent = Launch(request, {}, span, start, chosen.admission)
+    attempt = Launch(request, {}, span, start, chosen.admission)
+    if call.attempts == 1 and not hedge and call.policy.hedge is not None:
+        refusal = call.hedge_refusal()
+        if refusal is not None:
+            telemetry.decision(call, "no_hedge", refusal)
     if not concurrent:
-        stamp(call, sent, start)
-    return sent
+        stamp(call, attempt, start)
+    return attempt
 
 
-def stamp(call: Call, sent: Launch, now: float) -> None:
+def stamp(call: Call, attempt: Launch, now: float) -> None:
     """Set the deadline header and clamped timeouts as the attempt really leaves."""
-    sent.extensions, sent.deadline_bound, sent.limit_at = call.stamp(sent.request, now)
-    sent.start = now
+    attempt.extensions, attempt.deadline_bound, attempt.limit_at = call.stamp(attempt.request,
+                                                                              now)
+    attempt.start = now
 
 
-def failed(call: Call, state: EndpointState, sent: Launch, exc: httpx.TransportError,
+def failed(call: Call, state: EndpointState, attempt: Launch, exc: httpx.TransportError,
            now: float) -> Outcome:
     """An attempt raised a transport error: record it (EWMA, breaker, span)."""
     exc.request = call.request
     outcome = Outcome(state, error=exc, sent=sent_before_failure(exc))
-    latency = now - sent.start
-    blame_caller = call.callers_fault(state, exc, latency, sent.deadline_bound, sent.limit_at,
+    latency = now - attempt.start
+    blame_caller = call.callers_fault(state, exc, latency, attempt.deadline_bound, attempt.limit_at,
                                       now)
-    call.observe(state, outcome, latency, now, sent.admission, blame_caller)
-    telemetry.end_attempt(sent.span, call, outcome, now - sent.start)
+    call.observe(state, outcome, latency, now, attempt.admission, blame_caller)
+    telemetry.end_attempt(attempt.span, call, outcome, latency,
+                          verdict_pending=call.wants_retry(outcome))
     return outcome
 
 
-def answered(call: Call, state: EndpointState, sent: Launch, response: httpx.Response,
+def answered(call: Call, state: EndpointState, attempt: Launch, response: httpx.Response,
              now: float) -> Outcome:
     """An attempt got response headers: record it (EWMA, breaker, span)."""
     outcome = Outcome(state, response=response)
-    call.observe(state, outcome, now - sent.start, now, sent.admission)
-    telemetry.end_attempt(sent.span, call, outcome, now - sent.start)
+    latency = now - attempt.start
+    call.observe(state, outcome, latency, now, attempt.admission)
+    telemetry.end_attempt(attempt.span, call, outcome, latency,
+                          verdict_pending=call.wants_retry(outcome))
     return outcome
 
 
-def aborted(call: Call, state: EndpointState, sent: Launch, exc: BaseException) -> None:
+def aborted(call: Call, state: EndpointState, attempt: Launch, exc: BaseException) -> None:
     """An attempt was cancelled (a losing hedge, or the caller): count nothing against it."""
-    state.breaker.release(sent.admission)
-    telemetry.abort_attempt(sent.span, call, exc)
+    state.breaker.release(attempt.admission)
+    telemetry.abort_attempt(attempt.span, call, exc)
 
 
 def undiscovered(call: Call, now: float) -> BaseException:
     """The error for a service whose discovery has not answered within the deadline.
 
-    API.md: the request waits for the first answer within its deadline, then
-    raises ``NoEndpointsError`` (not ``DeadlineExceeded``) if there is still none.
+    The request waits for the first answer within its deadline, then raises
+    ``NoEndpointsError`` (not ``DeadlineExceeded``) if there is still none
+    (docs/discovery.md).
     """
     waited = max(now - call.started, 0.0)
     return telemetry.not_sent(call, NoEndpointsError(
@@ -262,3 +237,34 @@ class HedgeRace:
             return self.last
         return Outcome(None, error=self.call.deadline_error(now, "no attempt answered"),
                        sent=True, final=True)
+
+
+class Retries:
+    """The decisions between the attempts of one call; the transport only sleeps and sends.
+
+    After each attempt (or hedged group) that failed in a retryable way,
+    :meth:`after` asks the call's verdict: the seconds to sleep before the next
+    attempt, or ``None`` when the call ends with that outcome. The verdict owns
+    every stop rule (``retries``, the deadline, the retry budget, the
+    idempotency gate); tenacity's ``wait_random_exponential`` picks the backoff
+    (see :meth:`Call.verdict`).
+    """
+
+    __slots__ = ("call", "rounds")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        #: attempts (or hedged groups) judged so far, for the backoff
+        self.rounds = 0
+
+    def after(self, outcome: Outcome, now: float) -> float | None:
+        """Judge a finished attempt: seconds to sleep before retrying, or ``None`` to stop."""
+        call = self.call
+        self.rounds += 1
+        verdict = call.verdict(outcome, self.rounds, now)
+        if verdict.retry:  # the superseded response is closed when the retry is sent
+            telemetry.decision(call, "retry", verdict.reason, sleep_s=verdict.sleep)
+            return verdict.sleep
+        if verdict.retryable:
+            telemetry.decision(call, "no_retry", verdict.reason)
+        return None

@@ -3,7 +3,7 @@
 The sync and async transports drive a :class:`Call`: they ask it for an
 endpoint, for the per-attempt headers and timeouts, hand it each attempt's
 outcome, and ask whether (and after how long a sleep) to try again. The
-rules of API.md live here once:
+rules of docs/guide.md and docs/deadlines.md live here once:
 
 - the deadline spans all attempts and backoff; nothing is sent past it;
 - the idempotency gate (``_gate``) decides which failures may be retried;
@@ -21,21 +21,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, wait_random_exponential
+from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from ._balancer import FAILURE_PENALTY
 from ._breaker import ADMITTED, REFUSED
 from ._endpoint import EndpointState
-from ._errors import DeadlineExceeded, MeshError, redact_url
+from ._errors import DeadlineExceeded, MeshError, TooSlow, redact_url
 from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
+from ._headers import DEADLINE_HEADER
 from ._policy import Policy
 from ._scope import current_deadline, describe_deadline
-from ._service import ServiceRuntime, TooSlow
+from ._service import ServiceRuntime
 
-__all__ = ["DEADLINE_HEADER", "Call", "Outcome", "Verdict"]
+__all__ = ["Call", "Outcome", "Verdict"]
 
-DEADLINE_HEADER = "x-mesh-timeout-ms"
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+#: the (unused) controller a tenacity wait strategy's RetryCallState must name
+_NO_RETRYING = Retrying()
 
 
 @dataclass(slots=True)
@@ -58,14 +60,16 @@ class Verdict:
     retry: bool
     reason: str
     sleep: float = 0.0
+    #: the outcome could have been retried (a refusal worth recording as ``no_retry``)
+    retryable: bool = True
 
 
 class Call:
     """The state and decisions of one logical request to a mesh service."""
 
     __slots__ = (
-        "_waits", "attempts", "balancer", "base_timeouts", "deadline", "events", "hedged",
-        "idempotent", "next_sleep", "policy", "previous", "replayable", "request", "runtime",
+        "_waits", "attempts", "balancer", "base_timeouts", "deadline", "hedged",
+        "idempotent", "policy", "previous", "replayable", "request", "runtime",
         "started", "token_at", "tried",
     )
 
@@ -82,12 +86,10 @@ class Call:
         self.attempts = 0
         self.tried: set[str] = set()
         self.hedged = False
-        self.next_sleep = 0.0
         #: the outcome a retry is replacing: returned if the retry is not sent after all
         self.previous: Outcome | None = None
         #: when the budget token of the pending extra attempt was drawn (for a refund)
         self.token_at: float | None = None
-        self.events: list[tuple[str, dict[str, Any]]] = []
         timeouts = request.extensions.get("timeout") or {}
         self.base_timeouts: dict[str, float | None] = {
             key: timeouts.get(key) for key in _TIMEOUT_KEYS
@@ -209,11 +211,18 @@ class Call:
         assert outcome.response is not None
         return outcome.response.status_code in self.policy.retry_on
 
-    def verdict(self, outcome: Outcome, retry_state: RetryCallState | None,
-                now: float) -> Verdict:
-        """Decide whether to retry ``outcome``; draws the budget token when it says yes."""
+    def verdict(self, outcome: Outcome, rounds: int, now: float) -> Verdict:
+        """Decide whether to retry ``outcome``, the result of the ``rounds``-th attempt (or
+        hedged group); draws the budget token when it says yes.
+
+        The one owner of every stop rule: ``retries``, the idempotency gate, the
+        deadline (with the sleep), deadline-aware admission and the retry budget.
+        The sleep is tenacity's ``wait_random_exponential`` backoff, or a longer
+        ``Retry-After`` that fits the deadline.
+        """
         if not self.wants_retry(outcome):
-            return Verdict(False, "success" if outcome.error is None else "not retryable")
+            return Verdict(False, "success" if outcome.error is None else "not retryable",
+                           retryable=False)
         if self.attempts > self.policy.retries:
             return Verdict(False, "retries exhausted")
         sent = outcome.response is not None or (
@@ -223,7 +232,7 @@ class Call:
             return Verdict(False, "request body is a stream that cannot be replayed")
         if sent and not self.idempotent:
             return Verdict(False, "not idempotent and the request may have been processed")
-        sleep = self._backoff(retry_state)
+        sleep = self._backoff(rounds)
         left = self.remaining(now)
         if outcome.response is not None:
             retry_after = parse_retry_after(outcome.response.headers.get("retry-after"))
@@ -268,13 +277,15 @@ class Call:
             return f"status {outcome.response.status_code}"
         return type(outcome.error).__name__
 
-    def _backoff(self, retry_state: RetryCallState | None) -> float:
-        if retry_state is None:
-            return 0.0
+    def _backoff(self, rounds: int) -> float:
+        """tenacity's full-jitter exponential wait after ``rounds`` attempts (built lazily:
+        a first attempt that succeeds creates no tenacity object)."""
         if self._waits is None:
             backoff = self.policy.backoff
             self._waits = wait_random_exponential(multiplier=backoff.base, max=backoff.max)
-        return float(self._waits(retry_state))
+        state = RetryCallState(_NO_RETRYING, None, (), {})
+        state.attempt_number = rounds
+        return float(self._waits(state))
 
     def best_estimate(self, now: float) -> float | None:
         """The lowest latency estimate among endpoints this call has not tried (or all)."""
@@ -300,11 +311,26 @@ class Call:
         return float(hedge.delay)
 
     def can_hedge(self) -> bool:
-        """Whether this request may be hedged at all: a hedge policy, an idempotent request
-        with a replayable body, another endpoint, and ``retries`` allowing an extra attempt
-        (hedges and retries share one limit)."""
-        return (self.policy.hedge is not None and self.policy.retries >= 1 and self.idempotent
-                and self.replayable and len(self.runtime.states) > 1)
+        """Whether this request may be hedged at all: a hedge policy, and no
+        :meth:`hedge_refusal`."""
+        return self.policy.hedge is not None and self.hedge_refusal() is None
+
+    def hedge_refusal(self) -> str | None:
+        """Why a request under a hedge policy may not be hedged at all (``None``: it may).
+
+        It needs ``retries`` allowing an extra attempt (hedges and retries share
+        one limit), an idempotent request with a replayable body, and another
+        endpoint.
+        """
+        if self.policy.retries < 1:
+            return "no extra attempt allowed (retries=0)"
+        if not self.idempotent:
+            return "not idempotent"
+        if not self.replayable:
+            return "request body is a stream that cannot be replayed"
+        if len(self.runtime.states) <= 1:
+            return "only one endpoint"
+        return None
 
     def choose_hedge(self, now: float) -> tuple[EndpointState | None, int, str]:
         """Pick an endpoint for a hedge and draw its budget token, or say why not."""

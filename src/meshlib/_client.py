@@ -7,11 +7,11 @@ from typing import Any
 
 import httpx
 
-from ._async_transport import AsyncMeshTransport
+from ._async.transport import AsyncMeshTransport
 from ._mesh import ServicesArg
 from ._policy import Policy
 from ._registry import register_client
-from ._transport import MeshTransport
+from ._sync.transport import MeshTransport
 
 __all__ = ["AsyncMeshClient", "MeshClient"]
 
@@ -112,7 +112,3 @@ class AsyncMeshClient(httpx.AsyncClient):
         answers only (``None`` before the first one).
         """
         return self.mesh_transport.snapshot()
-
-
-for _cls in (MeshClient, AsyncMeshClient):
-    _cls.__module__ = "meshlib"

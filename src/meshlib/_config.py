@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._endpoint import parse_host_port
 from ._errors import ConfigError, redact_url
 from ._policy import BALANCERS, MAX_SECONDS, Breaker, Hedge, Policy, RetryBudget
 
@@ -29,8 +30,8 @@ logger = logging.getLogger("meshlib.config")
 
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 
-#: every ``MESHLIB_*`` variable meshlib reads (API.md, "Environment"); any other
-#: ``MESHLIB_*`` name is a typo and is warned about once per process
+#: every ``MESHLIB_*`` variable meshlib reads (docs/configuration.md, "Environment
+#: variables"); any other ``MESHLIB_*`` name is a typo and is warned about once per process
 KNOWN_VARIABLES = frozenset({
     "MESHLIB_SERVICES", "MESHLIB_TIMEOUT", "MESHLIB_ATTEMPT_TIMEOUT", "MESHLIB_RETRIES",
     "MESHLIB_BALANCER", "MESHLIB_RETRY_BUDGET_RATIO", "MESHLIB_BREAKER_FAILURES",
@@ -97,34 +98,6 @@ def _int(var: str, raw: str, *, minimum: int = 0, maximum: int = 1_000_000) -> i
     if not minimum <= value <= maximum:
         raise ConfigError(f"{var}={raw!r} must be from {minimum} to {maximum}")
     return value
-
-
-def parse_host_port(text: str, *, what: str, default_port: int | None = None) -> tuple[str, int]:
-    """Split ``host:port`` (IPv6 as ``[::1]:53``); raise ``ConfigError`` naming ``what``."""
-    text = text.strip()
-    host, port_text = text, None
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ConfigError(f"{what}: {text!r} has an unclosed '['")
-        host, rest = text[1:end], text[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ConfigError(f"{what}: {text!r} is not [host]:port")
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    elif text.count(":") > 1:
-        raise ConfigError(f"{what}: {text!r}: write an IPv6 address as [addr]:port")
-    if not host:
-        raise ConfigError(f"{what}: {text!r} has no host")
-    if port_text is None:
-        if default_port is None:
-            raise ConfigError(f"{what}: {text!r} has no port")
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{what}: {text!r} has a bad port {port_text!r}")
-    return host, int(port_text)
 
 
 def parse_services(raw: str, *, var: str = "MESHLIB_SERVICES") -> dict[str, str]:

@@ -7,7 +7,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DECAY_SECONDS", "Endpoint", "EndpointState", "format_address"]
+from ._errors import ConfigError
+
+__all__ = [
+    "DECAY_SECONDS",
+    "Endpoint",
+    "EndpointState",
+    "format_address",
+    "parse_host_port",
+]
 
 #: peak-EWMA decay time constant, as Finagle's and Linkerd's default
 DECAY_SECONDS = 10.0
@@ -16,6 +24,34 @@ DECAY_SECONDS = 10.0
 def format_address(host: str, port: int) -> str:
     """``host:port``, with IPv6 addresses in brackets (``[::1]:8001``)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_host_port(text: str, *, what: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 as ``[::1]:53``); raise ``ConfigError`` naming ``what``."""
+    text = text.strip()
+    host, port_text = text, None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"{what}: {text!r} has an unclosed '['")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"{what}: {text!r} is not [host]:port")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") > 1:
+        raise ConfigError(f"{what}: {text!r}: write an IPv6 address as [addr]:port")
+    if not host:
+        raise ConfigError(f"{what}: {text!r} has no host")
+    if port_text is None:
+        if default_port is None:
+            raise ConfigError(f"{what}: {text!r} has no port")
+        return host, default_port
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{what}: {text!r} has a bad port {port_text!r}")
+    return host, int(port_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +75,6 @@ class Endpoint:
         """``host:port``, IPv6 in brackets."""
         return format_address(self.host, self.port)
 
-
-Endpoint.__module__ = "meshlib"
 
 
 class EndpointState:
@@ -76,13 +110,7 @@ class EndpointState:
 
     def ewma(self, now: float) -> float | None:
         """The peak-EWMA latency in seconds at ``now``, decayed; ``None`` before any sample."""
-        value = self._ewma
-        if value is None:
-            return None
-        elapsed = now - self._stamp
-        if elapsed <= 0:
-            return value
-        return value * math.exp(-elapsed / DECAY_SECONDS)
+        return _decayed(self._ewma, self._stamp, now)
 
     def ok_estimate(self, now: float) -> float | None:
         """Peak-EWMA latency of successful answers only, decayed; ``None`` before any.
@@ -90,11 +118,7 @@ class EndpointState:
         Deadline-aware admission uses this: the failure penalty that steers the
         balancer away from a failing endpoint says nothing about how long it takes.
         """
-        value = self._ok
-        if value is None:
-            return None
-        elapsed = now - self._ok_stamp
-        return value * math.exp(-elapsed / DECAY_SECONDS) if elapsed > 0 else value
+        return _decayed(self._ok, self._ok_stamp, now)
 
     def fits(self, seconds: float, now: float) -> bool:
         """Whether this endpoint usually answers within ``seconds``."""
@@ -113,26 +137,31 @@ class EndpointState:
         with self._lock:
             if failed:
                 self.failures += 1
-            current = self._ewma
-            if current is None:
-                self._ewma = sample
-            else:
-                weight = math.exp(-max(now - self._stamp, 0.0) / DECAY_SECONDS)
-                decayed = current * weight
-                self._ewma = sample if sample > decayed else decayed + sample * (1.0 - weight)
+            self._ewma = _peak_ewma(self._ewma, self._stamp, sample, now)
             self._stamp = now
             if not failed:
-                current = self._ok
-                if current is None:
-                    self._ok = latency
-                else:
-                    weight = math.exp(-max(now - self._ok_stamp, 0.0) / DECAY_SECONDS)
-                    decayed = current * weight
-                    self._ok = latency if latency > decayed else decayed + latency * (
-                        1.0 - weight)
+                self._ok = _peak_ewma(self._ok, self._ok_stamp, latency, now)
                 self._ok_stamp = now
 
     def finish(self) -> None:
         """An attempt is over (response closed, failed or cancelled): one fewer in flight."""
         with self._lock:
             self.inflight -= 1
+
+
+def _decayed(value: float | None, stamp: float, now: float) -> float | None:
+    """A peak-EWMA value last updated at ``stamp``, decayed towards zero until ``now``."""
+    if value is None:
+        return None
+    elapsed = now - stamp
+    return value * math.exp(-elapsed / DECAY_SECONDS) if elapsed > 0 else value
+
+
+def _peak_ewma(current: float | None, stamp: float, sample: float, now: float) -> float:
+    """One peak-EWMA update: a sample above the decayed value replaces it; a lower one is
+    blended in with weight ``1 - exp(-dt / DECAY_SECONDS)``."""
+    if current is None:
+        return sample
+    weight = math.exp(-max(now - stamp, 0.0) / DECAY_SECONDS)
+    decayed = current * weight
+    return sample if sample > decayed else decayed + sample * (1.0 - weight)

@@ -11,6 +11,8 @@
             └── DeadlineExceeded      the logical request's deadline passed
     ValueError
     └── ConfigError                   bad configuration
+
+``TooSlow`` is internal: it never reaches a caller (it becomes a retry refusal).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "DeadlineExceeded",
     "MeshError",
     "NoEndpointsError",
+    "TooSlow",
     "redact_url",
 ]
 
@@ -85,5 +88,6 @@ class ConfigError(ValueError):
     """
 
 
-for _cls in (MeshError, NoEndpointsError, CircuitOpenError, DeadlineExceeded, ConfigError):
-    _cls.__module__ = "meshlib"
+
+class TooSlow(Exception):
+    """No available endpoint is expected to answer within the time left."""

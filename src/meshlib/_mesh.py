@@ -102,7 +102,8 @@ class Mesh:
         return policy
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state of every service (see API.md)."""
+        """JSON-serialisable state of every service (docs/configuration.md, "Reading a
+        snapshot")."""
         now = self.clock()
         return {"services": {rt.name: rt.snapshot(now) for rt in self.runtimes.values()}}
 

@@ -179,7 +179,3 @@ class Policy:
         if unknown:
             raise ConfigError(f"Policy has no field {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
-
-
-for _cls in (RetryBudget, Backoff, Breaker, Hedge, Policy):
-    _cls.__module__ = "meshlib"

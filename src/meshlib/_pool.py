@@ -1,4 +1,6 @@
-"""Connection pools pinned to one endpoint, that keep the caller's URL.
+"""What the endpoint pools of both twins share (``_async/pool.py``, ``_sync/pool.py``).
+
+Connection pools pinned to one endpoint, that keep the caller's URL.
 
 Each (service, endpoint) gets an ``httpcore`` connection pool whose network
 backend connects to the endpoint's address whatever host the URL names. The
@@ -14,21 +16,26 @@ specific type, as httpx's own transport does.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import ssl
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Iterator
+from types import TracebackType
 from typing import Any
 
 import httpcore
 import httpx
-from httpcore._backends.auto import AutoBackend  # public in httpcore's docs, not exported
 
 __all__ = [
-    "AsyncEndpointPool",
-    "EndpointPool",
     "PoolSettings",
+    "async_attempt_limit",
+    "attempt_limit",
+    "bounded",
+    "core_request",
+    "is_http2",
     "map_httpcore_exceptions",
 ]
 
@@ -105,7 +112,7 @@ class PoolSettings:
         }
 
 
-def _core_request(request: httpx.Request, extensions: dict[str, Any]) -> httpcore.Request:
+def core_request(request: httpx.Request, extensions: dict[str, Any]) -> httpcore.Request:
     return httpcore.Request(
         method=request.method,
         url=httpcore.URL(
@@ -126,7 +133,7 @@ _ATTEMPT_LIMIT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "meshlib_attempt_limit", default=None)
 
 
-def _bounded(timeout: float | None, exc: type[Exception]) -> float | None:
+def bounded(timeout: float | None, exc: type[Exception]) -> float | None:
     """``timeout`` shortened to what the attempt has left; raise ``exc`` if nothing is left.
 
     Per-operation timeouts alone let a server that trickles its answer a byte at a
@@ -141,7 +148,7 @@ def _bounded(timeout: float | None, exc: type[Exception]) -> float | None:
     return left if timeout is None or timeout > left else timeout
 
 
-def _is_http2(stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream) -> bool:
+def is_http2(stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream) -> bool:
     """Whether TLS negotiated HTTP/2. Its connection multiplexes many requests, so one
     request's deadline must not end reads that serve the others: only per-operation
     timeouts apply there."""
@@ -149,189 +156,82 @@ def _is_http2(stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream) -> b
     return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
 
 
-class _BoundedStream(httpcore.NetworkStream):
-    """A connection whose reads and writes end when the attempt's deadline does."""
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        stream = self._stream.start_tls(
-            ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout))
-        return stream if _is_http2(stream) else _BoundedStream(stream)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
 
 
-class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
-    """The async twin of :class:`_BoundedStream`."""
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
-        self._stream = stream
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        stream = await self._stream.start_tls(
-            ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout))
-        return stream if _is_http2(stream) else _AsyncBoundedStream(stream)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
+#: how long after its limit an async attempt is cancelled as a whole: late enough that
+#: the streams' own timeouts (which tell a connect timeout from a read timeout) come first
+_CANCEL_SLACK = 0.02
 
 
-class _PinnedBackend(httpcore.SyncBackend):
-    """Connects to one endpoint whatever host the URL names."""
+class attempt_limit:
+    """Bound one sync send: the endpoint streams end their reads and writes at ``limit_at``.
 
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__()
-        self.host, self.port = host, port
+    A thread cannot be interrupted, so only I/O through meshlib's own network
+    streams is bounded: a mocked httpcore pool (respx) or a custom transport
+    that blocks is waited for until it returns.
+    """
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        timeout = _bounded(timeout, httpcore.ConnectTimeout)
-        return _BoundedStream(super().connect_tcp(
-            self.host, self.port, timeout=timeout, local_address=local_address,
-            socket_options=socket_options))
+    __slots__ = ("_limit_at", "_token")
 
+    def __init__(self, limit_at: float | None) -> None:
+        self._limit_at = limit_at
 
-class _AsyncPinnedBackend(AutoBackend):
-    """Connects to one endpoint whatever host the URL names (asyncio or trio)."""
+    def __enter__(self) -> None:
+        self._token = _ATTEMPT_LIMIT.set(self._limit_at)
 
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__()
-        self.host, self.port = host, port
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None,
-                          ) -> httpcore.AsyncNetworkStream:
-        timeout = _bounded(timeout, httpcore.ConnectTimeout)
-        return _AsyncBoundedStream(await super().connect_tcp(
-            self.host, self.port, timeout=timeout, local_address=local_address,
-            socket_options=socket_options))
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        _ATTEMPT_LIMIT.reset(self._token)
 
 
-class _ResponseStream(httpx.SyncByteStream):
-    """The response body; calls ``on_close`` once when the body is closed."""
+class async_attempt_limit:
+    """Bound one async send until its response headers, as a whole, at ``limit_at``.
 
-    __slots__ = ("_on_close", "_stream")
+    The endpoint streams end their reads and writes at the limit (as in the
+    sync twin); and the send itself is cancelled shortly after it, which also
+    ends an attempt that never touches a socket (a respx mock whose side
+    effect sleeps, say). That raises ``httpx.ReadTimeout``.
 
-    def __init__(self, stream: Iterable[bytes], on_close: Callable[[], None] | None) -> None:
-        self._stream = stream
-        self._on_close = on_close
+    This is ``asyncio.timeout_at`` cut down to one timer handle: it runs on
+    every attempt, and costs about half as much.
+    """
 
-    def __iter__(self) -> Iterator[bytes]:
-        with map_httpcore_exceptions():
-            yield from self._stream
+    __slots__ = ("_cancelling", "_expired", "_handle", "_limit_at", "_task", "_token")
 
-    def close(self) -> None:
-        try:
-            close = getattr(self._stream, "close", None)
-            if close is not None:
-                close()
-        finally:
-            on_close, self._on_close = self._on_close, None
-            if on_close is not None:
-                on_close()
+    def __init__(self, limit_at: float | None) -> None:
+        self._limit_at = limit_at
+        self._handle: asyncio.TimerHandle | None = None
+        self._expired = False
+        self._cancelling = 0
 
+    async def __aenter__(self) -> None:
+        self._token = _ATTEMPT_LIMIT.set(self._limit_at)
+        task = asyncio.current_task()
+        if self._limit_at is None or task is None:
+            return
+        self._task = task
+        if sys.version_info >= (3, 11):
+            self._cancelling = task.cancelling()
+        loop = asyncio.get_running_loop()
+        when = loop.time() + (self._limit_at - time.monotonic()) + _CANCEL_SLACK
+        self._handle = loop.call_at(when, self._expire)
 
-class _AsyncResponseStream(httpx.AsyncByteStream):
-    """The async response body; calls ``on_close`` once when the body is closed."""
+    def _expire(self) -> None:
+        self._expired = True
+        self._task.cancel()
 
-    __slots__ = ("_on_close", "_stream")
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        _ATTEMPT_LIMIT.reset(self._token)
+        if self._handle is None:
+            return
+        self._handle.cancel()
+        if self._expired and exc_type is asyncio.CancelledError and self._ours():
+            raise httpx.ReadTimeout("the attempt's deadline passed") from None
 
-    def __init__(self, stream: Any, on_close: Callable[[], None] | None) -> None:
-        self._stream = stream
-        self._on_close = on_close
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with map_httpcore_exceptions():
-            async for part in self._stream:
-                yield part
-
-    async def aclose(self) -> None:
-        try:
-            aclose = getattr(self._stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        finally:
-            on_close, self._on_close = self._on_close, None
-            if on_close is not None:
-                on_close()
-
-
-class EndpointPool:
-    """A sync connection pool to one endpoint of one service."""
-
-    def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
-        self._pool = httpcore.ConnectionPool(network_backend=_PinnedBackend(host, port),
-                                             **settings.pool_kwargs())
-
-    def send(self, request: httpx.Request, extensions: dict[str, Any],
-             on_close: Callable[[], None] | None = None,
-             limit_at: float | None = None) -> httpx.Response:
-        """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
-        response headers must arrive by then (``time.monotonic()``)."""
-        token = _ATTEMPT_LIMIT.set(limit_at)
-        try:
-            with map_httpcore_exceptions():
-                resp = self._pool.handle_request(_core_request(request, extensions))
-        finally:
-            _ATTEMPT_LIMIT.reset(token)
-        assert isinstance(resp.stream, Iterable)
-        return httpx.Response(status_code=resp.status, headers=resp.headers,
-                              stream=_ResponseStream(resp.stream, on_close),
-                              extensions=resp.extensions)
-
-    def close(self) -> None:
-        """Close every connection of the pool."""
-        self._pool.close()
-
-
-class AsyncEndpointPool:
-    """An async connection pool to one endpoint of one service."""
-
-    def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
-        self._pool = httpcore.AsyncConnectionPool(network_backend=_AsyncPinnedBackend(host, port),
-                                                  **settings.pool_kwargs())
-
-    async def send(self, request: httpx.Request, extensions: dict[str, Any],
-                   on_close: Callable[[], None] | None = None,
-                   limit_at: float | None = None) -> httpx.Response:
-        """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
-        response headers must arrive by then (``time.monotonic()``)."""
-        token = _ATTEMPT_LIMIT.set(limit_at)
-        try:
-            with map_httpcore_exceptions():
-                resp = await self._pool.handle_async_request(
-                    _core_request(request, extensions))
-        finally:
-            _ATTEMPT_LIMIT.reset(token)
-        return httpx.Response(status_code=resp.status, headers=resp.headers,
-                              stream=_AsyncResponseStream(resp.stream, on_close),
-                              extensions=resp.extensions)
-
-    async def aclose(self) -> None:
-        """Close every connection of the pool."""
-        await self._pool.aclose()
+    def _ours(self) -> bool:
+        """Withdraw our cancellation; whether it was the only one (else the caller's
+        cancellation goes on)."""
+        if sys.version_info >= (3, 11):
+            return self._task.uncancel() <= self._cancelling
+        return True  # Python 3.10 cannot tell two cancellations apart

@@ -229,7 +229,3 @@ class policy(_Scope):
     def _enter_value(self) -> tuple[contextvars.ContextVar[Any], Any]:
         outer = _OVERRIDES.get()
         return _OVERRIDES, MappingProxyType({**outer, **self.changes}) if outer else self.changes
-
-
-for _cls in (deadline, policy):
-    _cls.__module__ = "meshlib"

@@ -20,17 +20,13 @@ from ._breaker import REFUSED, EndpointBreaker
 from ._budget import BudgetLedger
 from ._discovery import Discovery, EndpointSetTracker, Update
 from ._endpoint import Endpoint, EndpointState
-from ._errors import CircuitOpenError, ConfigError, NoEndpointsError, redact_url
+from ._errors import CircuitOpenError, ConfigError, NoEndpointsError, TooSlow, redact_url
 from ._latency import LatencyWindow
 from ._policy import Policy
 
-__all__ = ["Service", "ServiceRuntime", "TooSlow"]
+__all__ = ["Service", "ServiceRuntime"]
 
 Transition = Callable[[str, str, str, str], None]  # service, endpoint, old, new
-
-
-class TooSlow(Exception):
-    """No available endpoint is expected to answer within the time left."""
 
 
 class Service:
@@ -64,8 +60,6 @@ class Service:
                 f"tls_server_name={self.tls_server_name!r})")
 
 
-Service.__module__ = "meshlib"
-
 
 def _sanitize(endpoint: Endpoint) -> Endpoint:
     if endpoint.weight > 0:
@@ -80,7 +74,6 @@ class ServiceRuntime:
                  zone: str | None = None, on_transition: Transition | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
-        self.service = service
         self.discovery = discovery
         self.policy = policy
         self.zone = zone

@@ -45,8 +45,8 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from opentelemetry import context as otel_context
@@ -60,7 +60,7 @@ from ._errors import CircuitOpenError, DeadlineExceeded, NoEndpointsError
 if TYPE_CHECKING:
     from ._call import Call, Outcome
     from ._endpoint import EndpointState
-    from ._mesh import Mesh
+    from ._service import ServiceRuntime
 
 __all__ = ["DURATION_BUCKETS", "Telemetry", "register_mesh", "telemetry"]
 
@@ -172,15 +172,15 @@ class Telemetry:
                 parked = record.take_parked()  # the verdicts on earlier attempts are in
                 record.open.append(span)
             _end_all(parked)
-            if call.attempts == 1 and call.policy.hedge is not None and not hedge:
-                self._why_no_hedge(call, span)
         return span
 
-    def end_attempt(self, span: Span, call: Call, outcome: Outcome, latency: float) -> None:
+    def end_attempt(self, span: Span, call: Call, outcome: Outcome, latency: float, *,
+                    verdict_pending: bool) -> None:
         """Close an attempt: record its duration, status and error on the span.
 
-        A span whose outcome may still be retried is parked (end time fixed
-        now) so that the verdict can be added to it as an event.
+        ``verdict_pending``: the core will still judge this outcome (it may be
+        retried); the span is then parked (end time fixed now) so that the
+        verdict can be added to it as an event.
         """
         request = call.request
         response = outcome.response
@@ -220,12 +220,11 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, str(outcome.error)))
             else:
                 span.set_status(Status(StatusCode.ERROR))
-        park = call.wants_retry(outcome)
         with self._lock:
             record = self._traces.get(call.request)
             if record is not None:
                 _discard(record.open, span)
-                if park:
+                if verdict_pending:
                     record.parked.append((span, time.time_ns()))
                     return
         span.end()
@@ -267,7 +266,6 @@ class Telemetry:
         event goes on the attempt it is about (see the module docstring);
         the counters for retries, hedges and budget refusals move here.
         """
-        call.events.append((name, {"reason": reason, **attributes}))
         labels = {"meshlib.service": call.runtime.name}
         if name == "retry":
             self.retries.add(1, labels)
@@ -339,20 +337,6 @@ class Telemetry:
                         return record.open[0]
         span = trace.get_current_span()
         return span if span.is_recording() else None
-
-    def _why_no_hedge(self, call: Call, span: Span) -> None:
-        """On the first attempt of a request whose policy hedges: say why it will not be."""
-        if call.can_hedge():
-            return
-        if not call.idempotent:
-            reason = "not idempotent"
-        elif not call.replayable:
-            reason = "request body is a stream that cannot be replayed"
-        else:
-            reason = "only one endpoint"
-        call.events.append(("no_hedge", {"reason": reason}))
-        span.add_event("meshlib.no_hedge", {"meshlib.reason": reason,
-                                            "meshlib.service": call.runtime.name})
 
 
 def _attempt_attributes(call: Call, state: EndpointState, request: httpx.Request,
@@ -435,11 +419,25 @@ def _redacted(url: httpx.URL) -> str:
 
 # -- the endpoints gauge: a weak registry of live meshes --------------------------------
 
-_meshes: weakref.WeakSet[Mesh] = weakref.WeakSet()
+class Observed(Protocol):
+    """What the gauge reads of a mesh (``_mesh.Mesh``): its clock and service runtimes."""
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The mesh's monotonic clock."""
+        ...
+
+    @property
+    def runtimes(self) -> Mapping[str, ServiceRuntime]:
+        """Service runtimes by name."""
+        ...
+
+
+_meshes: weakref.WeakSet[Observed] = weakref.WeakSet()
 _meshes_lock = threading.Lock()
 
 
-def register_mesh(mesh: Mesh) -> None:
+def register_mesh(mesh: Observed) -> None:
     """Let the ``meshlib.endpoints`` gauge observe ``mesh`` for as long as it lives."""
     with _meshes_lock:
         _meshes.add(mesh)

@@ -39,8 +39,8 @@ from typing import Any
 
 import httpx
 
+from ._discovery._entries import EntryError, parse_entry
 from ._discovery._etcd import b64, parse_etcd_url
-from ._discovery._file import EntryError, parse_entry
 from ._endpoint import format_address
 from ._errors import ConfigError
 

@@ -39,9 +39,10 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
+from ._middleware import SNAPSHOT_METHODS, SupportsSnapshot, parse_deadline, snapshot_body
 from ._registry import client_list, snapshot_sources
 from ._scope import deadline, header_source
-from .asgi import SupportsSnapshot, _snapshot_body, parse_deadline
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -50,7 +51,14 @@ __all__ = ["MeshMiddleware"]
 
 logger = logging.getLogger("meshlib.wsgi")
 
-_SNAPSHOT_METHODS = ("GET", "HEAD")
+
+def _environ_key(header: str) -> str:
+    """The WSGI environ key of a request header (``HTTP_X_MESH_TIMEOUT_MS``)."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+_DEADLINE_KEY = _environ_key(DEADLINE_HEADER)
+_GRPC_TIMEOUT_KEY = _environ_key(GRPC_TIMEOUT_HEADER)
 
 
 class _ScopedResponse:
@@ -106,8 +114,8 @@ class MeshMiddleware:
         """Serve one WSGI request."""
         if self.snapshot_path is not None and environ.get("PATH_INFO") == self.snapshot_path:
             return self._serve_snapshot(environ, start_response)
-        mesh = environ.get("HTTP_X_MESH_TIMEOUT_MS")
-        grpc = environ.get("HTTP_GRPC_TIMEOUT")
+        mesh = environ.get(_DEADLINE_KEY)
+        grpc = environ.get(_GRPC_TIMEOUT_KEY)
         if mesh is None and grpc is None:
             return self.app(environ, start_response)
         seconds = parse_deadline(() if mesh is None else (str(mesh),),
@@ -124,14 +132,14 @@ class MeshMiddleware:
     def _serve_snapshot(self, environ: WSGIEnvironment,
                         start_response: StartResponse) -> list[bytes]:
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
-        if method not in _SNAPSHOT_METHODS:
+        if method not in SNAPSHOT_METHODS:
             body = json.dumps({"error": "method not allowed"}).encode()
             start_response("405 Method Not Allowed", [
                 ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                 ("Allow", "GET, HEAD"),
             ])
             return [body]
-        status, body = _snapshot_body(snapshot_sources(self.clients), logger)
+        status, body = snapshot_body(snapshot_sources(self.clients), logger)
         start_response("200 OK" if status == 200 else "500 Internal Server Error", [
             ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),

@@ -56,11 +56,7 @@ def discovery_from_url(url: str, options: DiscoveryOptions | None = None) -> Dis
             f"(known: {', '.join(sorted(_KINDS))})"
         )
     module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name, __name__)
-    except ModuleNotFoundError:
-        raise ConfigError(
-            f"discovery URL {redact_url(url)!r}: {scheme!r} is not available yet") from None
+    module = importlib.import_module(module_name, __name__)
     cls: type[Discovery] = getattr(module, class_name)
     try:
         return cls(url, options)

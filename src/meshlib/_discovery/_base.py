@@ -16,7 +16,6 @@ import abc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import ClassVar
 
 from .._endpoint import Endpoint
 from .._errors import redact_url
@@ -56,14 +55,12 @@ class DiscoveryOptions:
 class Discovery(abc.ABC):
     """Where a service's endpoints come from.
 
-    Subclasses set ``schemes`` (the URL schemes they handle), parse and
+    Subclasses (registered by URL scheme in ``_discovery._KINDS``) parse and
     validate their URL in ``__init__`` (raising ``ConfigError`` naming the URL),
     and implement :meth:`updates`.
 
     .. versionadded:: 0.1
     """
-
-    schemes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
         self.url = url

@@ -33,11 +33,10 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
 
-from .._config import parse_host_port
-from .._endpoint import Endpoint
+from .._endpoint import Endpoint, parse_host_port
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
-from ._file import EntryError, parse_entry
+from ._entries import EntryError, parse_entry
 
 __all__ = ["DEFAULT_PORT", "ConsulDiscovery", "parse_instances"]
 
@@ -138,8 +137,6 @@ def _index(response: httpx.Response) -> int:
 
 class ConsulDiscovery(Discovery):
     """Consul health API, passing instances only: ``consul://127.0.0.1:8500/users``."""
-
-    schemes = ("consul",)
 
     #: the blocking query's ``wait``, in seconds
     WAIT = 30.0

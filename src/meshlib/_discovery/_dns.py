@@ -45,8 +45,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
-from .._config import parse_host_port
-from .._endpoint import Endpoint
+from .._endpoint import Endpoint, parse_host_port
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
 
@@ -297,8 +296,6 @@ def _merge(endpoints: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
 class SrvDiscovery(DnsDiscovery):
     """DNS SRV records: ``dns+srv://_http._tcp.users.example.com?nameserver=127.0.0.1:53``."""
 
-    schemes = ("dns+srv",)
-
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
         super().__init__(url, options)
         netloc, query = _split_url(url, "dns+srv")
@@ -376,8 +373,6 @@ def _endpoints(record: _SrvRecord, hosts: Sequence[str]) -> list[Endpoint]:
 
 class AddressDiscovery(DnsDiscovery):
     """A/AAAA records and a fixed port: ``dns://users.example.com:8080``."""
-
-    schemes = ("dns",)
 
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
         super().__init__(url, options)

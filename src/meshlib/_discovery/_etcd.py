@@ -29,11 +29,10 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from .._config import parse_host_port
-from .._endpoint import Endpoint
+from .._endpoint import Endpoint, parse_host_port
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
-from ._file import EntryError, parse_entry
+from ._entries import EntryError, parse_entry
 
 __all__ = ["DEFAULT_PORT", "EtcdDiscovery", "b64", "parse_etcd_url", "prefix_range"]
 
@@ -98,8 +97,6 @@ def _revision(header: Any) -> int:
 
 class EtcdDiscovery(Discovery):
     """etcd v3 keys under a prefix, watched: ``etcd://127.0.0.1:2379/mesh/users``."""
-
-    schemes = ("etcd",)
 
     #: first delay after a failure; it doubles on each further failure
     BACKOFF_INITIAL = 0.5

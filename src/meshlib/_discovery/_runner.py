@@ -1,4 +1,8 @@
-"""Running one service's discovery in the background: the loop both transports use."""
+"""Running one service's discovery in the background: the loop both transports use.
+
+It drives anything shaped like a service runtime (:class:`Follower`), so the
+discovery layer needs nothing from the layers above it.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,42 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
-from ._base import DiscoveryFailure
+from ._base import Discovery, DiscoveryFailure, Update
 
-if TYPE_CHECKING:
-    from .._endpoint import EndpointState
-    from .._service import ServiceRuntime
-
-__all__ = ["follow"]
+__all__ = ["Follower", "follow"]
 
 logger = logging.getLogger("meshlib.discovery")
 
 #: seconds before restarting a discovery that crashed, doubling up to the maximum
 RESTART_MIN, RESTART_MAX = 0.5, 30.0
 
-Retire = Callable[[list["EndpointState"]], "Awaitable[None] | None"]
+Retired = TypeVar("Retired")
 
 
-async def follow(runtime: ServiceRuntime, retire: Retire, clock: Callable[[], float]) -> None:
+class Follower(Protocol[Retired]):
+    """What :func:`follow` drives (``ServiceRuntime``): a name, a discovery, and
+    ``apply``, which takes an answer and returns the endpoints it retired."""
+
+    @property
+    def name(self) -> str:
+        """The service name (for logs)."""
+        ...
+
+    @property
+    def discovery(self) -> Discovery:
+        """Where the endpoints come from."""
+        ...
+
+    def apply(self, update: Update, now: float) -> list[Retired]:
+        """Take one discovery answer; return the endpoints whose pools to close."""
+        ...
+
+
+async def follow(runtime: Follower[Retired],
+                 retire: Callable[[list[Retired]], Awaitable[None] | None],
+                 clock: Callable[[], float]) -> None:
     """Apply every answer of ``runtime``'s discovery until cancelled.
 
     ``retire`` closes the pools of endpoints that left. A discovery kind that

@@ -16,8 +16,6 @@ __all__ = ["StaticDiscovery"]
 class StaticDiscovery(Discovery):
     """A fixed list: ``static://127.0.0.1:8001,[::1]:8002``."""
 
-    schemes = ("static",)
-
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
         super().__init__(url, options)
         body = url.partition("://")[2].strip().rstrip("/")

@@ -36,26 +36,18 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal, TextIO
 
 import httpx
 
 from ..testing import Fleet
+from .stats import percentile
 
 __all__ = ["run_bench"]
 
 OVERHEAD_GOAL = 1.10
 _SERVICE = "bench"
-
-
-def _percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile (``pct`` in 0..100) of ``values``; NaN if empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(pct / 100.0 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def _backend_cpu() -> int | None:
@@ -203,8 +195,8 @@ def _tail_stats(
     n = len(latencies)
     return {
         "requests": n,
-        "p50_ms": _percentile(latencies, 50) * 1e3,
-        "p99_ms": _percentile(latencies, 99) * 1e3,
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
         "mean_ms": (statistics.fmean(latencies) * 1e3) if latencies else float("nan"),
         "success_rate": ok / n if n else float("nan"),
         "attempts": attempts,

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import httpx
 
 from ..testing import Fleet
+from .stats import percentile
 
 __all__ = ["run_demo"]
 
@@ -27,14 +28,6 @@ _HEALTHY_MS = 5.0
 _SLOW_MS = 250.0
 _FAIL_PCT = 40.0
 _HEDGE_S = 0.05
-
-
-def _percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(pct / 100.0 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 class _Stats:
@@ -79,8 +72,8 @@ class _Stats:
                 "done": done,
                 "ok": self.ok,
                 "success": self.ok / done if done else float("nan"),
-                "p50_ms": _percentile(latencies, 50) * 1e3,
-                "p99_ms": _percentile(latencies, 99) * 1e3,
+                "p50_ms": percentile(latencies, 50) * 1e3,
+                "p99_ms": percentile(latencies, 99) * 1e3,
                 "attempts": self.attempts,
                 "hedged": self.hedged,
                 "errors": dict(self.errors),

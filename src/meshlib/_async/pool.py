@@ -1,0 +1,117 @@
+"""Connection pools pinned to one endpoint, that keep the caller's URL (see ``_pool``).
+
+``_async/pool.py`` is the source and ``_sync/pool.py`` is generated from it by
+``scripts/unasync.py`` (``make unasync``): edit the source only.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import httpcore
+import httpx
+from httpcore._backends.auto import AutoBackend  # documented by httpcore, not exported
+
+from .._pool import (
+    PoolSettings,
+    async_attempt_limit,
+    bounded,
+    core_request,
+    is_http2,
+    map_httpcore_exceptions,
+)
+
+__all__ = ["AsyncEndpointPool"]
+
+
+class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
+    """A connection whose reads and writes end when the attempt's deadline does."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, bounded(timeout, httpcore.ReadTimeout))
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, bounded(timeout, httpcore.WriteTimeout))
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        stream = await self._stream.start_tls(
+            ssl_context, server_hostname, bounded(timeout, httpcore.ConnectTimeout))
+        return stream if is_http2(stream) else _AsyncBoundedStream(stream)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _AsyncPinnedBackend(AutoBackend):
+    """Connects to one endpoint whatever host the URL names."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__()
+        self.host, self.port = host, port
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None,
+                          ) -> httpcore.AsyncNetworkStream:
+        timeout = bounded(timeout, httpcore.ConnectTimeout)
+        return _AsyncBoundedStream(await super().connect_tcp(
+            self.host, self.port, timeout=timeout, local_address=local_address,
+            socket_options=socket_options))
+
+
+class _AsyncResponseStream(httpx.AsyncByteStream):
+    """The response body; calls ``on_close`` once when the body is closed."""
+
+    __slots__ = ("_on_close", "_stream")
+
+    def __init__(self, stream: Any, on_close: Callable[[], None] | None) -> None:
+        self._stream = stream
+        self._on_close = on_close
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with map_httpcore_exceptions():
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self._stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
+
+
+class AsyncEndpointPool:
+    """A connection pool to one endpoint of one service."""
+
+    def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
+        self._pool = httpcore.AsyncConnectionPool(network_backend=_AsyncPinnedBackend(host, port),
+                                                  **settings.pool_kwargs())
+
+    async def send(self, request: httpx.Request, extensions: dict[str, Any],
+                   on_close: Callable[[], None] | None = None,
+                   limit_at: float | None = None) -> httpx.Response:
+        """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
+        response headers must arrive by then (``time.monotonic()``)."""
+        async with async_attempt_limit(limit_at):
+            with map_httpcore_exceptions():
+                resp = await self._pool.handle_async_request(core_request(request, extensions))
+        return httpx.Response(status_code=resp.status, headers=resp.headers,
+                              stream=_AsyncResponseStream(resp.stream, on_close),
+                              extensions=resp.extensions)
+
+    async def aclose(self) -> None:
+        """Close every connection of the pool."""
+        await self._pool.aclose()

@@ -1,0 +1,118 @@
+# Generated from src/meshlib/_async/pool.py by scripts/unasync.py: do not edit.
+"""Connection pools pinned to one endpoint, that keep the caller's URL (see ``_pool``).
+
+``_async/pool.py`` is the source and ``_sync/pool.py`` is generated from it by
+``scripts/unasync.py`` (``make unasync``): edit the source only.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import httpcore
+import httpx
+from httpcore._backends.sync import SyncBackend  # documented by httpcore, not exported
+
+from .._pool import (
+    PoolSettings,
+    attempt_limit,
+    bounded,
+    core_request,
+    is_http2,
+    map_httpcore_exceptions,
+)
+
+__all__ = ["EndpointPool"]
+
+
+class _BoundedStream(httpcore.NetworkStream):
+    """A connection whose reads and writes end when the attempt's deadline does."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.NetworkStream:
+        stream = self._stream.start_tls(
+            ssl_context, server_hostname, bounded(timeout, httpcore.ConnectTimeout))
+        return stream if is_http2(stream) else _BoundedStream(stream)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _PinnedBackend(SyncBackend):
+    """Connects to one endpoint whatever host the URL names."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__()
+        self.host, self.port = host, port
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None,
+                          ) -> httpcore.NetworkStream:
+        timeout = bounded(timeout, httpcore.ConnectTimeout)
+        return _BoundedStream(super().connect_tcp(
+            self.host, self.port, timeout=timeout, local_address=local_address,
+            socket_options=socket_options))
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    """The response body; calls ``on_close`` once when the body is closed."""
+
+    __slots__ = ("_on_close", "_stream")
+
+    def __init__(self, stream: Any, on_close: Callable[[], None] | None) -> None:
+        self._stream = stream
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        with map_httpcore_exceptions():
+            for part in self._stream:
+                yield part
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
+
+
+class EndpointPool:
+    """A connection pool to one endpoint of one service."""
+
+    def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
+        self._pool = httpcore.ConnectionPool(network_backend=_PinnedBackend(host, port),
+                                                  **settings.pool_kwargs())
+
+    def send(self, request: httpx.Request, extensions: dict[str, Any],
+                   on_close: Callable[[], None] | None = None,
+                   limit_at: float | None = None) -> httpx.Response:
+        """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
+        response headers must arrive by then (``time.monotonic()``)."""
+        with attempt_limit(limit_at):
+            with map_httpcore_exceptions():
+                resp = self._pool.handle_request(core_request(request, extensions))
+        return httpx.Response(status_code=resp.status, headers=resp.headers,
+                              stream=_ResponseStream(resp.stream, on_close),
+                              extensions=resp.extensions)
+
+    def close(self) -> None:
+        """Close every connection of the pool."""
+        self._pool.close()
