@@ -60,8 +60,9 @@ def test_short_demo() -> None:
     assert run_demo(duration=2.0, rate=40.0, workers=4, out=out, report=report) == 0
     text = out.getvalue()
     assert "plain httpx (round robin)" in text and "meshlib MeshClient" in text
+    assert "httpx + tenacity retries" in text
     assert "connections refused" in text
-    for name in ("httpx", "meshlib"):
+    for name in ("httpx", "tenacity", "meshlib"):
         snap = report[name]
         assert isinstance(snap, dict)
         assert snap["done"] == 80

@@ -2,8 +2,9 @@
 
 Starts five loopback servers (three healthy, one slow, one failing part of
 its requests), then sends the same paced stream of GETs through a plain
-round-robin ``httpx.Client`` and through :class:`meshlib.MeshClient` at the
-same time.  Half-way through, one healthy server goes down (connections
+round-robin ``httpx.Client``, through httpx wrapped in tenacity retries (what
+most services run today) and through :class:`meshlib.MeshClient`, at the same
+time.  Half-way through, one healthy server goes down (connections
 refused).  Progress lines show both clients; a final table compares success
 rate, p50, p99 and attempts.  Needs no setup and no network beyond loopback.
 """
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 import httpx
 
 from ..testing import Fleet
+from .demo_baseline import TenacityBaseline
 from .stats import percentile
 
 __all__ = ["run_demo"]
@@ -142,7 +144,7 @@ def run_demo(
     ``duration`` (seconds) and ``rate`` (requests per second, per client)
     set the size: ``duration * rate`` requests per client.  Tests pass a
     short ``duration``.  When ``report`` is given, it receives each
-    client's final numbers under ``"httpx"`` and ``"meshlib"``.
+    client's final numbers under ``"httpx"``, ``"tenacity"`` and ``"meshlib"``.
     """
     import meshlib
 
@@ -174,6 +176,7 @@ def run_demo(
         say()
         say(f"Each client sends {total} GETs at {rate:g}/s ({workers} threads), side by side:")
         say("  httpx    plain httpx.Client cycling over the URLs (round robin)")
+        say("  tenacity the same, with tenacity retries (3 attempts, full-jitter backoff)")
         say(f'  meshlib  meshlib.MeshClient(services={{"{_SERVICE}": "static://..."}}),')
         say(f"           GET http://{_SERVICE}/... (p2c-ewma balancer, default retries,")
         say(f"           a hedge to a second backend after {_HEDGE_S * 1000:g} ms)")
@@ -181,6 +184,7 @@ def run_demo(
         say()
 
         plain_stats = _Stats("httpx", total)
+        retry_stats = _Stats("tenacity", total)
         mesh_stats = _Stats("meshlib", total)
         plain = httpx.Client(timeout=5.0)
         mesh = meshlib.MeshClient(
@@ -188,6 +192,7 @@ def run_demo(
             policy=meshlib.Policy(timeout=5.0, hedge=meshlib.Hedge(delay=_HEDGE_S)),
         )
         urls = [f"http://{e}" for e in fleet.endpoints]
+        baseline = TenacityBaseline(urls, timeout=5.0)
 
         def send_plain(index: int) -> None:
             t0 = time.perf_counter()
@@ -205,6 +210,17 @@ def run_demo(
                     backend=r.headers.get("x-backend"),
                     error=None if r.status_code < 400 else str(r.status_code),
                 )
+
+        def send_tenacity(index: int) -> None:
+            outcome = baseline.get(f"/orders/{index}")
+            retry_stats.add(
+                outcome.seconds,
+                ok=outcome.ok,
+                attempts=outcome.attempts,
+                backend=None if outcome.response is None
+                else outcome.response.headers.get("x-backend"),
+                error=outcome.error,
+            )
 
         def send_mesh(index: int) -> None:
             t0 = time.perf_counter()
@@ -226,8 +242,10 @@ def run_demo(
                 )
 
         plain_schedule = _Schedule(total, rate, stop)
+        retry_schedule = _Schedule(total, rate, stop)
         mesh_schedule = _Schedule(total, rate, stop)
         threads += _run_workers(workers, plain_schedule, send_plain, "httpx")
+        threads += _run_workers(workers, retry_schedule, send_tenacity, "tenacity")
         threads += _run_workers(workers, mesh_schedule, send_mesh, "mesh")
 
         start = time.monotonic()
@@ -243,7 +261,7 @@ def run_demo(
                 say(f"  >> t={now - start:4.1f}s  {victim} is down: connections refused")
             if now >= next_report:
                 next_report += 1.0
-                say(_progress_line(now - start, plain_stats, mesh_stats))
+                say(_progress_line(now - start, plain_stats, retry_stats, mesh_stats))
             if now > hard_deadline:
                 stop.set()
                 say("  (stopping: the run took far longer than planned)")
@@ -251,13 +269,15 @@ def run_demo(
             time.sleep(0.05)
         for thread in threads:
             thread.join(timeout=10)
-        say(_progress_line(time.monotonic() - start, plain_stats, mesh_stats))
+        say(_progress_line(time.monotonic() - start, plain_stats, retry_stats, mesh_stats))
         plain.close()
+        baseline.close()
         mesh.close()
         say()
-        say(_final_table(plain_stats, mesh_stats, role_of))
+        say(_final_table(plain_stats, retry_stats, mesh_stats, role_of))
         if report is not None:
             report["httpx"] = plain_stats.snapshot()
+            report["tenacity"] = retry_stats.snapshot()
             report["meshlib"] = mesh_stats.snapshot()
             report["roles"] = role_of
         return 0
@@ -272,22 +292,23 @@ def run_demo(
         fleet.close()
 
 
-def _progress_line(elapsed: float, plain: _Stats, mesh: _Stats) -> str:
+def _progress_line(elapsed: float, plain: _Stats, retried: _Stats, mesh: _Stats) -> str:
     parts = [f"  t={elapsed:4.1f}s"]
-    for stats in (plain, mesh):
+    for stats in (plain, retried, mesh):
         s = stats.snapshot()
         parts.append(
-            f"{stats.name:<7} {s['done']:>4}/{stats.total:<4} ok {_fmt_pct(s['success']):>6}"
+            f"{stats.name:<8} {s['done']:>4}/{stats.total:<4} ok {_fmt_pct(s['success']):>6}"
             f"  p99 {_fmt_ms(s['p99_ms']):>7}"
         )
     return "  |  ".join(parts)
 
 
-def _final_table(plain: _Stats, mesh: _Stats, role_of: dict[str, str]) -> str:
+def _final_table(plain: _Stats, retried: _Stats, mesh: _Stats, role_of: dict[str, str]) -> str:
     header = ("client", "requests", "success", "p50", "p99", "attempts", "hedged", "failures")
     rows = [header]
     snaps = []
-    for stats, label in ((plain, "plain httpx (round robin)"), (mesh, "meshlib MeshClient")):
+    for stats, label in ((plain, "plain httpx (round robin)"),
+                         (retried, "httpx + tenacity retries"), (mesh, "meshlib MeshClient")):
         s = stats.snapshot()
         snaps.append((label, s))
         failures = ", ".join(f"{k} x{v}" for k, v in sorted(s["errors"].items())) or "-"
