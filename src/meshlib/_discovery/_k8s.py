@@ -79,6 +79,10 @@ class _Broken(Exception):
     """The list or watch cannot go on; the message says why."""
 
 
+class _Garbage(_Broken):
+    """The server sent something that does not parse: list again."""
+
+
 class _Gone(Exception):
     """The resource version expired (HTTP 410): list again."""
 
@@ -302,6 +306,8 @@ class K8sDiscovery(Discovery):
     WATCH_SECONDS = 300.0
     #: ``limit`` of one list page
     PAGE_SIZE = 500
+    #: a broken watch that had run this long is resumed at once, without a failure
+    RESUME_AFTER = 1.0
 
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
         super().__init__(url, options)
@@ -323,6 +329,8 @@ class K8sDiscovery(Discovery):
         self.ca_explicit = bool(self.options.k8s_ca_file)
         self.zone = self.options.zone
         self.resource_version = ""
+        #: when the current watch stream opened (``time.monotonic()``), if it did
+        self.watching: float | None = None
         #: slice name -> its endpoints (a slice that stopped parsing keeps its last good ones)
         self.slices: dict[str, list[SliceEndpoint]] = {}
 
@@ -384,14 +392,14 @@ class K8sDiscovery(Discovery):
             items = body.get("items")
             metadata = body.get("metadata")
             if not isinstance(items, list) or not isinstance(metadata, dict):
-                raise _Broken("the list answer has no 'items' list or 'metadata'")
+                raise _Garbage("the list answer has no 'items' list or 'metadata'")
             for item in items:
                 self._take(item, into=slices, previous=self.slices)
             version = metadata.get("resourceVersion")
             token = metadata.get("continue") or ""
             if not token:
                 if not isinstance(version, str) or not version:
-                    raise _Broken("the list answer has no metadata.resourceVersion")
+                    raise _Garbage("the list answer has no metadata.resourceVersion")
                 self.slices, self.resource_version = slices, version
                 return
         raise _Broken("the list never ended (continue tokens loop)")
@@ -416,7 +424,7 @@ class K8sDiscovery(Discovery):
         Returns when the server ends the watch (``timeoutSeconds``); raises
         :class:`_Gone` when the resource version expired.
         """
-        seconds = int(self.WATCH_SECONDS * (1.0 + random.random()))
+        seconds = max(1, round(self.WATCH_SECONDS * (1.0 + random.random())))
         params = {"labelSelector": self.selector, "watch": "1", "allowWatchBookmarks": "true",
                   "resourceVersion": self.resource_version, "timeoutSeconds": str(seconds)}
         timeout = httpx.Timeout(self.REQUEST_TIMEOUT, read=seconds + self.REQUEST_TIMEOUT)
@@ -426,6 +434,7 @@ class K8sDiscovery(Discovery):
                 await response.aread()
                 _json_body(response)  # raises _Gone or _Broken with the server's reason
                 raise _Broken(f"watch answered HTTP {response.status_code}")
+            self.watching = time.monotonic()
             async for line in response.aiter_lines():
                 if line.strip() and self._event(line):
                     yield None
@@ -435,9 +444,9 @@ class K8sDiscovery(Discovery):
         try:
             event = json.loads(line)
         except ValueError:
-            raise _Broken(f"the watch sent a line that is not JSON: {line[:200]!r}") from None
+            raise _Garbage(f"the watch sent a line that is not JSON: {line[:200]!r}") from None
         if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
-            raise _Broken(f"the watch sent something that is not an event: {line[:200]!r}")
+            raise _Garbage(f"the watch sent something that is not an event: {line[:200]!r}")
         kind, obj = event.get("type"), event["object"]
         if kind == "ERROR":
             code, message = obj.get("code"), obj.get("message") or obj.get("reason")
@@ -451,11 +460,11 @@ class K8sDiscovery(Discovery):
                 self.resource_version = version
             return False
         if kind not in ("ADDED", "MODIFIED", "DELETED"):
-            raise _Broken(f"the watch sent an event of unknown type {kind!r}")
+            raise _Garbage(f"the watch sent an event of unknown type {kind!r}")
         if kind == "DELETED":
             name = _name_of(obj)
             if name is None:
-                raise _Broken("the watch sent a DELETED event without metadata.name")
+                raise _Garbage("the watch sent a DELETED event without metadata.name")
             self.slices.pop(name, None)
         else:
             self._take(obj, into=self.slices, previous=self.slices)
@@ -465,11 +474,13 @@ class K8sDiscovery(Discovery):
 
     async def _follow(self, client: httpx.AsyncClient
                       ) -> AsyncGenerator[tuple[Endpoint, ...], None]:
-        """List, then watch (resumed after each normal end): yield the set on every change."""
-        await self._list(client)
-        logger.debug("discovery %s: listed %d slices at resourceVersion %s",
-                     self.url, len(self.slices), self.resource_version)
-        yield self.snapshot()
+        """List (unless a watch can resume), then watch, resumed after each normal end:
+        yield the set on every change."""
+        if not self.resource_version:
+            await self._list(client)
+            logger.debug("discovery %s: listed %d slices at resourceVersion %s",
+                         self.url, len(self.slices), self.resource_version)
+            yield self.snapshot()
         while True:
             async with contextlib.aclosing(self._watch(client)) as changes:
                 async for _ in changes:
@@ -486,6 +497,7 @@ class K8sDiscovery(Discovery):
             while True:
                 opened = time.monotonic()
                 answers = 0
+                self.watching = None
                 try:
                     if client is None:
                         client = httpx.AsyncClient(base_url=self.api, trust_env=False,
@@ -499,6 +511,7 @@ class K8sDiscovery(Discovery):
                                 delay, gone = self.BACKOFF_INITIAL, 0
                             yield endpoints
                 except _Gone as exc:
+                    self.resource_version = ""
                     gone += 1
                     logger.debug("discovery %s: resourceVersion expired (%s); listing again",
                                  self.url, exc)
@@ -507,6 +520,15 @@ class K8sDiscovery(Discovery):
                     yield DiscoveryFailure(f"kubernetes {self.api}: resourceVersion expired "
                                            f"{gone} times in a row: {exc}")
                 except (httpx.HTTPError, _Broken, SliceError) as exc:
+                    if isinstance(exc, (_Garbage, SliceError)):
+                        self.resource_version = ""  # do not trust what came before: list
+                    elif (self.watching is not None and self.resource_version
+                          and time.monotonic() - self.watching > self.RESUME_AFTER):
+                        # a watch that ran a while broke (an API server restart, an idle
+                        # proxy): resume it at once from the last version, as client-go does
+                        logger.debug("discovery %s: watch broken (%s); resuming at %s",
+                                     self.url, _describe(exc), self.resource_version)
+                        continue
                     reason = f"kubernetes {self.api}: {_describe(exc)}"
                     logger.debug("discovery %s: %s; retrying in %.1f s", self.url, reason, delay)
                     yield DiscoveryFailure(reason)
