@@ -96,6 +96,7 @@ class FakeKubeAPI:
         self.gone_as_status = False
         self.fail_next = 0
         self.garbage_next_watch: str | None = None
+        self.end_watches_at_once = False  # a misbehaving proxy: every watch ends at once
         self.version = 100
         self.oldest = 100  # the oldest resourceVersion a watch may still start from
         #: (namespace, name) -> object
@@ -251,7 +252,8 @@ class FakeKubeAPI:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                seconds = float(query.get("timeoutSeconds") or 1800)
+                seconds = 0.0 if api.end_watches_at_once else float(
+                    query.get("timeoutSeconds") or 1800)
                 bookmarks = query.get("allowWatchBookmarks") == "true"
                 deadline = time.monotonic() + seconds
                 next_bookmark = time.monotonic() + api.bookmark_interval

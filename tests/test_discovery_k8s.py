@@ -407,6 +407,23 @@ async def test_errors_are_failures_and_recover(
     assert update
 
 
+async def test_watches_that_end_at_once_back_off(api: FakeKubeAPI) -> None:
+    """A server (or proxy) that ends every watch at once is a failure, retried with
+    backoff, not a busy loop; the last set stays."""
+    api.put(users_slice("users-a", endpoint("10.0.0.1")))
+    api.end_watches_at_once = True
+    discovery = K8sDiscovery("k8s://users.default:http", options(api))
+    pump = Pump(discovery.updates())
+    try:
+        await pump.next()
+        failure = await pump.next(lambda u: isinstance(u, DiscoveryFailure))
+        assert "ended at once" in failure.reason
+        await asyncio.sleep(1.0)
+        assert api.watch_count() < 15  # backoff 0.05 s doubling to 0.2 s
+    finally:
+        await pump.stop()
+
+
 async def test_a_garbage_slice_keeps_its_last_good_endpoints(
         api: FakeKubeAPI, watch: tuple[K8sDiscovery, AsyncIterator[Any]],
         caplog: pytest.LogCaptureFixture) -> None:

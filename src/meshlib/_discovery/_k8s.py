@@ -482,9 +482,14 @@ class K8sDiscovery(Discovery):
                          self.url, len(self.slices), self.resource_version)
             yield self.snapshot()
         while True:
+            started, changed = time.monotonic(), False
             async with contextlib.aclosing(self._watch(client)) as changes:
                 async for _ in changes:
+                    changed = True
                     yield self.snapshot()
+            if not changed and time.monotonic() - started < self.RESUME_AFTER:
+                # client-go's guard against a server or proxy that ends every watch at once
+                raise _Broken("the watch ended at once, with no event")
             logger.debug("discovery %s: watch ended; resuming at %s",
                          self.url, self.resource_version)
 
