@@ -280,10 +280,11 @@ class FakeKubeAPI:
                             errors = api.pending_errors[errors_seen:]
                             errors_seen = len(api.pending_errors)
                             cut = api.generation != generation or api.closed
+                            version = api.version  # read with the events: a bookmark at
+                            # this version must not skip an event put after them
                             if not events and not errors and not cut:
                                 api.changed.wait(min(0.05, max(deadline - time.monotonic(),
                                                                0.0)))
-                            version = api.version
                         if cut:  # no terminating chunk: the stream breaks
                             self.close_connection = True
                             with contextlib.suppress(OSError):
