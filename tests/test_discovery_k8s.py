@@ -118,7 +118,6 @@ async def watch(api: FakeKubeAPI) -> AsyncIterator[tuple[K8sDiscovery, AsyncIter
     "k8s://users.shop:http_x",
     "k8s://users.shop/path",
     "k8s://users.shop?x=1",
-    "k8s://user@users.shop",
 ])
 def test_bad_urls_raise_config_error_naming_the_url(url: str) -> None:
     """A malformed k8s URL raises ConfigError that names the URL."""
