@@ -151,10 +151,15 @@ def _positive(text: str) -> float:
 _EPILOG = """environment:
   MESHLIB_SERVICES        name=URL pairs, for `meshlib resolve NAME`
   MESHLIB_DNS_NAMESERVER  HOST:PORT for DNS discovery URLs that name no nameserver
+  MESHLIB_K8S_API         the Kubernetes API server for k8s:// (default: in-cluster;
+                          MESHLIB_K8S_TOKEN_FILE, MESHLIB_K8S_CA_FILE override the
+                          service account's token and CA)
+  MESHLIB_ZONE            the client's zone, for k8s:// topology hints
 """
 
 _RESOLVE_HELP = """Print the endpoints a discovery URL resolves to, one per line with its
-weight, priority and zone. TARGET is a discovery URL (static://, dns+srv://,
+weight, priority and zone (for k8s://, each endpoint's ready / terminating
+conditions, zone, hints and slice). TARGET is a discovery URL (static://, dns+srv://,
 dns://, file://, etcd://, consul://, k8s://) or the name of a service in
 MESHLIB_SERVICES. Exit status: 0 on an answer, 1 when discovery failed or
 did not answer in time, 2 on a malformed URL or an unknown service name."""
