@@ -294,8 +294,6 @@ def select_endpoints(view: list[SliceEndpoint], zone: str | None) -> tuple[Endpo
 class K8sDiscovery(Discovery):
     """A Kubernetes Service's EndpointSlices, watched: ``k8s://users.shop:http``."""
 
-    schemes = ("k8s",)
-
     #: first delay after a failure; it doubles on each further failure
     BACKOFF_INITIAL = 0.5
     #: the longest delay between reconnection attempts
