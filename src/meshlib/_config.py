@@ -16,8 +16,9 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from ._endpoint import parse_host_port
+from ._endpoint import format_address, parse_host_port
 from ._errors import ConfigError, redact_url
 from ._policy import BALANCERS, MAX_SECONDS, Breaker, Hedge, Policy, RetryBudget
 
@@ -153,6 +154,10 @@ class EnvConfig:
     services: dict[str, str]
     dns_nameserver: tuple[str, int] | None
     zone: str | None
+    #: the Kubernetes API server (``MESHLIB_K8S_API``, else in-cluster), token and CA files
+    k8s_api: str | None = None
+    k8s_token_file: str | None = None
+    k8s_ca_file: str | None = None
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> EnvConfig:
@@ -201,7 +206,31 @@ def read_env(environ: Mapping[str, str] | None = None) -> EnvConfig:
             raise ConfigError(f"MESHLIB_DNS_NAMESERVER={ns_raw!r}: the nameserver must be an "
                               "IP address") from None
     zone = env.get("MESHLIB_ZONE", "").strip() or None
-    return EnvConfig(policy=policy, services=services, dns_nameserver=nameserver, zone=zone)
+    return EnvConfig(policy=policy, services=services, dns_nameserver=nameserver, zone=zone,
+                     k8s_api=_k8s_api(env),
+                     k8s_token_file=env.get("MESHLIB_K8S_TOKEN_FILE", "").strip() or None,
+                     k8s_ca_file=env.get("MESHLIB_K8S_CA_FILE", "").strip() or None)
+
+
+def _k8s_api(env: Mapping[str, str]) -> str | None:
+    """``MESHLIB_K8S_API`` (validated), else the in-cluster API server, else ``None``."""
+    raw = env.get("MESHLIB_K8S_API", "").strip()
+    if raw:
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+                or parts.fragment or "@" in parts.netloc:
+            raise ConfigError(f"MESHLIB_K8S_API={raw!r}: expected http(s)://HOST[:PORT] "
+                              "(e.g. http://127.0.0.1:8001 for kubectl proxy)")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError:
+            raise ConfigError(f"MESHLIB_K8S_API={raw!r}: bad port") from None
+        return raw
+    host = env.get("KUBERNETES_SERVICE_HOST", "").strip()
+    if not host:
+        return None
+    port = env.get("KUBERNETES_SERVICE_PORT", "").strip() or "443"
+    return f"https://{format_address(host, int(port) if port.isdigit() else 443)}"
 
 
 def _warn_unknown(env: Mapping[str, str]) -> None:

@@ -51,7 +51,7 @@ class Mesh:
         raw = env.services if services is None else services
         if not isinstance(raw, Mapping):
             raise ConfigError(f"services must map names to discovery URLs, got {raw!r}")
-        options = DiscoveryOptions(dns_nameserver=env.dns_nameserver)
+        options = DiscoveryOptions.from_env(env)
         for env_name, env_url in env.services.items():  # validated even when overridden
             try:
                 discovery_from_url(env_url, options)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
+from ._headers import DEADLINE_HEADER, ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER
 
 __all__ = ["SNAPSHOT_METHODS", "SupportsSnapshot", "parse_deadline", "snapshot_body"]
 
@@ -65,18 +65,21 @@ def _parse_values(name: str, values: Iterable[str], parse: Callable[[str], float
 
 
 def parse_deadline(mesh_timeout_ms: Iterable[str] = (), grpc_timeout: Iterable[str] = (),
-                   *, log: logging.Logger = logger) -> float | None:
+                   *, envoy_timeout_ms: Iterable[str] = (),
+                   log: logging.Logger = logger) -> float | None:
     """Seconds left according to deadline header values, or ``None`` if there is none.
 
     ``mesh_timeout_ms`` holds the values of every ``x-mesh-timeout-ms`` header
     (whole milliseconds, ``>= 0``), ``grpc_timeout`` those of every
-    ``grpc-timeout`` header (gRPC format). Comma-joined values are split. The
-    smallest valid value wins; invalid ones are logged at DEBUG on ``log`` and
-    ignored.
+    ``grpc-timeout`` header (gRPC format), ``envoy_timeout_ms`` those of every
+    ``x-envoy-expected-rq-timeout-ms`` header (whole milliseconds). Comma-joined
+    values are split. The smallest valid value wins; invalid ones are logged at
+    DEBUG on ``log`` and ignored.
     """
     candidates = [
         _parse_values(DEADLINE_HEADER, mesh_timeout_ms, _parse_ms, log),
         _parse_values(GRPC_TIMEOUT_HEADER, grpc_timeout, _parse_grpc, log),
+        _parse_values(ENVOY_TIMEOUT_HEADER, envoy_timeout_ms, _parse_ms, log),
     ]
     found = [c for c in candidates if c is not None]
     return min(found) if found else None

@@ -142,6 +142,8 @@ class Policy:
     breaker: Breaker = field(default_factory=Breaker)
     hedge: Hedge | None = None
     idempotent: bool | None = None
+    #: also send ``grpc-timeout`` (gRPC format) besides ``x-mesh-timeout-ms``
+    propagate_grpc_timeout: bool = False
 
     def __post_init__(self) -> None:
         _check_number("Policy", "timeout", self.timeout, strict=True)
@@ -172,6 +174,9 @@ class Policy:
         if not (self.idempotent is None or self.idempotent is True or self.idempotent is False):
             raise ConfigError(f"Policy.idempotent must be None, True or False, "
                               f"got {self.idempotent!r}")
+        if not isinstance(self.propagate_grpc_timeout, bool):
+            raise ConfigError(f"Policy.propagate_grpc_timeout must be True or False, "
+                              f"got {self.propagate_grpc_timeout!r}")
 
     def replace(self, **changes: Any) -> Policy:
         """Return a new policy with ``changes`` applied; raises ``ConfigError`` on a bad field."""

@@ -53,11 +53,13 @@ def describe_deadline(at: float, timeout: float) -> str:
     return f"timeout {timeout:g} s from Policy.timeout"
 
 
-def header_source(mesh_header: bool, grpc_header: bool) -> str:
+def header_source(mesh_header: bool, grpc_header: bool, envoy_header: bool = False) -> str:
     """The ``source`` a server middleware gives the deadline it read from headers."""
-    if mesh_header and grpc_header:
-        return "x-mesh-timeout-ms/grpc-timeout header"
-    return "grpc-timeout header" if grpc_header else "x-mesh-timeout-ms header"
+    names = [name for name, present in (("x-mesh-timeout-ms", mesh_header),
+                                        ("grpc-timeout", grpc_header),
+                                        ("x-envoy-expected-rq-timeout-ms", envoy_header))
+             if present]
+    return "/".join(names or ["x-mesh-timeout-ms"]) + " header"
 
 
 _DEADLINE: contextvars.ContextVar[float] = contextvars.ContextVar(

@@ -10,12 +10,14 @@ deadline::
 
     app = MeshMiddleware(app, snapshot_path="/_mesh")  # shows every open mesh client
 
-Headers read (both optional; when both are present the earlier deadline wins):
+Headers read (all optional; when several are present the earliest deadline wins):
 
 * ``x-mesh-timeout-ms``: whole milliseconds left, as meshlib clients send it;
 * ``grpc-timeout``: the gRPC format, 1 to 8 digits and a unit ``H`` (hours),
   ``M`` (minutes), ``S`` (seconds), ``m`` (milliseconds), ``u`` (microseconds)
-  or ``n`` (nanoseconds), e.g. ``250m``.
+  or ``n`` (nanoseconds), e.g. ``250m``;
+* ``x-envoy-expected-rq-timeout-ms``: whole milliseconds, as an Envoy sidecar
+  (Istio) sets it on the requests it forwards to the application.
 
 A malformed or negative value is ignored and logged at DEBUG level on the
 ``meshlib.asgi`` logger; the request is served as if the header were absent.
@@ -37,12 +39,13 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
+from ._headers import DEADLINE_HEADER, ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER
 from ._middleware import SNAPSHOT_METHODS, SupportsSnapshot, parse_deadline, snapshot_body
 from ._registry import client_list, snapshot_sources
 from ._scope import current_deadline, deadline, header_source, release_deadline
 
-__all__ = ["GRPC_TIMEOUT_HEADER", "MeshMiddleware", "SupportsSnapshot", "parse_deadline"]
+__all__ = ["ENVOY_TIMEOUT_HEADER", "GRPC_TIMEOUT_HEADER", "MeshMiddleware", "SupportsSnapshot",
+           "parse_deadline"]
 
 logger = logging.getLogger("meshlib.asgi")
 
@@ -54,6 +57,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _DEADLINE = DEADLINE_HEADER.encode()
 _GRPC_TIMEOUT = GRPC_TIMEOUT_HEADER.encode()
+_ENVOY_TIMEOUT = ENVOY_TIMEOUT_HEADER.encode()
 
 class MeshMiddleware:
     """ASGI middleware: run each HTTP request inside the caller's mesh deadline.
@@ -124,15 +128,19 @@ class MeshMiddleware:
     def _deadline(scope: Scope) -> tuple[float | None, str]:
         mesh: list[str] = []
         grpc: list[str] = []
+        envoy: list[str] = []
         for raw_name, raw_value in scope.get("headers") or ():
             name = bytes(raw_name).lower()
             if name == _DEADLINE:
                 mesh.append(bytes(raw_value).decode("latin-1"))
             elif name == _GRPC_TIMEOUT:
                 grpc.append(bytes(raw_value).decode("latin-1"))
-        if not mesh and not grpc:
+            elif name == _ENVOY_TIMEOUT:
+                envoy.append(bytes(raw_value).decode("latin-1"))
+        if not mesh and not grpc and not envoy:
             return None, ""
-        return parse_deadline(mesh, grpc, log=logger), header_source(bool(mesh), bool(grpc))
+        return (parse_deadline(mesh, grpc, envoy_timeout_ms=envoy, log=logger),
+                header_source(bool(mesh), bool(grpc), bool(envoy)))
 
     async def _serve_snapshot(self, scope: Scope, send: Send) -> None:
         method = str(scope.get("method", "GET")).upper()

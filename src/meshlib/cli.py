@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ._config import parse_services, read_env
 from ._discovery import DiscoveryFailure, DiscoveryOptions, discovery_from_url
@@ -33,10 +34,43 @@ def _format_set(endpoints: Sequence[object]) -> str:
     return "\n".join(lines) if lines else "(no endpoints)"
 
 
-def _nameserver() -> tuple[str, int] | None:
-    """``MESHLIB_DNS_NAMESERVER`` alone: ``resolve`` needs nothing else from the environment."""
-    raw = os.environ.get("MESHLIB_DNS_NAMESERVER", "")
-    return read_env({"MESHLIB_DNS_NAMESERVER": raw}).dns_nameserver if raw.strip() else None
+#: what ``resolve`` reads from the environment (nothing else: no policy, no services)
+_RESOLVE_ENV = ("MESHLIB_DNS_NAMESERVER", "MESHLIB_ZONE", "MESHLIB_K8S_API",
+                "MESHLIB_K8S_TOKEN_FILE", "MESHLIB_K8S_CA_FILE", "KUBERNETES_SERVICE_HOST",
+                "KUBERNETES_SERVICE_PORT")
+
+
+def _options() -> DiscoveryOptions:
+    """The discovery options of the environment (nameserver, zone, Kubernetes API)."""
+    env = {name: os.environ[name] for name in _RESOLVE_ENV if name in os.environ}
+    return DiscoveryOptions.from_env(read_env(env))
+
+
+def _details(discovery: object, update: Sequence[object]) -> list[dict[str, Any]] | None:
+    """Per-endpoint conditions for kinds that know them (k8s: ready, terminating, zone)."""
+    view = getattr(discovery, "view", None)
+    if view is None:
+        return None
+    used = {getattr(e, "address", None) for e in update}
+    return [{"endpoint": e.address, "host": e.host, "port": e.port, "zone": e.zone,
+             "ready": e.ready, "serving": e.serving, "terminating": e.terminating,
+             "for_zones": list(e.for_zones) if e.for_zones else None, "slice": e.slice,
+             "used": e.address in used} for e in view()]
+
+
+def _format_details(details: list[dict[str, Any]]) -> str:
+    """One line per endpoint: conditions, zone, hints, slice; ``(not used)`` if left out."""
+    lines = []
+    for d in details:
+        line = (f"{d['endpoint']}  ready={'yes' if d['ready'] else 'no'} "
+                f"terminating={'yes' if d['terminating'] else 'no'}")
+        if d["zone"]:
+            line += f" zone={d['zone']}"
+        if d["for_zones"]:
+            line += f" hints={','.join(d['for_zones'])}"
+        line += f" slice={d['slice']}" + ("" if d["used"] else "  (not used)")
+        lines.append(line)
+    return "\n".join(lines) if lines else "(no endpoints)"
 
 
 def _discovery_url(target: str) -> str:
@@ -59,7 +93,7 @@ def _discovery_url(target: str) -> str:
 
 
 async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
-    discovery = discovery_from_url(url, DiscoveryOptions(dns_nameserver=_nameserver()))
+    discovery = discovery_from_url(url, _options())
     updates = discovery.updates()
     status = 0
     last: object = None  # with --watch, print only what changed
@@ -82,17 +116,19 @@ async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
                     return status
                 continue
             status = 0
-            if update == last:
-                continue
-            last = update
+            details = _details(discovery, update)
             if as_json:
-                print(json.dumps([{"endpoint": e.address, "host": e.host, "port": e.port,
-                                   "weight": e.weight, "zone": e.zone, "priority": e.priority}
-                                  for e in update]), flush=True)
+                text = json.dumps(details if details is not None else [
+                    {"endpoint": e.address, "host": e.host, "port": e.port, "weight": e.weight,
+                     "zone": e.zone, "priority": e.priority} for e in update])
             else:
-                print(_format_set(update), flush=True)
-                if watch:
-                    print("--", flush=True)
+                text = _format_set(update) if details is None else _format_details(details)
+            if text == last:
+                continue
+            last = text
+            print(text, flush=True)
+            if watch and not as_json:
+                print("--", flush=True)
             if not watch:
                 return 0
     finally:
@@ -115,10 +151,15 @@ def _positive(text: str) -> float:
 _EPILOG = """environment:
   MESHLIB_SERVICES        name=URL pairs, for `meshlib resolve NAME`
   MESHLIB_DNS_NAMESERVER  HOST:PORT for DNS discovery URLs that name no nameserver
+  MESHLIB_K8S_API         the Kubernetes API server for k8s:// (default: in-cluster;
+                          MESHLIB_K8S_TOKEN_FILE, MESHLIB_K8S_CA_FILE override the
+                          service account's token and CA)
+  MESHLIB_ZONE            the client's zone, for k8s:// topology hints
 """
 
 _RESOLVE_HELP = """Print the endpoints a discovery URL resolves to, one per line with its
-weight, priority and zone. TARGET is a discovery URL (static://, dns+srv://,
+weight, priority and zone (for k8s://, each endpoint's ready / terminating
+conditions, zone, hints and slice). TARGET is a discovery URL (static://, dns+srv://,
 dns://, file://, etcd://, consul://, k8s://) or the name of a service in
 MESHLIB_SERVICES. Exit status: 0 on an answer, 1 when discovery failed or
 did not answer in time, 2 on a malformed URL or an unknown service name."""

@@ -2,8 +2,9 @@
 
 The WSGI twin of :mod:`meshlib.asgi`: wrap a WSGI application (Flask, Django,
 Bottle, a bare callable) in :class:`MeshMiddleware` and each request that
-carries ``x-mesh-timeout-ms`` (``HTTP_X_MESH_TIMEOUT_MS``) or ``grpc-timeout``
-(``HTTP_GRPC_TIMEOUT``) runs inside :class:`meshlib.deadline`, so the mesh
+carries ``x-mesh-timeout-ms`` (``HTTP_X_MESH_TIMEOUT_MS``), ``grpc-timeout``
+(``HTTP_GRPC_TIMEOUT``) or Envoy's ``x-envoy-expected-rq-timeout-ms``
+(``HTTP_X_ENVOY_EXPECTED_RQ_TIMEOUT_MS``) runs inside :class:`meshlib.deadline`, so the mesh
 requests it makes inherit what is left of the caller's deadline::
 
     from meshlib.wsgi import MeshMiddleware
@@ -39,7 +40,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
+from ._headers import DEADLINE_HEADER, ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER
 from ._middleware import SNAPSHOT_METHODS, SupportsSnapshot, parse_deadline, snapshot_body
 from ._registry import client_list, snapshot_sources
 from ._scope import deadline, header_source
@@ -59,6 +60,7 @@ def _environ_key(header: str) -> str:
 
 _DEADLINE_KEY = _environ_key(DEADLINE_HEADER)
 _GRPC_TIMEOUT_KEY = _environ_key(GRPC_TIMEOUT_HEADER)
+_ENVOY_TIMEOUT_KEY = _environ_key(ENVOY_TIMEOUT_HEADER)
 
 
 class _ScopedResponse:
@@ -116,17 +118,20 @@ class MeshMiddleware:
             return self._serve_snapshot(environ, start_response)
         mesh = environ.get(_DEADLINE_KEY)
         grpc = environ.get(_GRPC_TIMEOUT_KEY)
-        if mesh is None and grpc is None:
+        envoy = environ.get(_ENVOY_TIMEOUT_KEY)
+        if mesh is None and grpc is None and envoy is None:
             return self.app(environ, start_response)
         seconds = parse_deadline(() if mesh is None else (str(mesh),),
-                                 () if grpc is None else (str(grpc),), log=logger)
+                                 () if grpc is None else (str(grpc),),
+                                 envoy_timeout_ms=() if envoy is None else (str(envoy),),
+                                 log=logger)
         if seconds is None:
             return self.app(environ, start_response)
         context = contextvars.copy_context()
         # Entered in the copy and never exited there: the copy is this request's
         # own context and is dropped with the response.
-        context.run(deadline(seconds, source=header_source(mesh is not None,
-                                                           grpc is not None)).__enter__)
+        context.run(deadline(seconds, source=header_source(mesh is not None, grpc is not None,
+                                                           envoy is not None)).__enter__)
         return _ScopedResponse(context, context.run(self.app, environ, start_response))
 
     def _serve_snapshot(self, environ: WSGIEnvironment,

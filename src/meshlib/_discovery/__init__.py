@@ -32,6 +32,7 @@ _KINDS: dict[str, str] = {
     "file": "._file:FileDiscovery",
     "etcd": "._etcd:EtcdDiscovery",
     "consul": "._consul:ConsulDiscovery",
+    "k8s": "._k8s:K8sDiscovery",
 }
 
 

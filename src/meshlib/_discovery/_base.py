@@ -16,9 +16,13 @@ import abc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .._endpoint import Endpoint
 from .._errors import redact_url
+
+if TYPE_CHECKING:
+    from .._config import EnvConfig
 
 __all__ = [
     "EMPTY_GRACE_SECONDS",
@@ -47,9 +51,24 @@ Update = tuple[Endpoint, ...] | DiscoveryFailure
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryOptions:
-    """Settings from the environment that discovery kinds may use."""
+    """Settings from the environment that discovery kinds may use.
+
+    ``zone`` is the client's zone (``MESHLIB_ZONE``, for topology hints);
+    ``k8s_api``, ``k8s_token_file`` and ``k8s_ca_file`` locate the Kubernetes API
+    server (see :func:`meshlib._config.read_env`).
+    """
 
     dns_nameserver: tuple[str, int] | None = None
+    zone: str | None = None
+    k8s_api: str | None = None
+    k8s_token_file: str | None = None
+    k8s_ca_file: str | None = None
+
+    @classmethod
+    def from_env(cls, env: EnvConfig) -> DiscoveryOptions:
+        """The options an environment reading (``read_env``) gives."""
+        return cls(dns_nameserver=env.dns_nameserver, zone=env.zone, k8s_api=env.k8s_api,
+                   k8s_token_file=env.k8s_token_file, k8s_ca_file=env.k8s_ca_file)
 
 
 class Discovery(abc.ABC):

@@ -1,0 +1,42 @@
+"""Which deadline headers a mesh request carries: a pure decision, no I/O.
+
+Every attempt carries ``x-mesh-timeout-ms`` (whole milliseconds left). When the
+policy sets ``propagate_grpc_timeout=True`` it also carries ``grpc-timeout`` in
+gRPC's wire format, so a gRPC server or a sidecar that reads only that header
+(Envoy, gRPC-aware proxies) sees the same deadline.
+"""
+
+from __future__ import annotations
+
+from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
+
+__all__ = ["deadline_headers", "format_grpc_timeout"]
+
+#: gRPC's TimeoutValue is at most 8 digits
+_GRPC_MAX = 99_999_999
+#: coarser units, tried in order when milliseconds need more than 8 digits
+_GRPC_UNITS = (("S", 1_000), ("M", 60_000), ("H", 3_600_000))
+
+
+def format_grpc_timeout(seconds: float) -> str:
+    """``seconds`` in gRPC's ``grpc-timeout`` format: ``1500m``, ``0m`` when none is left.
+
+    Whole milliseconds (truncated, like ``x-mesh-timeout-ms``) while they fit in
+    gRPC's 8 digits, else whole seconds, minutes or hours (rounded down, so the
+    callee never gets more time than the caller has).
+    """
+    ms = max(int(seconds * 1000.0), 0)
+    if ms <= _GRPC_MAX:
+        return f"{ms}m"
+    for unit, size in _GRPC_UNITS:
+        if ms // size <= _GRPC_MAX:
+            return f"{ms // size}{unit}"
+    return f"{_GRPC_MAX}H"
+
+
+def deadline_headers(seconds: float, grpc: bool = False) -> tuple[tuple[str, str], ...]:
+    """The deadline headers of an attempt with ``seconds`` left (``grpc``: add ``grpc-timeout``)."""
+    mesh = (DEADLINE_HEADER, str(max(int(seconds * 1000.0), 0)))
+    if not grpc:
+        return (mesh,)
+    return mesh, (GRPC_TIMEOUT_HEADER, format_grpc_timeout(seconds))
