@@ -12,7 +12,7 @@ import pytest
 
 import meshlib
 from conftest import BackendFactory
-from meshlib._propagation import deadline_headers, format_grpc_timeout
+from meshlib._propagation import format_grpc_timeout
 from meshlib._scope import time_left
 from meshlib.asgi import MeshMiddleware as AsgiMiddleware
 from meshlib.asgi import parse_deadline
@@ -29,14 +29,6 @@ ENVOY = "x-envoy-expected-rq-timeout-ms"
 def test_grpc_timeout_format(seconds: float, text: str) -> None:
     """Whole milliseconds while they fit gRPC's 8 digits, then coarser units, rounded down."""
     assert format_grpc_timeout(seconds) == text
-
-
-def test_deadline_headers_decision() -> None:
-    """x-mesh-timeout-ms always; grpc-timeout only when asked for."""
-    assert deadline_headers(1.2345) == (("x-mesh-timeout-ms", "1234"),)
-    assert deadline_headers(1.2345, True) == (("x-mesh-timeout-ms", "1234"),
-                                              ("grpc-timeout", "1234m"))
-    assert deadline_headers(-1.0, True) == (("x-mesh-timeout-ms", "0"), ("grpc-timeout", "0m"))
 
 
 def test_policy_option_is_validated() -> None:

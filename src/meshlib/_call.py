@@ -28,8 +28,9 @@ from ._breaker import ADMITTED, REFUSED
 from ._endpoint import EndpointState
 from ._errors import DeadlineExceeded, MeshError, TooSlow, redact_url
 from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
+from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
 from ._policy import Policy
-from ._propagation import deadline_headers
+from ._propagation import format_grpc_timeout
 from ._scope import current_deadline, describe_deadline
 from ._service import ServiceRuntime
 
@@ -143,8 +144,9 @@ class Call:
         fault); and the time by which the attempt must have its response headers.
         """
         left = self.remaining(now)
-        for name, value in deadline_headers(left, self.policy.propagate_grpc_timeout):
-            request.headers[name] = value
+        request.headers[DEADLINE_HEADER] = str(max(int(left * 1000.0), 0))
+        if self.policy.propagate_grpc_timeout:  # off by default: no cost on the common path
+            request.headers[GRPC_TIMEOUT_HEADER] = format_grpc_timeout(left)
         attempt_timeout = self.policy.attempt_timeout
         if attempt_timeout is None or left <= attempt_timeout:
             deadline_bound, limit = True, max(left, 0.0)

@@ -1,4 +1,4 @@
-"""Which deadline headers a mesh request carries: a pure decision, no I/O.
+"""The ``grpc-timeout`` wire format, for deadlines sent to gRPC-aware peers.
 
 Every attempt carries ``x-mesh-timeout-ms`` (whole milliseconds left). When the
 policy sets ``propagate_grpc_timeout=True`` it also carries ``grpc-timeout`` in
@@ -8,9 +8,7 @@ gRPC's wire format, so a gRPC server or a sidecar that reads only that header
 
 from __future__ import annotations
 
-from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
-
-__all__ = ["deadline_headers", "format_grpc_timeout"]
+__all__ = ["format_grpc_timeout"]
 
 #: gRPC's TimeoutValue is at most 8 digits
 _GRPC_MAX = 99_999_999
@@ -33,10 +31,3 @@ def format_grpc_timeout(seconds: float) -> str:
             return f"{ms // size}{unit}"
     return f"{_GRPC_MAX}H"
 
-
-def deadline_headers(seconds: float, grpc: bool = False) -> tuple[tuple[str, str], ...]:
-    """The deadline headers of an attempt with ``seconds`` left (``grpc``: add ``grpc-timeout``)."""
-    mesh = (DEADLINE_HEADER, str(max(int(seconds * 1000.0), 0)))
-    if not grpc:
-        return (mesh,)
-    return mesh, (GRPC_TIMEOUT_HEADER, format_grpc_timeout(seconds))
