@@ -138,6 +138,15 @@ class EndpointBreaker:
         if admission == TRIAL:
             self._trial = False
 
+    def would_open(self) -> bool:
+        """Whether one more counted failure would open this (closed) breaker."""
+        return self._state == CLOSED and self._cb.fail_counter + 1 >= self.config.failures
+
+    @property
+    def closed(self) -> bool:
+        """Whether the breaker is closed (not open, not half-open)."""
+        return self._state == CLOSED
+
     @property
     def fail_counter(self) -> int:
         """Consecutive failures pybreaker has counted."""
