@@ -288,6 +288,14 @@ class ServiceRuntime:
                 candidates = fitting
             if not candidates:
                 break
+            if self._unhealthy:
+                # a breaker due for its trial gets it now, whatever its (penalised) cost:
+                # an ejected endpoint is probed after reset_timeout at any traffic level
+                due = self._due_trial(candidates, now)
+                if due is not None:
+                    admission = due.breaker.admit(now)
+                    if admission != REFUSED:
+                        return due, admission
             state = balancer.pick(candidates, now)
             if now < self._ramp_end and state.ramp_from is not None and len(candidates) > 1:
                 state = self._slow_start(balancer, candidates, state, now)
@@ -300,6 +308,14 @@ class ServiceRuntime:
         raise CircuitOpenError(
             f"every endpoint of service {self.name!r} has an open circuit breaker"
         )
+
+    @staticmethod
+    def _due_trial(candidates: Sequence[EndpointState], now: float) -> EndpointState | None:
+        for state in candidates:
+            breaker = state.breaker
+            if not breaker.closed and breaker.available(now):
+                return state
+        return None
 
     def _slow_start(self, balancer: Balancer, candidates: Sequence[EndpointState],
                     state: EndpointState, now: float) -> EndpointState:
