@@ -351,3 +351,22 @@ def test_slow_start_with_real_servers_ramps_a_recovered_endpoint(
         assert early < 0.2, (early, ramp_took)
     assert late >= 0.2, late
 
+
+
+@pytest.mark.parametrize(("build", "needle"), [
+    (lambda: Breaker(max_ejection_percent=101), "max_ejection_percent"),
+    (lambda: Breaker(max_ejection_percent=-1), "max_ejection_percent"),
+    (lambda: Breaker(max_ejection_percent=float("nan")), "max_ejection_percent"),
+    (lambda: Breaker(reset_timeout=5, max_reset_timeout=1), "max_reset_timeout"),
+    (lambda: Breaker(max_reset_timeout=1e308), "max_reset_timeout"),
+    (lambda: SlowStart(window=0), "window"),
+    (lambda: SlowStart(window=1e308), "window"),
+    (lambda: SlowStart(aggression=0), "aggression"),
+    (lambda: SlowStart(aggression=1e9), "aggression"),
+    (lambda: SlowStart(min_weight_percent=150), "min_weight_percent"),
+    (lambda: Policy(slow_start=30.0), "slow_start"),  # type: ignore[arg-type]
+])
+def test_outlier_knobs_are_validated(build: Any, needle: str) -> None:
+    """A bad outlier or slow-start value is a ConfigError naming the field."""
+    with pytest.raises(meshlib.ConfigError, match=needle):
+        build()

@@ -95,11 +95,19 @@ class Breaker:
     #: *answers* (5xx, timeouts); connection failures (refused, reset) can eject every
     #: endpoint. Envoy's ``max_ejection_percent``; see docs/reliability.md.
     max_ejection_percent: float = 50.0
+    #: each failed half-open trial doubles the next open period, up to this many
+    #: seconds (``None``: no backoff, every open period is ``reset_timeout``)
+    max_reset_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _check_int("Breaker", "failures", self.failures, 1, 1_000_000)
         _check_number("Breaker", "reset_timeout", self.reset_timeout)
         _check_number("Breaker", "max_ejection_percent", self.max_ejection_percent)
+        _check_number("Breaker", "max_reset_timeout", self.max_reset_timeout, allow_none=True)
+        if self.max_reset_timeout is not None and (
+                self.max_reset_timeout < self.reset_timeout or self.max_reset_timeout > 86400):
+            raise ConfigError(f"Breaker.max_reset_timeout must be between reset_timeout and "
+                              f"86400 s, got {self.max_reset_timeout!r}")
         if self.max_ejection_percent > 100:
             raise ConfigError(f"Breaker.max_ejection_percent must be <= 100, "
                               f"got {self.max_ejection_percent!r}")
