@@ -129,13 +129,16 @@ def test_healed_endpoint_gets_its_share_back_within_two_reset_timeouts(
         backends: BackendFactory) -> None:
     """An endpoint answering 503 is ejected; it heals; by 2 x reset_timeout its share of
     sequential traffic is near fair (>= 15% of 3), not starved by its failure penalty."""
-    b = backends(3, status=[503, 200, 200])
+    # 10 ms answers: a busy machine's scheduling noise (a few ms) stays small next to
+    # the latency, so p2c-ewma sees the three as equal once the penalty is gone
+    b = backends(3, status=[503, 200, 200], delay_ms=10)
     policy = FAST.replace(breaker=Breaker(failures=2, reset_timeout=1.0))
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
-        for _ in range(2000):
-            client.get("http://svc/")
-            if _breakers(client)[b.addresses[0]] == "open":
-                break
+        with meshlib.policy(balancer="round-robin"):  # p2c-ewma avoids it after one 503
+            for _ in range(200):
+                client.get("http://svc/")
+                if _breakers(client)[b.addresses[0]] == "open":
+                    break
         assert _breakers(client)[b.addresses[0]] == "open"
         b[0].status = 200
         healed = time.monotonic()
@@ -144,9 +147,9 @@ def test_healed_endpoint_gets_its_share_back_within_two_reset_timeouts(
             time.sleep(0.002)
         assert _breakers(client)[b.addresses[0]] == "closed"
         b.reset_counts()
-        for _ in range(300):
+        for _ in range(200):
             assert client.get("http://svc/").status_code == 200
-    share = b[0].count / 300
+    share = b[0].count / 200
     assert share >= 0.15, [s.count for s in b]
 
 

@@ -128,6 +128,11 @@ class EndpointState:
             return value
         return value + self.penalty(now)
 
+    @property
+    def sampled(self) -> bool:
+        """Whether any latency sample was recorded (cheap: no decay computed)."""
+        return self._ewma is not None
+
     def penalty(self, now: float) -> float:
         """The decayed failure penalty in seconds (0 for an endpoint that has not failed)."""
         penalty = self._penalty

@@ -84,6 +84,9 @@ class ServiceRuntime:
         self.latencies = LatencyWindow()
         self.states: dict[str, EndpointState] = {}
         self._groups: tuple[tuple[EndpointState, ...], ...] = ()
+        #: per priority group, its endpoints whose breaker is closed; rebuilt on discovery
+        #: updates and breaker transitions, so a pick never filters a large set
+        self._healthy: tuple[tuple[EndpointState, ...], ...] = ()
         self._balancers: dict[str, Balancer] = {}
         self._on_transition = on_transition
         self._tracker = EndpointSetTracker(name, discovery.url)
@@ -136,6 +139,7 @@ class ServiceRuntime:
             self._groups = tuple(
                 tuple(s for s in fresh.values() if s.endpoint.priority == p) for p in priorities
             )
+            self._rebuild_healthy()
             idle: list[EndpointState] = []
             # endpoints that finished draining since the last update were closed by the
             # transport when their last response ended: stop tracking them
@@ -153,6 +157,8 @@ class ServiceRuntime:
         def transition(name: str, old: str, new: str) -> None:
             if self.states.get(name) is not owner:
                 return  # a retired endpoint (perhaps re-added since, as a new state)
+            with self._lock:
+                self._rebuild_healthy()
             if new == "closed":
                 self._unhealthy.discard(name)
                 # it proved healthy: drop its failure penalty at once (else the 10 s
@@ -166,6 +172,15 @@ class ServiceRuntime:
                 self._on_transition(self.name, name, old, new)
 
         return EndpointBreaker(self.policy.breaker, owner.address, transition, now)
+
+    def _rebuild_healthy(self) -> None:
+        """Recompute the closed endpoints of each group (caller holds ``_lock``); a group
+        whose endpoints are all closed keeps its own tuple (same object: cheap to match)."""
+        healthy = []
+        for group in self._groups:
+            closed = tuple(s for s in group if s.breaker.closed)
+            healthy.append(group if len(closed) == len(group) else closed)
+        self._healthy = tuple(healthy)
 
     def _start_ramp(self, state: EndpointState, now: float) -> None:
         slow = self.policy.slow_start
@@ -291,7 +306,7 @@ class ServiceRuntime:
             if self._unhealthy:
                 # a breaker due for its trial gets it now, whatever its (penalised) cost:
                 # an ejected endpoint is probed after reset_timeout at any traffic level
-                due = self._due_trial(candidates, now)
+                due = self._due_trial(candidates, exclude, now, within)
                 if due is not None:
                     admission = due.breaker.admit(now)
                     if admission != REFUSED:
@@ -309,12 +324,26 @@ class ServiceRuntime:
             f"every endpoint of service {self.name!r} has an open circuit breaker"
         )
 
-    @staticmethod
-    def _due_trial(candidates: Sequence[EndpointState], now: float) -> EndpointState | None:
-        for state in candidates:
+    def _due_trial(self, candidates: Sequence[EndpointState], exclude: frozenset[str] | set[str],
+                   now: float, within: float | None) -> EndpointState | None:
+        """An endpoint whose breaker is due for its trial, as good a choice as the
+        candidates by priority and zone (scans the unhealthy set only: it is small)."""
+        first = candidates[0].endpoint
+        for address in tuple(self._unhealthy):
+            state = self.states.get(address)
+            if state is None or address in exclude:
+                continue
             breaker = state.breaker
-            if not breaker.closed and breaker.available(now):
-                return state
+            if breaker.closed or not breaker.available(now):
+                continue
+            endpoint = state.endpoint
+            if endpoint.priority > first.priority:
+                continue
+            if self.zone is not None and first.zone == self.zone and endpoint.zone != self.zone:
+                continue
+            if within is not None and not state.fits(within, now):
+                continue
+            return state
         return None
 
     def _slow_start(self, balancer: Balancer, candidates: Sequence[EndpointState],
@@ -336,8 +365,12 @@ class ServiceRuntime:
     def _candidates(self, groups: tuple[tuple[EndpointState, ...], ...],
                     exclude: frozenset[str] | set[str], now: float,
                     ) -> Sequence[EndpointState]:
-        if not exclude and not self._unhealthy and self.zone is None:
-            return groups[0]  # the common case: every breaker closed, first attempt
+        if not exclude and self.zone is None:
+            if not self._unhealthy:
+                return groups[0]  # the common case: every breaker closed, first attempt
+            healthy = self._healthy
+            if len(healthy) == len(groups) and healthy and healthy[0]:
+                return healthy[0]  # some breakers open: the kept set of closed ones
         fallback: list[EndpointState] = []
         for group in groups:
             available = [s for s in group if s.breaker.available(now)]
