@@ -3,11 +3,12 @@ against one of 4 (issue 11's large-set cost).
 
     .venv/bin/python scripts/bench_large_set.py [requests]
 
-Servers run in a child process (meshlib._backend.BackendProcess); every endpoint
-is warmed first (so each has a pooled connection and a latency sample; keep-alive
-is raised to 120 s so that connections do not expire between two visits). Prints client CPU microseconds per request (``time.process_time``, so
-the servers' work is not counted) and the ratio. Not a test: speed is measured,
-never asserted (STYLE.md).
+Servers run in a child process (meshlib._backend.BackendProcess); every
+endpoint is warmed first (so each has a pooled connection and a latency sample;
+keep-alive is raised to 120 s so that connections do not expire between two
+visits). Prints client CPU microseconds per request (``time.process_time``, so
+the servers' work is not counted) and the ratio. Not a test: speed is
+measured, never asserted (STYLE.md).
 """
 
 from __future__ import annotations
