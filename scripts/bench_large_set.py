@@ -17,9 +17,9 @@ import sys
 import time
 
 import httpx
+from meshlib._backend import BackendProcess
 
 import meshlib
-from meshlib._backend import BackendProcess
 
 
 def cost(n: int, requests: int) -> float:
