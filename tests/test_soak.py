@@ -24,10 +24,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from meshlib._backend import Backend
 
 import meshlib
 from meshlib import Backoff, Breaker, Policy
+from meshlib._tools.backend import Backend
 
 #: servers: 0 slow, 1 answers 503, 2 refuses, 3 resets, 4 stalls, 5 flaps, 6-7 healthy
 FAULTS = 8
