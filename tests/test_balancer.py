@@ -239,3 +239,35 @@ def test_p2c_ewma_tries_a_new_endpoint_although_another_is_failing() -> None:
     balancer = P2CEwma(random.Random(4))
     picks = Counter(states.index(balancer.pick(states, 1.0)) for _ in range(200))
     assert picks[0] > 50, picks  # the newcomer shares with the healthy one
+
+
+def test_large_set_keeps_its_closed_endpoints_across_breaker_transitions() -> None:
+    """On 1,000 endpoints with one breaker open, picks never return it (the kept set of
+    closed endpoints is rebuilt on the transition), its trial is taken as soon as it is
+    due, and once closed it is picked again."""
+    endpoints = [Endpoint("127.0.0.1", 10000 + i) for i in range(1000)]
+    url = "static://" + ",".join(e.address for e in endpoints)
+    runtime = ServiceRuntime("svc", Service(url), StaticDiscovery(url),
+                             Policy(breaker=Breaker(failures=1, reset_timeout=5.0)),
+                             clock=lambda: 0.0)
+    runtime.apply(tuple(endpoints), 0.0)
+    bad = runtime.states[endpoints[7].address]
+    bad.breaker.record(False, 0.0)
+    balancer = runtime.balancer("random")
+    assert all(runtime.pick(balancer, set(), 1.0)[0] is not bad for _ in range(3000))
+    state, admission = runtime.pick(balancer, set(), 5.0)
+    assert state is bad and admission == 2  # TRIAL
+    bad.breaker.record(True, 5.0, admission)
+    assert any(runtime.pick(balancer, set(), 6.0)[0] is bad for _ in range(5000))
+
+
+def test_p2c_ewma_on_a_large_set_prices_a_newcomer_like_the_cheapest() -> None:
+    """The cheapest-sampled default is still applied on a large set (computed lazily)."""
+    states = _states(50)
+    for i, state in enumerate(states[1:], start=1):
+        state.observe(0.010 + i * 0.001, 1.0, failed=False, penalty=FAILURE_PENALTY)
+    candidates = tuple(states)
+    balancer = P2CEwma(random.Random(9))
+    picks = Counter(balancer.pick(candidates, 1.0) is states[0] for _ in range(4000))
+    # states[0] is unsampled, priced like the cheapest (11 ms): it wins every pair it is in
+    assert picks[True] > 4000 * 2 / 50 * 0.8, picks

@@ -70,3 +70,29 @@ def test_only_the_trial_decides_a_half_open_breaker() -> None:
     assert breaker.state(2.0) == HALF_OPEN
     breaker.record(True, 2.0, TRIAL)
     assert breaker.state(2.0) == CLOSED
+
+
+def test_failed_trials_back_off_the_probation_up_to_the_limit() -> None:
+    """With max_reset_timeout, each failed trial doubles the open period (capped); a
+    success brings it back to reset_timeout. Without it, every period is reset_timeout."""
+    breaker = EndpointBreaker(Breaker(failures=1, reset_timeout=1.0, max_reset_timeout=3.0),
+                              "e")
+    breaker.record(False, 0.0)
+    now = 0.0
+    for period in (1.0, 2.0, 3.0, 3.0):
+        assert breaker.admit(now + period - 0.01) == REFUSED
+        now += period
+        admission = breaker.admit(now)
+        assert admission == TRIAL
+        breaker.record(False, now, admission)
+    now += 3.0
+    admission = breaker.admit(now)
+    breaker.record(True, now, admission)
+    breaker.record(False, now)
+    assert breaker.state(now + 1.0) == HALF_OPEN
+    plain = EndpointBreaker(Breaker(failures=1, reset_timeout=1.0), "p")
+    plain.record(False, 0.0)
+    for k in range(1, 4):
+        admission = plain.admit(float(k))
+        assert admission == TRIAL
+        plain.record(False, float(k), admission)

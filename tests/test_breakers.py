@@ -75,7 +75,9 @@ def test_breaker_recovers_through_one_trial_after_reset_timeout(
         backends: BackendFactory) -> None:
     """After reset_timeout one trial request goes through; its success closes the breaker."""
     b = backends(1, status=503)
-    policy = FAST.replace(retries=0, breaker=Breaker(failures=3, reset_timeout=0.3))
+    # one endpoint: ejecting it for 503s takes more than the default 50% cap allows
+    policy = FAST.replace(retries=0, breaker=Breaker(failures=3, reset_timeout=0.3,
+                                                     max_ejection_percent=100))
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
         for _ in range(3):
             client.get("http://svc/")
@@ -91,7 +93,8 @@ def test_breaker_recovers_through_one_trial_after_reset_timeout(
 def test_failed_trial_reopens_the_breaker(backends: BackendFactory) -> None:
     """A failed trial opens the breaker again for another reset_timeout."""
     b = backends(1, status=503)
-    policy = FAST.replace(retries=0, breaker=Breaker(failures=2, reset_timeout=0.2))
+    policy = FAST.replace(retries=0, breaker=Breaker(failures=2, reset_timeout=0.2,
+                                                     max_ejection_percent=100))
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
         for _ in range(2):
             client.get("http://svc/")

@@ -85,7 +85,7 @@ def test_public_names_are_exported_under_meshlib() -> None:
     """Every public name (docs/reference.md) is importable from meshlib and shows the
     public module."""
     for name in ["MeshClient", "AsyncMeshClient", "MeshTransport", "AsyncMeshTransport",
-                 "Service", "Policy", "RetryBudget", "Backoff", "Breaker", "Hedge",
+                 "Service", "Policy", "RetryBudget", "Backoff", "Breaker", "Hedge", "SlowStart",
                  "deadline", "policy", "MeshError", "NoEndpointsError", "CircuitOpenError",
                  "DeadlineExceeded", "ConfigError"]:
         assert name in meshlib.__all__

@@ -243,7 +243,8 @@ def test_breakers_opening_during_retries_return_the_last_answer(
     """Breakers opened by this request's own attempts: the 503 is returned, not
     CircuitOpenError (which means nothing was sent)."""
     b = backends(2, status=503)
-    policy = FAST.replace(retries=2, breaker=Breaker(failures=1, reset_timeout=30))
+    policy = FAST.replace(retries=2, breaker=Breaker(failures=1, reset_timeout=30,
+                                                     max_ejection_percent=100))
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
         response = client.get("http://svc/")
         assert response.status_code == 503

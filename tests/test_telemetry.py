@@ -239,7 +239,8 @@ def test_breaker_transition_counted_logged_and_circuit_open_recorded(
     """A 500 opens a 1-failure breaker (counted, INFO log); the next request sends nothing."""
     b = backends(1, status=500)
     service = "tel-breaker"
-    policy = FAST.replace(breaker=Breaker(failures=1, reset_timeout=60.0))
+    policy = FAST.replace(breaker=Breaker(failures=1, reset_timeout=60.0,
+                                          max_ejection_percent=100))
     tracer = TRACER_PROVIDER.get_tracer("test")
     caplog.set_level(logging.INFO, logger="meshlib")
     with meshlib.MeshClient(services={service: b.static_url}, policy=policy) as client:

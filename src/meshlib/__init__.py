@@ -12,7 +12,7 @@ from ._async.transport import AsyncMeshTransport
 from ._client import AsyncMeshClient, MeshClient
 from ._endpoint import Endpoint
 from ._errors import CircuitOpenError, ConfigError, DeadlineExceeded, MeshError, NoEndpointsError
-from ._policy import Backoff, Breaker, Hedge, Policy, RetryBudget
+from ._policy import Backoff, Breaker, Hedge, Policy, RetryBudget, SlowStart
 from ._scope import current_deadline, deadline, policy, time_left
 from ._service import Service
 from ._sync.transport import MeshTransport
@@ -36,6 +36,7 @@ __all__ = [
     "Policy",
     "RetryBudget",
     "Service",
+    "SlowStart",
     "__version__",
     "current_deadline",
     "deadline",

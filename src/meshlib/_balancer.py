@@ -57,6 +57,8 @@ NEAR_SLACK = 0.005
 #: on a small set, this share of picks goes to a random candidate, so that an endpoint
 #: judged by one unlucky sample (a cold connection, a pause) is measured again soon
 EXPLORE = 0.01
+#: a large set's "cheapest sampled latency" scan is reused this long (seconds)
+DEFAULT_REUSE = 0.1
 
 
 class Balancer(Protocol):
@@ -74,10 +76,35 @@ def _uniform_weights(candidates: Sequence[EndpointState]) -> bool:
     return all(c.endpoint.weight == first for c in candidates)
 
 
-def _two(candidates: Sequence[EndpointState], rng: random.Random) -> tuple[EndpointState,
-                                                                            EndpointState]:
+class _Uniform:
+    """Whether a candidate tuple has equal weights, remembered for the last tuple seen.
+
+    The service hands the same tuple object (its group, or its healthy part) to
+    every pick until discovery or a breaker transition replaces it, so on a large
+    set the O(n) scan runs once per change instead of once per request. Only
+    tuples are remembered (immutable; the reference kept prevents id reuse); the
+    pair is one attribute, so threads never see a key with another key's value.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[Sequence[EndpointState] | None, bool] = (None, True)
+
+    def __call__(self, candidates: Sequence[EndpointState]) -> bool:
+        last = self._last
+        if last[0] is candidates:
+            return last[1]
+        value = _uniform_weights(candidates)
+        if isinstance(candidates, tuple):
+            self._last = (candidates, value)
+        return value
+
+
+def _two(candidates: Sequence[EndpointState], rng: random.Random,
+         uniform: bool) -> tuple[EndpointState, EndpointState]:
     """Two distinct candidates, drawn with probability proportional to weight."""
-    if _uniform_weights(candidates):
+    if uniform:
         a, b = rng.sample(range(len(candidates)), 2)
         return candidates[a], candidates[b]
     weights = [c.endpoint.weight for c in candidates]
@@ -92,6 +119,7 @@ class _PowerOfTwo:
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
+        self.uniform = _Uniform()
 
     def cost(self, state: EndpointState, now: float, default_rtt: float) -> float:
         raise NotImplementedError
@@ -99,11 +127,15 @@ class _PowerOfTwo:
     def default_rtt(self, candidates: Sequence[EndpointState], now: float) -> float:
         return DEFAULT_RTT
 
+    def _default_for(self, a: EndpointState, b: EndpointState,
+                     candidates: Sequence[EndpointState], now: float) -> float:
+        return DEFAULT_RTT
+
     def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
         if len(candidates) == 1:
             return candidates[0]
-        a, b = _two(candidates, self.rng)
-        default = self.default_rtt(candidates, now)
+        a, b = _two(candidates, self.rng, self.uniform(candidates))
+        default = self._default_for(a, b, candidates, now)
         cost_a, cost_b = self.cost(a, now, default), self.cost(b, now, default)
         if cost_a == cost_b:
             return a if self.rng.random() < 0.5 else b
@@ -115,13 +147,33 @@ class P2CEwma(_PowerOfTwo):
 
     name = "p2c-ewma"
 
+    def __init__(self, rng: random.Random | None = None) -> None:
+        super().__init__(rng)
+        #: (candidates, when, value) of the last full default_rtt scan
+        self._default: tuple[Sequence[EndpointState] | None, float, float] = (None, 0.0, 0.0)
+
     def default_rtt(self, candidates: Sequence[EndpointState], now: float) -> float:
+        """The cheapest sampled latency among ``candidates`` (an unsampled endpoint's cost)."""
         best = None
         for state in candidates:
             value = state.ewma(now)
             if value is not None and (best is None or value < best):
                 best = value
         return DEFAULT_RTT if best is None else best
+
+    def _default_for(self, a: EndpointState, b: EndpointState,
+                     candidates: Sequence[EndpointState], now: float) -> float:
+        # only an unsampled endpoint needs the O(n) scan; on a large set it is
+        # reused for DEFAULT_REUSE seconds for the same candidate tuple
+        if a.sampled and b.sampled:
+            return DEFAULT_RTT  # unused
+        last = self._default
+        if last[0] is candidates and 0.0 <= now - last[1] < DEFAULT_REUSE:
+            return last[2]
+        value = self.default_rtt(candidates, now)
+        if isinstance(candidates, tuple):
+            self._default = (candidates, now, value)
+        return value
 
     def cost(self, state: EndpointState, now: float, default_rtt: float) -> float:
         rtt = state.ewma(now)
@@ -169,10 +221,12 @@ class RoundRobin:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._counter = (rng or random.Random()).randrange(1 << 16)
         self._lock = threading.Lock()
+        self.uniform = _Uniform()
 
     def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
+        uniform = self.uniform(candidates)
         with self._lock:
-            if _uniform_weights(candidates):
+            if uniform:
                 self._counter += 1
                 return candidates[self._counter % len(candidates)]
             total = 0.0
@@ -193,9 +247,10 @@ class RandomBalancer:
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
+        self.uniform = _Uniform()
 
     def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
-        if _uniform_weights(candidates):
+        if self.uniform(candidates):
             return candidates[self.rng.randrange(len(candidates))]
         return self.rng.choices(candidates, [c.endpoint.weight for c in candidates])[0]
 

@@ -62,8 +62,8 @@ class EndpointBreaker:
     """The breaker of one endpoint. Time is ``time.monotonic()`` seconds, passed in."""
 
     __slots__ = (
-        "_cb", "_lock", "_now", "_on_transition", "_opened_at", "_state", "_trial", "config",
-        "name",
+        "_cb", "_lock", "_now", "_on_transition", "_opened_at", "_probation", "_state", "_trial",
+        "config", "name",
     )
 
     def __init__(self, config: Breaker, name: str, on_transition: Transition | None = None,
@@ -73,6 +73,9 @@ class EndpointBreaker:
         self._on_transition = on_transition
         self._state = CLOSED
         self._opened_at = now
+        #: how long the current open period lasts: ``reset_timeout``, doubled after each
+        #: failed trial up to ``max_reset_timeout`` (Linkerd's backed-off probation)
+        self._probation = config.reset_timeout
         self._trial = False
         self._lock = threading.Lock()
         self._cb = pybreaker.CircuitBreaker(
@@ -85,14 +88,21 @@ class EndpointBreaker:
     def _on_state_change(self, old: str, new: str) -> None:
         new = HALF_OPEN if new == "half-open" else new
         if new == OPEN:
+            if old in (HALF_OPEN, "half-open"):  # a failed trial: back off
+                limit = self.config.max_reset_timeout
+                if limit is not None:
+                    self._probation = min(self._probation * 2.0, limit)
             self._opened_at = self._now
+        elif new == CLOSED:
+            self._probation = self.config.reset_timeout
         self._state = new
         if self._on_transition is not None and old != new:
             self._on_transition(self.name, old, new)
 
     def state(self, now: float) -> str:
-        """``closed``, ``open`` or ``half-open`` (open past ``reset_timeout`` reads half-open)."""
-        if self._state == OPEN and now - self._opened_at >= self.config.reset_timeout:
+        """``closed``, ``open`` or ``half-open`` (open past its probation, ``reset_timeout``
+        or longer after failed trials, reads half-open)."""
+        if self._state == OPEN and now - self._opened_at >= self._probation:
             return HALF_OPEN
         return self._state
 
@@ -137,6 +147,15 @@ class EndpointBreaker:
         a trial's slot is freed for another caller."""
         if admission == TRIAL:
             self._trial = False
+
+    def would_open(self) -> bool:
+        """Whether one more counted failure would open this (closed) breaker."""
+        return self._state == CLOSED and self._cb.fail_counter + 1 >= self.config.failures
+
+    @property
+    def closed(self) -> bool:
+        """Whether the breaker is closed (not open, not half-open)."""
+        return self._state == CLOSED
 
     @property
     def fail_counter(self) -> int:

@@ -24,7 +24,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from ._balancer import FAILURE_PENALTY
-from ._breaker import ADMITTED, REFUSED
+from ._breaker import ADMITTED, REFUSED, TRIAL
 from ._endpoint import EndpointState
 from ._errors import DeadlineExceeded, MeshError, TooSlow, redact_url
 from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
@@ -169,35 +169,73 @@ class Call:
             outcome.response is not None and outcome.response.status_code >= 500
         )
 
+    @staticmethod
+    def is_connection_failure(outcome: Outcome) -> bool:
+        """A failure of the endpoint itself, not of one answer: refused, reset, dropped,
+        connect timeout. These may eject every endpoint (a total outage fails fast);
+        failed answers (5xx, read/write/pool timeouts) are capped by
+        ``Breaker.max_ejection_percent``, since one bad route answers them everywhere."""
+        error = outcome.error
+        if error is None:
+            return False
+        return not isinstance(error, httpx.TimeoutException) or isinstance(
+            error, httpx.ConnectTimeout)
+
     def observe(self, state: EndpointState, outcome: Outcome, latency: float, now: float,
                 admission: int = ADMITTED, callers_fault: bool = False) -> None:
         """Record an attempt's latency and outcome (headers received, or failed).
 
         ``callers_fault``: the attempt timed out only because the caller gave it
-        less time than the endpoint usually needs; nothing is held against the
+        less time than the endpoint's service grants; nothing is held against the
         endpoint (no breaker failure, no latency sample), so one impatient caller
         cannot eject a healthy instance for everyone.
+
+        A failed answer that would open the breaker opens it only while fewer than
+        ``max_ejection_percent`` of the endpoints are out; otherwise the failure is
+        not counted (the breaker stays at its threshold), so a route that fails on
+        every instance cannot take the whole service out.
         """
         if callers_fault:
             state.breaker.release(admission)
             return
         failed = self.is_failure(outcome)
         state.observe(latency, now, failed=failed, penalty=FAILURE_PENALTY)
-        state.breaker.record(not failed, now, admission)
+        breaker = state.breaker
+        if failed and admission != TRIAL and breaker.would_open() \
+                and not self.is_connection_failure(outcome):
+            runtime = self.runtime
+            if runtime.reserve_ejection(state):
+                breaker.record(False, now, admission)
+                runtime.settle_ejection(state)
+            return
+        breaker.record(not failed, now, admission)
         if not failed:
             self.runtime.latencies.add(latency)
 
     def callers_fault(self, state: EndpointState, error: BaseException, given: float,
                       deadline_bound: bool, limit_at: float, now: float) -> bool:
-        """Whether a failed attempt timed out because of the caller's deadline alone:
-        its limit was the deadline, it ran into that limit (not a shorter httpx
-        timeout), and the endpoint usually needs more than the time it was given
-        (its own successful latency, else the service's p95; with neither known,
-        the endpoint is held responsible, so that a hung instance is ejected)."""
+        """Whether a failed attempt timed out because of the caller's deadline alone.
+
+        Its limit was the deadline and it ran into that limit (not a shorter httpx
+        timeout), and either the limit was shorter than what the service's own
+        policy grants the attempt (a deadline the caller imposed: scoped
+        ``meshlib.deadline`` or ``meshlib.policy``, or one inherited from
+        ``x-mesh-timeout-ms`` / ``grpc-timeout``), or the endpoint usually needs
+        more than the time it was given (its own successful latency, else the
+        service's p95; with neither known the endpoint is held responsible, so
+        that a hung instance, given the full policy time, is ejected).
+        """
         if not deadline_bound or not isinstance(error, httpx.TimeoutException):
             return False
         if now < limit_at - 0.002:
             return False
+        start = now - given
+        own = self.runtime.policy
+        granted = self.started + own.timeout - start
+        if own.attempt_timeout is not None:
+            granted = min(granted, own.attempt_timeout)
+        if limit_at - start < granted - 0.001:
+            return True  # the caller cut the attempt short: never the endpoint's fault
         usual = state.ok_estimate(now)
         if usual is None:
             usual = self.runtime.latencies.percentile(0.95)

@@ -84,12 +84,20 @@ class EndpointState:
     value replaces it at once; a lower one is blended in with weight
     ``1 - exp(-dt / DECAY_SECONDS)``; and reading decays the value towards zero,
     so an endpoint that has not been picked for a while gets probed again.
+
+    Failures are priced apart from latency, as a *penalty* added to it: a failed
+    attempt raises the penalty to at least ``penalty`` seconds, each success halves
+    it, and it decays with the same time constant when idle. So a failing endpoint
+    is avoided, and a healed one sheds its penalty after a handful of successes
+    (the exploring picks find it) instead of through the 10 s EWMA; when its
+    breaker closes the penalty is cleared at once (:meth:`forgive`).
     Counters are changed under a short lock that is never held across I/O.
     """
 
     __slots__ = (
-        "_ewma", "_lock", "_ok", "_ok_stamp", "_stamp", "address", "breaker", "endpoint",
-        "failures", "inflight", "pool", "requests", "retired", "rr_current",
+        "_ewma", "_lock", "_ok", "_ok_stamp", "_penalty", "_penalty_stamp", "_stamp", "address",
+        "breaker", "endpoint", "failures", "inflight", "pool", "ramp_from", "requests",
+        "retired", "rr_current",
     )
 
     def __init__(self, endpoint: Endpoint, breaker: Any = None) -> None:
@@ -102,15 +110,35 @@ class EndpointState:
         self.requests = 0
         self.failures = 0
         self.rr_current = 0.0
+        #: when this endpoint's slow-start ramp began (``None``: not ramping)
+        self.ramp_from: float | None = None
         self._ewma: float | None = None
         self._stamp = 0.0
+        self._penalty = 0.0  # failure penalty in seconds, added to the latency estimate
+        self._penalty_stamp = 0.0
         self._ok: float | None = None  # peak EWMA of successful answers only
         self._ok_stamp = 0.0
         self._lock = threading.Lock()
 
     def ewma(self, now: float) -> float | None:
-        """The peak-EWMA latency in seconds at ``now``, decayed; ``None`` before any sample."""
-        return _decayed(self._ewma, self._stamp, now)
+        """The balancer's cost basis at ``now``: the decayed peak-EWMA latency plus the
+        decayed failure penalty, in seconds; ``None`` before any sample."""
+        value = _decayed(self._ewma, self._stamp, now)
+        if value is None or not self._penalty:
+            return value
+        return value + self.penalty(now)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether any latency sample was recorded (cheap: no decay computed)."""
+        return self._ewma is not None
+
+    def penalty(self, now: float) -> float:
+        """The decayed failure penalty in seconds (0 for an endpoint that has not failed)."""
+        penalty = self._penalty
+        elapsed = now - self._penalty_stamp
+        return penalty * math.exp(-elapsed / DECAY_SECONDS) if penalty and elapsed > 0 \
+            else penalty
 
     def ok_estimate(self, now: float) -> float | None:
         """Peak-EWMA latency of successful answers only, decayed; ``None`` before any.
@@ -132,16 +160,31 @@ class EndpointState:
             self.requests += 1
 
     def observe(self, latency: float, now: float, *, failed: bool, penalty: float) -> None:
-        """Record an attempt's latency; a failure counts as a sample of at least ``penalty``."""
-        sample = max(latency, penalty) if failed else latency
+        """Record an attempt's latency; a failure raises the penalty to at least
+        ``penalty`` seconds, a success halves it."""
         with self._lock:
+            self._ewma = _peak_ewma(self._ewma, self._stamp, latency, now)
+            self._stamp = now
             if failed:
                 self.failures += 1
-            self._ewma = _peak_ewma(self._ewma, self._stamp, sample, now)
-            self._stamp = now
-            if not failed:
-                self._ok = _peak_ewma(self._ok, self._ok_stamp, latency, now)
-                self._ok_stamp = now
+                self._penalty = max(self.penalty(now), penalty)
+                self._penalty_stamp = now
+                return
+            if self._penalty:
+                left = self.penalty(now) * 0.5
+                self._penalty = left if left > 1e-6 else 0.0
+                self._penalty_stamp = now
+            self._ok = _peak_ewma(self._ok, self._ok_stamp, latency, now)
+            self._ok_stamp = now
+
+    def forgive(self) -> None:
+        """Clear the failure penalty and the latency of failed attempts (the breaker
+        closed again: the endpoint proved healthy); the successful-latency estimate
+        becomes the cost basis again."""
+        with self._lock:
+            self._penalty = 0.0
+            if self._ok is not None:
+                self._ewma, self._stamp = self._ok, self._ok_stamp
 
     def finish(self) -> None:
         """An attempt is over (response closed, failed or cancelled): one fewer in flight."""

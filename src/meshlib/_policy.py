@@ -11,7 +11,7 @@ from ._errors import ConfigError
 
 __all__ = [
     "BALANCERS", "MAX_RETRIES", "MAX_SECONDS", "Backoff", "Breaker", "Hedge", "Policy",
-    "RetryBudget",
+    "RetryBudget", "SlowStart",
 ]
 
 #: the longest duration any policy field may hold: one day. Every time a policy
@@ -91,10 +91,68 @@ class Breaker:
 
     failures: int = 5
     reset_timeout: float = 30.0
+    #: at most this share (0..100) of a service's endpoints may be ejected for failed
+    #: *answers* (5xx, timeouts); connection failures (refused, reset) can eject every
+    #: endpoint. Envoy's ``max_ejection_percent``; see docs/reliability.md.
+    max_ejection_percent: float = 50.0
+    #: each failed half-open trial doubles the next open period, up to this many
+    #: seconds (``None``: no backoff, every open period is ``reset_timeout``)
+    max_reset_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _check_int("Breaker", "failures", self.failures, 1, 1_000_000)
         _check_number("Breaker", "reset_timeout", self.reset_timeout)
+        _check_number("Breaker", "max_ejection_percent", self.max_ejection_percent)
+        _check_number("Breaker", "max_reset_timeout", self.max_reset_timeout, allow_none=True)
+        if self.max_reset_timeout is not None and (
+                self.max_reset_timeout < self.reset_timeout or self.max_reset_timeout > 86400):
+            raise ConfigError(f"Breaker.max_reset_timeout must be between reset_timeout and "
+                              f"86400 s, got {self.max_reset_timeout!r}")
+        if self.max_ejection_percent > 100:
+            raise ConfigError(f"Breaker.max_ejection_percent must be <= 100, "
+                              f"got {self.max_ejection_percent!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStart:
+    """Ramp a new or recovered endpoint's share of traffic up over ``window`` seconds
+    (Envoy's ``slow_start_config``), so a cold instance is not flooded at once.
+
+    During the window the endpoint's share is scaled by
+    ``max(min_weight_percent / 100, (elapsed / window) ** (1 / aggression))``:
+    ``aggression=1`` ramps linearly, larger values ramp faster at first.
+    Applies to endpoints discovery adds after its first answer, and to an endpoint
+    whose breaker closes again after being open.
+
+    .. versionadded:: 0.2
+    """
+
+    window: float = 30.0
+    aggression: float = 1.0
+    min_weight_percent: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_number("SlowStart", "window", self.window, strict=True)
+        _check_number("SlowStart", "aggression", self.aggression, strict=True)
+        _check_number("SlowStart", "min_weight_percent", self.min_weight_percent)
+        if self.window > 86400:
+            raise ConfigError(f"SlowStart.window must be <= 86400 s, got {self.window!r}")
+        if self.aggression > 100 or self.aggression < 0.01:
+            raise ConfigError(f"SlowStart.aggression must be between 0.01 and 100, "
+                              f"got {self.aggression!r}")
+        if self.min_weight_percent > 100:
+            raise ConfigError(f"SlowStart.min_weight_percent must be <= 100, "
+                              f"got {self.min_weight_percent!r}")
+
+    def factor(self, elapsed: float) -> float:
+        """The share multiplier (0..1] for an endpoint ``elapsed`` seconds into its ramp."""
+        if elapsed >= self.window:
+            return 1.0
+        floor = self.min_weight_percent / 100.0
+        if elapsed <= 0:
+            return max(floor, 1e-9) if floor > 0 else 1e-9
+        ramp: float = (elapsed / self.window) ** (1.0 / self.aggression)
+        return max(floor, ramp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +200,8 @@ class Policy:
     breaker: Breaker = field(default_factory=Breaker)
     hedge: Hedge | None = None
     idempotent: bool | None = None
+    #: ramp new and recovered endpoints up over a window (opt-in); see :class:`SlowStart`
+    slow_start: SlowStart | None = None
     #: also send ``grpc-timeout`` (gRPC format) besides ``x-mesh-timeout-ms``
     propagate_grpc_timeout: bool = False
 
@@ -174,6 +234,9 @@ class Policy:
         if not (self.idempotent is None or self.idempotent is True or self.idempotent is False):
             raise ConfigError(f"Policy.idempotent must be None, True or False, "
                               f"got {self.idempotent!r}")
+        if self.slow_start is not None and not isinstance(self.slow_start, SlowStart):
+            raise ConfigError(f"Policy.slow_start must be a meshlib.SlowStart or None, "
+                              f"got {self.slow_start!r}")
         if not isinstance(self.propagate_grpc_timeout, bool):
             raise ConfigError(f"Policy.propagate_grpc_timeout must be True or False, "
                               f"got {self.propagate_grpc_timeout!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -83,6 +84,9 @@ class ServiceRuntime:
         self.latencies = LatencyWindow()
         self.states: dict[str, EndpointState] = {}
         self._groups: tuple[tuple[EndpointState, ...], ...] = ()
+        #: per priority group, its endpoints whose breaker is closed; rebuilt on discovery
+        #: updates and breaker transitions, so a pick never filters a large set
+        self._healthy: tuple[tuple[EndpointState, ...], ...] = ()
         self._balancers: dict[str, Balancer] = {}
         self._on_transition = on_transition
         self._tracker = EndpointSetTracker(name, discovery.url)
@@ -93,6 +97,9 @@ class ServiceRuntime:
         self.draining: set[EndpointState] = set()
         #: endpoints whose breaker is not closed; while empty, every endpoint is available
         self._unhealthy: set[str] = set()
+        #: slow start: no endpoint ramps up after this time (the hot path's one check)
+        self._ramp_end = -1.0
+        self.rng = random.Random()
         initial = discovery.initial()
         if initial is not None:
             self.apply(initial, clock())
@@ -113,12 +120,16 @@ class ServiceRuntime:
     def _replace(self, endpoints: tuple[Endpoint, ...], now: float) -> list[EndpointState]:
         with self._lock:
             fresh: dict[str, EndpointState] = {}
+            # slow start applies to endpoints that join a set already serving traffic
+            ramp = self.policy.slow_start is not None and bool(self.states)
             for raw in endpoints:
                 endpoint = _sanitize(raw)
                 state = self.states.get(endpoint.address) or fresh.get(endpoint.address)
                 if state is None:
                     state = EndpointState(endpoint)
                     state.breaker = self._new_breaker(state, now)
+                    if ramp:
+                        self._start_ramp(state, now)
                 else:
                     state.endpoint = endpoint
                 fresh[endpoint.address] = state
@@ -128,6 +139,7 @@ class ServiceRuntime:
             self._groups = tuple(
                 tuple(s for s in fresh.values() if s.endpoint.priority == p) for p in priorities
             )
+            self._rebuild_healthy()
             idle: list[EndpointState] = []
             # endpoints that finished draining since the last update were closed by the
             # transport when their last response ended: stop tracking them
@@ -145,14 +157,60 @@ class ServiceRuntime:
         def transition(name: str, old: str, new: str) -> None:
             if self.states.get(name) is not owner:
                 return  # a retired endpoint (perhaps re-added since, as a new state)
+            with self._lock:
+                self._rebuild_healthy()
             if new == "closed":
                 self._unhealthy.discard(name)
+                # it proved healthy: drop its failure penalty at once (else the 10 s
+                # EWMA starves it for many seconds), and ramp it up if configured
+                owner.forgive()
+                if self.policy.slow_start is not None:
+                    self._start_ramp(owner, self.clock())
             else:
                 self._unhealthy.add(name)
             if self._on_transition is not None:
                 self._on_transition(self.name, name, old, new)
 
         return EndpointBreaker(self.policy.breaker, owner.address, transition, now)
+
+    def _rebuild_healthy(self) -> None:
+        """Recompute the closed endpoints of each group (caller holds ``_lock``); a group
+        whose endpoints are all closed keeps its own tuple (same object: cheap to match)."""
+        healthy = []
+        for group in self._groups:
+            closed = tuple(s for s in group if s.breaker.closed)
+            healthy.append(group if len(closed) == len(group) else closed)
+        self._healthy = tuple(healthy)
+
+    def _start_ramp(self, state: EndpointState, now: float) -> None:
+        slow = self.policy.slow_start
+        assert slow is not None
+        state.ramp_from = now
+        self._ramp_end = max(self._ramp_end, now + slow.window)
+
+    # -- outlier ejection cap ---------------------------------------------------------
+
+    def reserve_ejection(self, state: EndpointState) -> bool:
+        """Whether ``state``'s breaker may open for a failed *answer* (5xx, timeout):
+        at most ``Breaker.max_ejection_percent`` of the endpoints may be out at once
+        (Envoy's ``max_ejection_percent``). A granted slot is held until the breaker
+        closes, or given back by :meth:`settle_ejection` if it did not open."""
+        percent = self.policy.breaker.max_ejection_percent
+        with self._lock:
+            if state.address in self._unhealthy or percent >= 100.0:
+                self._unhealthy.add(state.address)
+                return True
+            if (len(self._unhealthy) + 1) * 100.0 > len(self.states) * percent:
+                return False
+            self._unhealthy.add(state.address)
+            return True
+
+    def settle_ejection(self, state: EndpointState) -> None:
+        """Give back the slot of :meth:`reserve_ejection` if the breaker stayed closed."""
+        if state.breaker.closed:
+            with self._lock:
+                if state.breaker.closed:
+                    self._unhealthy.discard(state.address)
 
     def _mark_ready(self) -> None:
         if self.ready.is_set():
@@ -245,7 +303,17 @@ class ServiceRuntime:
                 candidates = fitting
             if not candidates:
                 break
+            if self._unhealthy:
+                # a breaker due for its trial gets it now, whatever its (penalised) cost:
+                # an ejected endpoint is probed after reset_timeout at any traffic level
+                due = self._due_trial(candidates, exclude, now, within)
+                if due is not None:
+                    admission = due.breaker.admit(now)
+                    if admission != REFUSED:
+                        return due, admission
             state = balancer.pick(candidates, now)
+            if now < self._ramp_end and state.ramp_from is not None and len(candidates) > 1:
+                state = self._slow_start(balancer, candidates, state, now)
             admission = state.breaker.admit(now)
             if admission != REFUSED:
                 return state, admission
@@ -256,11 +324,53 @@ class ServiceRuntime:
             f"every endpoint of service {self.name!r} has an open circuit breaker"
         )
 
+    def _due_trial(self, candidates: Sequence[EndpointState], exclude: frozenset[str] | set[str],
+                   now: float, within: float | None) -> EndpointState | None:
+        """An endpoint whose breaker is due for its trial, as good a choice as the
+        candidates by priority and zone (scans the unhealthy set only: it is small)."""
+        first = candidates[0].endpoint
+        for address in tuple(self._unhealthy):
+            state = self.states.get(address)
+            if state is None or address in exclude:
+                continue
+            breaker = state.breaker
+            if breaker.closed or not breaker.available(now):
+                continue
+            endpoint = state.endpoint
+            if endpoint.priority > first.priority:
+                continue
+            if self.zone is not None and first.zone == self.zone and endpoint.zone != self.zone:
+                continue
+            if within is not None and not state.fits(within, now):
+                continue
+            return state
+        return None
+
+    def _slow_start(self, balancer: Balancer, candidates: Sequence[EndpointState],
+                    state: EndpointState, now: float) -> EndpointState:
+        """Slow start: keep a ramping endpoint's pick with probability equal to its
+        ramp factor, else pick again among the others (its share scales by the factor)."""
+        slow = self.policy.slow_start
+        ramp_from = state.ramp_from
+        if slow is None or ramp_from is None:
+            return state
+        elapsed = now - ramp_from
+        if elapsed >= slow.window:
+            state.ramp_from = None
+            return state
+        if self.rng.random() < slow.factor(elapsed):
+            return state
+        return balancer.pick([s for s in candidates if s is not state], now)
+
     def _candidates(self, groups: tuple[tuple[EndpointState, ...], ...],
                     exclude: frozenset[str] | set[str], now: float,
                     ) -> Sequence[EndpointState]:
-        if not exclude and not self._unhealthy and self.zone is None:
-            return groups[0]  # the common case: every breaker closed, first attempt
+        if not exclude and self.zone is None:
+            if not self._unhealthy:
+                return groups[0]  # the common case: every breaker closed, first attempt
+            healthy = self._healthy
+            if len(healthy) == len(groups) and healthy and healthy[0]:
+                return healthy[0]  # some breakers open: the kept set of closed ones
         fallback: list[EndpointState] = []
         for group in groups:
             available = [s for s in group if s.breaker.available(now)]
