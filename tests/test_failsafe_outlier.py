@@ -373,3 +373,32 @@ def test_outlier_knobs_are_validated(build: Any, needle: str) -> None:
     """A bad outlier or slow-start value is a ConfigError naming the field."""
     with pytest.raises(meshlib.ConfigError, match=needle):
         build()
+
+
+def test_pool_timeouts_are_the_clients_own_not_the_endpoints() -> None:
+    """A PoolTimeout (the client's own per-endpoint pool is full) never counts against
+    the endpoint: with one connection per endpoint and a 20 ms pool timeout, a burst of
+    concurrent requests to slow-but-healthy endpoints opens no breaker, even with the
+    ejection cap off; the next request is served."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from meshlib.testing import Fleet
+
+    policy = FAST.replace(retries=0, breaker=Breaker(failures=2, reset_timeout=30.0,
+                                                     max_ejection_percent=100))
+    with Fleet(2, latency=0.3) as fleet, meshlib.MeshClient(
+            services={"svc": fleet.url}, policy=policy,
+            limits=httpx.Limits(max_connections=1),
+            timeout=httpx.Timeout(5.0, pool=0.02)) as client:
+
+        def one(_: int) -> str:
+            try:
+                return str(client.get("http://svc/x").status_code)
+            except httpx.TimeoutException as exc:
+                return type(exc).__name__
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(8)))
+        assert "PoolTimeout" in results, results  # the scenario really happened
+        assert set(_breakers(client).values()) == {"closed"}
+        assert client.get("http://svc/x").status_code == 200

@@ -186,7 +186,8 @@ class Call:
         """Record an attempt's latency and outcome (headers received, or failed).
 
         ``callers_fault``: the attempt timed out only because the caller gave it
-        less time than the endpoint's service grants; nothing is held against the
+        less time than the endpoint's service grants (or waited for a free
+        connection of the client's own pool: ``PoolTimeout``); nothing is held against the
         endpoint (no breaker failure, no latency sample), so one impatient caller
         cannot eject a healthy instance for everyone.
 
@@ -195,7 +196,10 @@ class Call:
         not counted (the breaker stays at its threshold), so a route that fails on
         every instance cannot take the whole service out.
         """
-        if callers_fault:
+        if callers_fault or isinstance(outcome.error, httpx.PoolTimeout):
+            # a PoolTimeout is the client's own queue (its pool for this endpoint is
+            # full), never evidence against the endpoint: a burst of callers must not
+            # eject healthy instances; the endpoint's slowness shows in its latency
             state.breaker.release(admission)
             return
         failed = self.is_failure(outcome)
