@@ -366,6 +366,37 @@ async def test_tls_for_another_name_or_an_unknown_ca_fails(
         await _tls_get(pool, "https://users/", {"users": users.static_url})
 
 
+class _MutualTLSServer(TLSServer):
+    """A TLSServer that requires a client certificate issued by ``ca``."""
+
+    def __init__(self, cert: trustme.LeafCert, ca: trustme.CA) -> None:
+        super().__init__(cert)
+        wrapped: ssl.SSLSocket = self.httpd.socket  # type: ignore[assignment]
+        wrapped.context.verify_mode = ssl.CERT_REQUIRED
+        ca.configure_trust(wrapped.context)
+
+
+async def test_client_certificate_from_the_shared_context(pool: str, ca: trustme.CA) -> None:
+    """The one SSLContext (verify=) carries a client certificate to every endpoint;
+    without it the server refuses the handshake."""
+    # With TLS 1.3 the server's "certificate required" alert comes on the first read;
+    # httpcore sometimes lets it escape as a raw ssl.SSLError (a race, not meshlib's
+    # mapping); the aiohttp pool always maps it into httpx's hierarchy.
+    refused = (httpx.HTTPError, ssl.SSLError) if pool == "httpcore" else httpx.HTTPError
+    server = _MutualTLSServer(ca.issue_cert("users"), ca)
+    try:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        with pytest.raises(refused):
+            await _tls_get(pool, "https://users/", {"users": server.static_url}, verify=context)
+        ca.issue_cert("client.test").configure_cert(context)
+        response = await _tls_get(pool, "https://users/", {"users": server.static_url},
+                                  verify=context)
+        assert response.status_code == 200
+    finally:
+        server.stop()
+
+
 # -- failures, retries and the idempotency gate -----------------------------------------
 
 
@@ -683,3 +714,21 @@ def test_missing_aiohttp_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
         meshlib.AsyncMeshClient(services={"svc": "static://127.0.0.1:1"})
     # the default pool does not need aiohttp
     meshlib.AsyncMeshClient(services={"svc": "static://127.0.0.1:1"}, pool="httpcore")
+
+
+async def test_respx_using_httpx_intercepts_any_pool_before_the_mesh(
+        backends: BackendFactory) -> None:
+    """respx.mock(using="httpx") patches the client, so it matches with pool="aiohttp"
+    too, but the mesh is skipped for mocked routes (no retries, no meshlib extension);
+    unmocked service requests still go through the mesh."""
+    b = backends(1)
+    with respx.mock(using="httpx", assert_all_called=True) as mock:
+        mock.get("http://users/mocked").respond(201)
+        mock.route(path="/real").pass_through()
+        async with meshlib.AsyncMeshClient(services={"users": b.static_url},
+                                           pool="aiohttp") as client:
+            mocked = await client.get("http://users/mocked")
+            real = await client.get("http://users/real")
+    assert mocked.status_code == 201 and "meshlib" not in mocked.extensions
+    assert real.status_code == 200 and real.extensions["meshlib"]["endpoint"] == b.addresses[0]
+    assert b.count == 1

@@ -83,13 +83,18 @@ class _PinnedConnector(aiohttp.TCPConnector):
 
 
 class _Expiry:
-    """Cancels the attempt's task when its time is up, and remembers having done so."""
+    """Cancels the attempt's task when its time is up, and remembers having done so
+    (as ``asyncio.timeout`` does, which Python 3.10 lacks)."""
 
-    __slots__ = ("fired", "task")
+    __slots__ = ("cancelling", "fired", "task")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self.fired = False
+        #: cancellation requests pending before the attempt began (3.11+)
+        self.cancelling = 0
+        if sys.version_info >= (3, 11):
+            self.cancelling = task.cancelling()
 
     def __call__(self) -> None:
         self.fired = True
@@ -102,7 +107,7 @@ def _expired(expiry: _Expiry) -> bool:
     if not expiry.fired:
         return False
     if sys.version_info >= (3, 11):
-        return expiry.task.uncancel() == 0
+        return expiry.task.uncancel() <= expiry.cancelling
     return True  # pragma: no cover - Python 3.10 has no uncancel
 
 
