@@ -183,6 +183,17 @@ async def test_request_bodies_and_headers_arrive_as_sent(pool: str,
         assert _inflight(client) == 0
 
 
+async def test_the_pool_adds_no_header_of_its_own(pool: str, backends: BackendFactory) -> None:
+    """Headers the caller removed from the client stay absent (no pool User-Agent)."""
+    b = backends(1)
+    async with meshlib.AsyncMeshClient(services={"svc": b.static_url}, pool=pool) as client:
+        del client.headers["user-agent"]
+        del client.headers["accept"]
+        sent = (await client.get("http://svc/")).json()["headers"]
+    assert "user-agent" not in sent and "accept" not in sent
+    assert sent["accept-encoding"] == "gzip, deflate"
+
+
 def _response_script(head: bytes, parts: list[bytes], pause: float = 0.0
                      ) -> Callable[[socket.socket, threading.Event], None]:
     def script(conn: socket.socket, stop: threading.Event) -> None:

@@ -44,6 +44,8 @@ __all__ = ["AiohttpEndpointPool"]
 
 #: aiohttp must leave these headers to httpx, which has set them already (or chose not to)
 _SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+#: aiohttp adds these to a request without a body unless present (httpx sends all three)
+_AUTO_NAMES = frozenset({b"user-agent", b"accept", b"accept-encoding"})
 #: never round a timeout up to a whole second (aiohttp does so above 5 s by default)
 _NO_CEIL = float("inf")
 _HTTP11 = b"HTTP/1.1"
@@ -237,7 +239,6 @@ class AiohttpEndpointPool:
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
             trust_env=False,
             requote_redirect_url=False,
             timeout=aiohttp.ClientTimeout(total=None),
@@ -258,8 +259,9 @@ class AiohttpEndpointPool:
         url = request.url
         if url.userinfo:  # httpx has already turned it into an Authorization header
             url = url.copy_with(username=None, password=None)
+        raw = request.headers.raw
         encoding = request.headers.encoding
-        headers = [(k.decode(encoding), v.decode(encoding)) for k, v in request.headers.raw]
+        headers = [(k.decode(encoding), v.decode(encoding)) for k, v in raw]
         stream = request.stream
         data: Any
         if isinstance(stream, httpx.ByteStream):
@@ -267,6 +269,11 @@ class AiohttpEndpointPool:
         else:  # a stream: aiohttp frames it (chunked unless a Content-Length was given)
             data = stream
             headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
+        # aiohttp's fast path skips nothing; without a body it only adds headers that
+        # httpx always sends (unless the caller removed one: then skip them all)
+        skip = None
+        if data is not None or not _AUTO_NAMES.issubset(k.lower() for k, _ in raw):
+            skip = _SKIP_AUTO_HEADERS
         waited = 0 < self._limit <= self._busy
         self._busy += 1
         expiry: _Expiry | None = None
@@ -282,7 +289,7 @@ class AiohttpEndpointPool:
         try:
             response = await session.request(
                 request.method, URL(str(url), encoded=True), headers=headers, data=data,
-                allow_redirects=False, timeout=timeout, ssl=self._ssl,
+                skip_auto_headers=skip, allow_redirects=False, timeout=timeout, ssl=self._ssl,
                 server_hostname=extensions.get("sni_hostname"))
         except asyncio.CancelledError as exc:
             self._busy -= 1
