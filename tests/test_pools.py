@@ -30,7 +30,7 @@ import trustme
 import meshlib
 from conftest import BackendFactory
 from meshlib import Backoff, Breaker, Hedge, Policy, Service
-from meshlib._backend import Backend, BackendProcess
+from meshlib._tools.backend import Backend, BackendProcess
 from test_tls import TLSServer
 
 POOLS = ["httpcore", "aiohttp"]
@@ -743,3 +743,20 @@ async def test_respx_using_httpx_intercepts_any_pool_before_the_mesh(
     assert mocked.status_code == 201 and "meshlib" not in mocked.extensions
     assert real.status_code == 200 and real.extensions["meshlib"]["endpoint"] == b.addresses[0]
     assert b.count == 1
+
+
+def test_throughput_benchmark_rows_have_the_documented_shape() -> None:
+    """run_throughput measures every client at every concurrency, in one run (no speed
+    assertion: figures are for `meshlib bench`, not for tests)."""
+    from meshlib._tools.throughput import format_throughput, run_throughput
+
+    rows = run_throughput(concurrency=(1, 4), requests=40, rounds=1, budget_s=10.0)
+    assert [(r["concurrency"], r["client"]) for r in rows] == [
+        (n, c) for n in (1, 4) for c in ("httpx", "mesh-httpcore", "mesh-aiohttp")]
+    for row in rows:
+        assert row["requests"] == 40 and row["errors"] == 0 and row["rps"] > 0
+        assert row["ratio"] == 1.0 if row["client"] == "httpx" else row["ratio"] > 0
+    table = format_throughput(rows)
+    assert "mesh-aiohttp" in table and "4 tasks" in table
+    with pytest.raises(ValueError, match="concurrency"):
+        run_throughput(concurrency=(0,))

@@ -1,7 +1,7 @@
 """Throughput at 1, 16 and 64 concurrent tasks: bare httpx against AsyncMeshClient on each pool.
 
 Four loopback servers answer at 0 ms in a child process
-(:class:`meshlib._backend.BackendProcess`, pinned to the last CPU when there are
+(:class:`meshlib._tools.backend.BackendProcess`, pinned to the last CPU when there are
 two or more), so they do not share the client's interpreter lock. In one run,
 for each concurrency, each client sends ``requests`` GETs from that many tasks
 that share one counter:
@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from ._backend import BackendProcess
+from .backend import BackendProcess
 
 __all__ = ["CLIENTS", "format_throughput", "run_throughput"]
 
@@ -176,5 +176,5 @@ def format_throughput(rows: list[dict[str, Any]]) -> str:
                      for row in table)
 
 
-if __name__ == "__main__":  # pragma: no cover - manual runs: python -m meshlib._throughput
+if __name__ == "__main__":  # pragma: no cover - manual runs: python -m meshlib._tools.throughput
     print(format_throughput(run_throughput()))
