@@ -299,7 +299,10 @@ class AiohttpEndpointPool:
             raise
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
             self._busy -= 1
-            raise _mapped(exc, connected=_CONNECTED.get(), waited=waited) from exc
+            cause: BaseException = exc
+            if expiry is not None and _expired(expiry):  # aiohttp turned our cancel into this
+                cause = asyncio.TimeoutError("the attempt's deadline passed")
+            raise _mapped(cause, connected=_CONNECTED.get(), waited=waited) from exc
         except BaseException:
             self._busy -= 1
             raise

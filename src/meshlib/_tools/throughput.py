@@ -1,8 +1,10 @@
 """Throughput at 1, 16 and 64 concurrent tasks: bare httpx against AsyncMeshClient on each pool.
 
 Four loopback servers answer at 0 ms in a child process
-(:class:`meshlib._tools.backend.BackendProcess`, pinned to the last CPU when there are
-two or more), so they do not share the client's interpreter lock. In one run,
+(:class:`meshlib._tools.backend.BackendProcess`), so they do not share the
+client's interpreter lock; with two CPUs or more the servers are pinned to the
+last one and this process to the others for the run (its affinity is restored
+afterwards). In one run,
 for each concurrency, each client sends ``requests`` GETs from that many tasks
 that share one counter:
 
@@ -147,9 +149,18 @@ def run_throughput(concurrency: Sequence[int] = (1, 16, 64), requests: int = 300
         raise ValueError(f"unknown clients {unknown!r}; choose from {', '.join(CLIENTS)}")
     if not concurrency or any(c < 1 for c in concurrency):
         raise ValueError(f"concurrency must be positive task counts, not {concurrency!r}")
-    with BackendProcess(4, delay_ms=0.0, cpu=_backend_cpu()) as servers:
-        return asyncio.run(_measure(servers.static_url, servers.urls, tuple(concurrency),
-                                    requests, rounds, budget_s, tuple(clients)))
+    server_cpu = _backend_cpu()
+    mine: set[int] | None = None
+    if server_cpu is not None:  # keep the client off the servers' CPU for the run
+        mine = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, mine - {server_cpu})
+    try:
+        with BackendProcess(4, delay_ms=0.0, cpu=server_cpu) as servers:
+            return asyncio.run(_measure(servers.static_url, servers.urls, tuple(concurrency),
+                                        requests, rounds, budget_s, tuple(clients)))
+    finally:
+        if mine is not None:
+            os.sched_setaffinity(0, mine)
 
 
 def format_throughput(rows: list[dict[str, Any]]) -> str:
