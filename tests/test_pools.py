@@ -708,6 +708,18 @@ def test_an_unknown_pool_is_a_config_error_naming_it(value: str,
         meshlib.MeshClient(services={"svc": "static://127.0.0.1:1"})
 
 
+def test_the_sync_transport_always_uses_httpcore(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MESHLIB_POOL concerns AsyncMeshClient only; pool="aiohttp" on the sync transport is
+    a ConfigError naming it."""
+    with pytest.raises(meshlib.ConfigError, match="pool='aiohttp'.*AsyncMeshClient"):
+        meshlib.MeshTransport(services={"svc": "static://127.0.0.1:1"}, pool="aiohttp")
+    monkeypatch.setenv("MESHLIB_POOL", "aiohttp")
+    with respx.mock(assert_all_called=True) as mock:
+        mock.get("http://svc/").respond(204)
+        with meshlib.MeshClient(services={"svc": "static://127.0.0.1:1"}) as client:
+            assert client.get("http://svc/").status_code == 204  # httpcore: respx sees it
+
+
 def test_aiohttp_pool_is_http11_only() -> None:
     with pytest.raises(meshlib.ConfigError, match=r"HTTP/1\.1"):
         meshlib.AsyncMeshClient(services={"svc": "static://127.0.0.1:1"}, pool="aiohttp",
