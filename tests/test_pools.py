@@ -711,7 +711,7 @@ def test_an_unknown_pool_is_a_config_error_naming_it(value: str,
 def test_the_sync_transport_always_uses_httpcore(monkeypatch: pytest.MonkeyPatch) -> None:
     """MESHLIB_POOL concerns AsyncMeshClient only; pool="aiohttp" on the sync transport is
     a ConfigError naming it."""
-    with pytest.raises(meshlib.ConfigError, match="pool='aiohttp'.*AsyncMeshClient"):
+    with pytest.raises(meshlib.ConfigError, match=r"pool='aiohttp'.*AsyncMeshClient"):
         meshlib.MeshTransport(services={"svc": "static://127.0.0.1:1"}, pool="aiohttp")
     monkeypatch.setenv("MESHLIB_POOL", "aiohttp")
     with respx.mock(assert_all_called=True) as mock:
