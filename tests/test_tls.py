@@ -118,13 +118,15 @@ async def _get(kind: str, url: str, services: dict[str, Any], **kwargs: Any) -> 
             response = client.get(url)
             response.read()
             return response
-    async with meshlib.AsyncMeshClient(services=services, policy=NO_RETRY, **kwargs) as client:
+    pool = "aiohttp" if kind == "async-aiohttp" else None
+    async with meshlib.AsyncMeshClient(services=services, policy=NO_RETRY, pool=pool,
+                                       **kwargs) as client:
         response = await client.get(url)
         await response.aread()
         return response
 
 
-KINDS = pytest.mark.parametrize("kind", ["sync", "async"])
+KINDS = pytest.mark.parametrize("kind", ["sync", "async", "async-aiohttp"])
 
 
 @KINDS

@@ -51,6 +51,9 @@ def transports_and_servers() -> None:
     """Transports, middlewares, registration and test helpers type-check."""
     httpx.Client(transport=meshlib.MeshTransport(services={"a": "static://127.0.0.1:1"}))
     httpx.AsyncClient(transport=meshlib.AsyncMeshTransport(services={"a": "static://[::1]:1"}))
+    httpx.AsyncClient(transport=meshlib.AsyncMeshTransport(services={"a": "static://[::1]:1"},
+                                                           pool="aiohttp"))
+    meshlib.AsyncMeshClient(services={"a": "static://127.0.0.1:1"}, pool="httpcore")
     meshlib.testing.set_testing(True)
     _ = (AsgiMiddleware, WsgiMiddleware, EtcdRegistration)
     try:

@@ -83,15 +83,19 @@ class MeshClient(httpx.Client):
 class AsyncMeshClient(httpx.AsyncClient):
     """An ``httpx.AsyncClient`` that sends requests for mesh services through the mesh.
 
-    Same arguments as :class:`MeshClient`.
+    Same arguments as :class:`MeshClient`, plus ``pool``: what carries the endpoints'
+    connections, ``"httpcore"`` (default) or ``"aiohttp"`` (faster; HTTP/1.1 only;
+    ``pip install "meshlib[aiohttp]"``); ``None`` reads ``MESHLIB_POOL``.
 
     .. versionadded:: 0.1
     """
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
-                 environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+                 environ: Mapping[str, str] | None = None, pool: str | None = None,
+                 **kwargs: Any) -> None:
         self.mesh_transport = AsyncMeshTransport(services=services, policy=policy,
-                                                 environ=environ, **_transport_kwargs(kwargs))
+                                                 environ=environ, pool=pool,
+                                                 **_transport_kwargs(kwargs))
         mounts = _with_service_mounts(kwargs, self.mesh_transport.mesh.runtimes,
                                       self.mesh_transport)
         super().__init__(mounts=mounts, **kwargs)

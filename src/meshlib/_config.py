@@ -23,11 +23,14 @@ from ._errors import ConfigError, redact_url
 from ._policy import BALANCERS, MAX_SECONDS, Breaker, Hedge, Policy, RetryBudget
 
 __all__ = [
-    "KNOWN_VARIABLES", "SERVICE_NAME", "EnvConfig", "parse_duration", "parse_host_port",
+    "KNOWN_VARIABLES", "POOLS", "SERVICE_NAME", "EnvConfig", "parse_duration", "parse_host_port",
     "parse_services", "read_env", "warn_no_services",
 ]
 
 logger = logging.getLogger("meshlib.config")
+
+#: what may carry AsyncMeshClient's endpoint connections (``pool=``, ``MESHLIB_POOL``)
+POOLS = ("httpcore", "aiohttp")
 
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 
@@ -158,6 +161,7 @@ class EnvConfig:
     k8s_api: str | None = None
     k8s_token_file: str | None = None
     k8s_ca_file: str | None = None
+    pool: str = "httpcore"
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> EnvConfig:
@@ -206,8 +210,11 @@ def read_env(environ: Mapping[str, str] | None = None) -> EnvConfig:
             raise ConfigError(f"MESHLIB_DNS_NAMESERVER={ns_raw!r}: the nameserver must be an "
                               "IP address") from None
     zone = env.get("MESHLIB_ZONE", "").strip() or None
+    pool = env.get("MESHLIB_POOL", "").strip() or "httpcore"
+    if pool not in POOLS:
+        raise ConfigError(f"MESHLIB_POOL={env['MESHLIB_POOL']!r} must be one of {', '.join(POOLS)}")
     return EnvConfig(policy=policy, services=services, dns_nameserver=nameserver, zone=zone,
-                     k8s_api=_k8s_api(env),
+                     pool=pool, k8s_api=_k8s_api(env),
                      k8s_token_file=env.get("MESHLIB_K8S_TOKEN_FILE", "").strip() or None,
                      k8s_ca_file=env.get("MESHLIB_K8S_CA_FILE", "").strip() or None)
 

@@ -40,6 +40,7 @@ from .._endpoint import EndpointState
 from .._mesh import Mesh, ServicesArg
 from .._policy import Policy
 from .._pool import PoolSettings
+from .._pools import choose_pool
 from .pool import AsyncEndpointPool
 from .runner import Runner
 
@@ -65,7 +66,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     ``None`` reads ``MESHLIB_SERVICES``. ``transport_kwargs`` are httpx transport
     options (``verify``, ``cert``, ``http2``, ``limits``, ...) applied to every
     endpoint pool and to the pass-through transport; ``passthrough=`` supplies a
-    transport of your own for hosts that are not services.
+    transport of your own for hosts that are not services. ``pool`` chooses what
+    carries the endpoints' connections in the async transport: ``"httpcore"``
+    (default) or ``"aiohttp"`` (HTTP/1.1 only, extra ``meshlib[aiohttp]``);
+    ``None`` reads ``MESHLIB_POOL``. The sync transport always uses httpcore.
 
     Each attempt ends at its time limit (``attempt_timeout``, or the deadline):
     meshlib's own sockets end their reads and writes then, in both twins. The
@@ -78,11 +82,13 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
-                 environ: Mapping[str, str] | None = None, **transport_kwargs: Any) -> None:
+                 environ: Mapping[str, str] | None = None, pool: str | None = None,
+                 **transport_kwargs: Any) -> None:
         passthrough = transport_kwargs.pop("passthrough", None)
         self.mesh = Mesh(services, policy, environ=environ)
         self.clock = self.mesh.clock
         self.settings, self._passthrough_kwargs = PoolSettings.split(transport_kwargs)
+        self._new_pool = choose_pool(AsyncEndpointPool, pool, self.mesh.env.pool, self.settings)
         self._passthrough: httpx.AsyncBaseTransport | None = passthrough
         self._lock = threading.Lock()  # never held across I/O
         self._closed = False
@@ -248,7 +254,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             with self._lock:
                 pool = state.pool
                 if pool is None:
-                    pool = state.pool = AsyncEndpointPool(
+                    pool = state.pool = self._new_pool(
                         state.endpoint.host, state.endpoint.port, self.settings)
         return pool  # type: ignore[no-any-return]
 

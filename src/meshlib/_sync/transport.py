@@ -41,6 +41,7 @@ from .._endpoint import EndpointState
 from .._mesh import Mesh, ServicesArg
 from .._policy import Policy
 from .._pool import PoolSettings
+from .._pools import choose_pool
 from .pool import EndpointPool
 from .runner import Runner
 
@@ -66,7 +67,10 @@ class MeshTransport(httpx.BaseTransport):
     ``None`` reads ``MESHLIB_SERVICES``. ``transport_kwargs`` are httpx transport
     options (``verify``, ``cert``, ``http2``, ``limits``, ...) applied to every
     endpoint pool and to the pass-through transport; ``passthrough=`` supplies a
-    transport of your own for hosts that are not services.
+    transport of your own for hosts that are not services. ``pool`` chooses what
+    carries the endpoints' connections in the async transport: ``"httpcore"``
+    (default) or ``"aiohttp"`` (HTTP/1.1 only, extra ``meshlib[aiohttp]``);
+    ``None`` reads ``MESHLIB_POOL``. The sync transport always uses httpcore.
 
     Each attempt ends at its time limit (``attempt_timeout``, or the deadline):
     meshlib's own sockets end their reads and writes then, in both twins. The
@@ -79,11 +83,13 @@ class MeshTransport(httpx.BaseTransport):
     """
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
-                 environ: Mapping[str, str] | None = None, **transport_kwargs: Any) -> None:
+                 environ: Mapping[str, str] | None = None, pool: str | None = None,
+                 **transport_kwargs: Any) -> None:
         passthrough = transport_kwargs.pop("passthrough", None)
         self.mesh = Mesh(services, policy, environ=environ)
         self.clock = self.mesh.clock
         self.settings, self._passthrough_kwargs = PoolSettings.split(transport_kwargs)
+        self._new_pool = choose_pool(EndpointPool, pool, self.mesh.env.pool, self.settings)
         self._passthrough: httpx.BaseTransport | None = passthrough
         self._lock = threading.Lock()  # never held across I/O
         self._closed = False
@@ -249,7 +255,7 @@ class MeshTransport(httpx.BaseTransport):
             with self._lock:
                 pool = state.pool
                 if pool is None:
-                    pool = state.pool = EndpointPool(
+                    pool = state.pool = self._new_pool(
                         state.endpoint.host, state.endpoint.port, self.settings)
         return pool  # type: ignore[no-any-return]
 
