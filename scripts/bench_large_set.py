@@ -3,7 +3,7 @@ against one of 4 (issue 11's large-set cost).
 
     .venv/bin/python scripts/bench_large_set.py [requests]
 
-Servers run in a child process (meshlib._tools.backend.BackendProcess); every
+Servers run in a child process (meshlib.testing._backend.BackendProcess); every
 endpoint is warmed first (so each has a pooled connection and a latency sample;
 keep-alive is raised to 120 s so that connections do not expire between two
 visits). Prints client CPU microseconds per request (``time.process_time``, so
@@ -19,7 +19,7 @@ import time
 import httpx
 
 import meshlib
-from meshlib._tools.backend import BackendProcess
+from meshlib.testing._backend import BackendProcess
 
 
 def cost(n: int, requests: int) -> float:

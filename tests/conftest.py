@@ -1,6 +1,6 @@
 """Shared pytest fixtures: loopback test backends and a clean meshlib environment.
 
-Fixture API (see ``meshlib._tools.backend`` for the full ``Backend`` API):
+Fixture API (see ``meshlib.testing._backend`` for the full ``Backend`` API):
 
 * ``backends(n=1, **kwargs) -> Backend``: start ``n`` loopback HTTP servers
   (keyword arguments as ``Backend``: ``delay_ms``, ``status``, ``fail_pct``,
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import pytest
 
 import meshlib.testing
-from meshlib._tools.backend import Backend
+from meshlib.testing._backend import Backend
 
 
 class BackendFactory(Protocol):

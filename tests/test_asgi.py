@@ -27,8 +27,8 @@ from starlette.routing import Route
 
 import meshlib
 from meshlib._scope import current_deadline, time_left
-from meshlib._tools.backend import Backend
 from meshlib.asgi import MeshMiddleware, parse_deadline
+from meshlib.testing._backend import Backend
 
 BackendFactory = Callable[..., Backend]
 

@@ -1,4 +1,4 @@
-"""Tests of the loopback test backend itself (``meshlib._tools.backend``), with plain httpx."""
+"""Tests of the loopback test backend itself (``meshlib.testing._backend``), with plain httpx."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from meshlib._tools.backend import Backend, BackendProcess
-from meshlib._tools.backend.parsing import parse_chunked as _parse_chunked
+from meshlib.testing._backend import Backend, BackendProcess
+from meshlib.testing._backend.parsing import parse_chunked as _parse_chunked
 
 BackendFactory = Callable[..., Backend]
 

@@ -15,7 +15,7 @@ import respx
 import meshlib
 from conftest import BackendFactory
 from meshlib import Backoff, Policy
-from meshlib._tools.backend import Backend
+from meshlib.testing._backend import Backend
 
 
 def _body(response: httpx.Response) -> dict[str, Any]:

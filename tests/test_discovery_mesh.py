@@ -12,7 +12,7 @@ import pytest
 import meshlib
 from conftest import BackendFactory
 from meshlib._discovery._file import FileDiscovery
-from meshlib._tools.backend import Backend
+from meshlib.testing._backend import Backend
 
 
 @pytest.fixture(autouse=True)

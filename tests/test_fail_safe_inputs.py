@@ -19,7 +19,7 @@ from meshlib import Backoff, Breaker, ConfigError, Hedge, Policy, RetryBudget
 from meshlib._config import parse_duration, read_env
 from meshlib._errors import redact_url
 from meshlib._gate import RETRY_AFTER_MAX, parse_retry_after
-from meshlib._tools.backend import Backend
+from meshlib.testing._backend import Backend
 from servers import free_port
 
 FAST = Policy(backoff=Backoff(base=0.001, max=0.005))

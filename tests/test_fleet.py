@@ -278,10 +278,16 @@ def test_in_a_child_process() -> None:
 
 
 def test_the_runtime_does_not_load_the_tooling() -> None:
-    """The fence: importing meshlib (and its testing mode) loads no tooling module."""
-    code = ("import sys, meshlib, meshlib.testing, meshlib.asgi, meshlib.wsgi, meshlib.etcd\n"
+    """The fence: importing meshlib loads neither the tooling nor the testing package, and
+    testing mode alone loads no fault server."""
+    code = ("import sys, meshlib, meshlib.asgi, meshlib.wsgi, meshlib.etcd\n"
+            "with meshlib.MeshClient(services={'s': 'static://127.0.0.1:1'}): pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('meshlib._tools', "
+            "'meshlib.testing'))))\n"
+            "import meshlib.testing\n"
             "meshlib.testing.set_testing(attempts=1)\n"
-            "print(sorted(m for m in sys.modules if m.startswith('meshlib._tools')))\n")
+            "print(sorted(m for m in sys.modules if m.startswith(('meshlib._tools', "
+            "'meshlib.testing._'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.split() == ["[]", "[]"]

@@ -30,7 +30,7 @@ import trustme
 import meshlib
 from conftest import BackendFactory
 from meshlib import Backoff, Breaker, Hedge, Policy, Service
-from meshlib._tools.backend import Backend, BackendProcess
+from meshlib.testing._backend import Backend, BackendProcess
 from test_tls import TLSServer
 
 POOLS = ["httpcore", "aiohttp"]

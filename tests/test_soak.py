@@ -27,7 +27,7 @@ import pytest
 
 import meshlib
 from meshlib import Backoff, Breaker, Policy
-from meshlib._tools.backend import Backend
+from meshlib.testing._backend import Backend
 
 #: servers: 0 slow, 1 answers 503, 2 refuses, 3 resets, 4 stalls, 5 flaps, 6-7 healthy
 FAULTS = 8

@@ -13,9 +13,9 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 
 import meshlib
-from meshlib._tools.backend import Backend
 from meshlib._tools.status import format_snapshot
 from meshlib.cli import main
+from meshlib.testing._backend import Backend
 from meshlib.wsgi import MeshMiddleware
 
 if TYPE_CHECKING:

@@ -383,7 +383,7 @@ NO_SDK_SCRIPT = """
 import httpx
 from opentelemetry import context, propagate, trace
 import meshlib
-from meshlib._tools.backend import Backend
+from meshlib.testing._backend import Backend
 
 backend = Backend(1).start()
 try:

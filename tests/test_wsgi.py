@@ -23,7 +23,7 @@ import pytest
 
 import meshlib
 from meshlib._scope import current_deadline, time_left
-from meshlib._tools.backend import Backend
+from meshlib.testing._backend import Backend
 from meshlib.wsgi import MeshMiddleware
 
 if TYPE_CHECKING:

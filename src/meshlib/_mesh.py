@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from . import testing
+from . import _testmode
 from ._config import SERVICE_NAME, EnvConfig, read_env, warn_if_host_like, warn_no_services
 from ._discovery import DiscoveryOptions, discovery_from_url
 from ._errors import ConfigError
@@ -85,7 +85,7 @@ class Mesh:
 
     def policy_for(self, runtime: ServiceRuntime) -> Policy:
         """The effective policy of a request to ``runtime`` in the current scope."""
-        return testing.capped(self._scoped_policy(runtime))  # set_testing(attempts=N)
+        return _testmode.capped(self._scoped_policy(runtime))  # set_testing(attempts=N)
 
     def _scoped_policy(self, runtime: ServiceRuntime) -> Policy:
         overrides = current_overrides()

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from .. import testing
+from .. import _testmode
 from .._attempts import (
     STOP,
     Admitted,
@@ -92,7 +92,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._passthrough: httpx.AsyncBaseTransport | None = passthrough
         self._lock = threading.Lock()  # never held across I/O
         self._closed = False
-        self.sleep = testing.asleep
+        self.sleep = _testmode.asleep
         self._runner = Runner(self)
 
     # -- httpx transport API ------------------------------------------------------------

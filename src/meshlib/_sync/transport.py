@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from .. import testing
+from .. import _testmode
 from .._attempts import (
     STOP,
     Admitted,
@@ -93,7 +93,7 @@ class MeshTransport(httpx.BaseTransport):
         self._passthrough: httpx.BaseTransport | None = passthrough
         self._lock = threading.Lock()  # never held across I/O
         self._closed = False
-        self.sleep = testing.sleep
+        self.sleep = _testmode.sleep
         self._runner = Runner(self)
 
     # -- httpx transport API ------------------------------------------------------------

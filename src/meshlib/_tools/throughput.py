@@ -1,7 +1,7 @@
 """Throughput at 1, 16 and 64 concurrent tasks: bare httpx against AsyncMeshClient on each pool.
 
 Four loopback servers answer at 0 ms in a child process
-(:class:`meshlib._tools.backend.BackendProcess`), so they do not share the
+(:class:`meshlib.testing._backend.BackendProcess`), so they do not share the
 client's interpreter lock; with two CPUs or more the servers are pinned to the
 last one and this process to the others for the run (its affinity is restored
 afterwards). In one run,
@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from .backend import BackendProcess
+from ..testing._backend import BackendProcess
 
 __all__ = ["CLIENTS", "format_throughput", "run_throughput"]
 

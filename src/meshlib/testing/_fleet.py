@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from .._errors import ConfigError
-from .._tools.backend import Backend, BackendProcess, RecordedRequest
+from ._backend import Backend, BackendProcess, RecordedRequest
 
 __all__ = ["Fleet", "FleetFactory", "Hit"]
 

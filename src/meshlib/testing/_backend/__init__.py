@@ -6,10 +6,11 @@ by job:
 
 * :mod:`.parsing`: the HTTP/1.1 wire format (request heads, bodies);
 * :mod:`.protocol`: behaviour, one asyncio protocol per connection;
-* :mod:`.control`: settings, recorded requests, one :class:`Server`;
+* :mod:`.settings`: behaviour settings, recorded requests, addresses (plain values);
+* :mod:`.control`: one :class:`Server`, its settings and records, thread-safe;
 * :mod:`.runner`: :class:`Backend`, the servers on an event loop in a thread;
 * :mod:`.process`: :class:`BackendProcess`, the same in a child process
-  (``python -m meshlib._tools.backend``), so that a benchmark's client does
+  (``python -m meshlib.testing._backend``), so that a benchmark's client does
   not share the interpreter lock with its servers.
 
 A :class:`Backend` runs one or more servers on loopback (``127.0.0.1``
@@ -43,8 +44,9 @@ assert exactly how many attempts reached a server.
 
 from __future__ import annotations
 
-from .control import Mode, RecordedRequest, Server, ServerSettings
+from .control import Server
 from .process import BackendProcess
 from .runner import Backend
+from .settings import Mode, RecordedRequest, ServerSettings
 
 __all__ = ["Backend", "BackendProcess", "Mode", "RecordedRequest", "Server", "ServerSettings"]

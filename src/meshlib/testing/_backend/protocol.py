@@ -12,23 +12,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import socket
 import struct
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 from .parsing import NO_BODY_STATUSES, REASONS, BadRequest, Request, parse_request, reason
+from .settings import ServerSettings
 
-if TYPE_CHECKING:
-    from .control import Server
+__all__ = ["HTTPProtocol", "Served"]
 
-__all__ = ["HTTPProtocol"]
+
+class Served(Protocol):
+    """What a connection needs of the server that accepted it (:class:`~.control.Server`)."""
+
+    _connections: set[HTTPProtocol]
+    _stalled: set[HTTPProtocol]
+    _settings: ServerSettings
+    _random: random.Random
+    _backend_header: bytes
+
+    @property
+    def address(self) -> str: ...
+
+    def _record(self, req: Request) -> int: ...
+
+    def _loop_or_raise(self) -> asyncio.AbstractEventLoop: ...
 
 
 class HTTPProtocol(asyncio.Protocol):
     """One server-side HTTP/1.1 connection (keep-alive, pipelining-safe)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Served) -> None:
         self._server = server
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()

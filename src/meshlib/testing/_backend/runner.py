@@ -11,7 +11,8 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from .control import Mode, RecordedRequest, Server, ServerSettings, check_loopback
+from .control import Server
+from .settings import Mode, RecordedRequest, ServerSettings, check_loopback
 
 __all__ = ["Backend", "per_server"]
 

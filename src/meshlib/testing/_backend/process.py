@@ -1,6 +1,6 @@
 """The loopback backend in a child process: :class:`BackendProcess` and its child's ``main``.
 
-The child (``python -m meshlib._tools.backend``) runs a :class:`~.runner.Backend`
+The child (``python -m meshlib.testing._backend``) runs a :class:`~.runner.Backend`
 and obeys one JSON command per stdin line, answering one JSON line on stdout:
 ``{"index": i|null, "set": {...}}``, ``{"index": i|null, "refuse": bool}``,
 ``{"requests": true}`` (every server's recorded requests) and ``{"reset": true}``.
@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .control import RecordedRequest
 from .runner import Backend
+from .settings import RecordedRequest
 
 __all__ = ["BackendProcess", "main"]
 
@@ -68,7 +68,7 @@ class BackendProcess:
             p for p in (package_root, env.get("PYTHONPATH", "")) if p
         )
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "meshlib._tools.backend", json.dumps(self._config)],
+            [sys.executable, "-m", "meshlib.testing._backend", json.dumps(self._config)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -200,7 +200,7 @@ def _serve_child(config: dict[str, Any]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run backend servers until stdin closes (``python -m meshlib._tools.backend``).
+    """Run backend servers until stdin closes (``python -m meshlib.testing._backend``).
 
     With one JSON argument (as :class:`BackendProcess` passes), serve that
     configuration.  Otherwise parse options, print the URLs, and serve.
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 1 and args[0].startswith("{"):
         return _serve_child(json.loads(args[0]))
-    parser = argparse.ArgumentParser(prog="python -m meshlib._tools.backend")
+    parser = argparse.ArgumentParser(prog="python -m meshlib.testing._backend")
     parser.add_argument("-n", type=int, default=1, help="number of servers")
     parser.add_argument("--delay-ms", type=float, nargs="*", default=[0.0])
     parser.add_argument("--fail-pct", type=float, nargs="*", default=[0.0])
