@@ -60,3 +60,26 @@ def transports_and_servers() -> None:
         meshlib.Policy(retries=-1)
     except meshlib.ConfigError as exc:
         _ = str(exc)
+
+
+def testing_tools() -> list[list[str]]:
+    """Testing mode as a call and a context manager, and the fault fleet, type-check."""
+    meshlib.testing.set_testing(False)
+    with meshlib.testing.set_testing(attempts=1), meshlib.testing.Fleet(
+            3, latency=0.01, error_rate=0.1, status=503, retry_after="1") as fleet:
+        fleet.set(refuse=False, stall=False, drop=0.0)
+        fleet.set(0, latency=0.5)
+        url: str = fleet.url
+        endpoints: list[str] = list(fleet.endpoints)
+        _ = (url, endpoints)
+        return [[hit.method for hit in hits] for hits in fleet.hits()]
+
+
+def outlier_knobs() -> meshlib.Policy:
+    """Outlier handling and slow start knobs type-check."""
+    return meshlib.Policy(
+        breaker=meshlib.Breaker(failures=5, reset_timeout=30.0, max_ejection_percent=50,
+                                max_reset_timeout=120.0),
+        slow_start=meshlib.SlowStart(window=30.0, aggression=1.0, min_weight_percent=10.0),
+        propagate_grpc_timeout=True,
+    )
