@@ -177,8 +177,12 @@ def test_many_threads_with_hedging_do_not_queue_behind_each_other(
 
 async def test_cancelled_during_backoff_releases_the_superseded_answer(
         backends: BackendFactory) -> None:
-    """A caller cancelled while a retry waits in backoff leaves no connection or count behind."""
-    b = backends(1, status=503)
+    """A caller cancelled while a retry waits in backoff leaves no connection or count behind.
+
+    ``Retry-After: 1`` makes every retry wait at least 1 s, so the cancel (at 0.3 s)
+    always lands in the wait (full jitter alone lets both retries out in time now and then).
+    """
+    b = backends(1, status=503, retry_after="1")
     policy = FAST.replace(backoff=meshlib.Backoff(base=2.0, max=2.0))
     async with meshlib.AsyncMeshClient(services={"svc": b.static_url}, policy=policy) as client:
         before = client.snapshot()["services"]["svc"]["retry_budget"]["balance"]
