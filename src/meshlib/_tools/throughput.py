@@ -134,8 +134,10 @@ def run_throughput(concurrency: Sequence[int] = (1, 16, 64), requests: int = 300
     (``"httpx"``, ``"mesh-httpcore"``, ``"mesh-aiohttp"``), ``requests`` (sent in
     the best round), ``errors``, ``seconds``, ``rps`` and ``ratio`` (``rps`` over
     bare httpx's at the same concurrency). ``mesh-aiohttp`` is left out when
-    aiohttp is not installed. Each measurement stops after ``budget_s`` seconds
-    even if ``requests`` were not all sent.
+    aiohttp is not installed (``meshlib bench`` then adds rows that say so,
+    with ``skipped`` in place of the figures: :func:`format_throughput` shows
+    them). Each measurement stops after ``budget_s`` seconds even if
+    ``requests`` were not all sent.
     """
     if clients is None:
         try:
@@ -176,15 +178,19 @@ def format_throughput(rows: list[dict[str, Any]]) -> str:
             r = cell.get((name, n))
             if r is None:
                 line.append("n/a")
+            elif "skipped" in r:
+                line.append("skipped")
             else:
                 ratio = f" ({r['ratio']:.2f}x)" if r["ratio"] is not None else ""
                 errors = f" [{r['errors']} errors]" if r["errors"] else ""
                 line.append(f"{r['rps']:,.0f}/s{ratio}{errors}")
         table.append(line)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-                     for row in table)
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in table]
+    reasons = dict.fromkeys(f"{r['client']}: {r['skipped']}" for r in rows if "skipped" in r)
+    return "\n".join([*lines, *reasons])
 
 
 if __name__ == "__main__":  # pragma: no cover - manual runs: python -m meshlib._tools.throughput
