@@ -61,7 +61,7 @@ def _cdf(plt: Any, path: Path, title: str, series: Mapping[str, Sequence[float]]
                 label=f"{_LABELS.get(label, label)} ({n:,} requests)")
     ax.set_xscale("log")
     ticker = plt.matplotlib.ticker
-    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("latency per request (ms, log scale)")
