@@ -1,6 +1,6 @@
 """Request cost at 1,000 warm endpoints against 4: does the mesh's cost grow with the set?
 
-Servers run in a child process (:class:`meshlib._tools.backend.BackendProcess`).
+Servers run in a child process (:class:`meshlib.testing._backend.BackendProcess`).
 For each size, a sync ``MeshClient`` (p2c-ewma, the default) warms every
 endpoint first (a pooled connection and a latency sample each; keep-alive is
 raised to 120 s so that connections do not expire between two visits), then
@@ -26,7 +26,7 @@ LARGE_SET_GOAL = 1.03
 def _cost(n: int, requests: int, rounds: int, budget_s: float) -> dict[str, Any]:
     import meshlib
 
-    from .backend import BackendProcess
+    from ..testing._backend import BackendProcess
     from .throughput import _backend_cpu
 
     backend = BackendProcess(n, cpu=_backend_cpu()).start()
