@@ -210,3 +210,13 @@ def test_short_demo() -> None:
     assert mesh["success"] >= plain["success"]
     after = {t for t in threading.enumerate() if t.name.startswith(mine)}
     assert after <= before  # demo workers and the backend thread are gone
+
+
+def test_plot_into_an_unusable_directory_fails_at_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _require_matplotlib()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert cli.main(["bench", "--quick", "--plot", str(blocker / "plots")]) == 2
+    err = capsys.readouterr().err
+    assert "--plot" in err and "a-file" in err and "cannot create" in err

@@ -17,6 +17,21 @@ Scenarios (each measured in the same run as its baseline):
     with the ``p2c-ewma`` balancer and default retries: p50, p99, success
     rate and attempts per request.
 
+Measurements of their own modules, in the same run:
+
+``throughput`` (:mod:`.throughput`)
+    requests/s at 1, 16 and 64 tasks: bare ``httpx.AsyncClient`` against
+    ``AsyncMeshClient`` with ``pool="httpcore"`` and ``pool="aiohttp"``.
+``pick_cost`` (:mod:`.pick`)
+    microseconds per ``ServiceRuntime.pick`` at 10, 100 and 1,000 warm endpoints.
+``memory`` (:mod:`.memory`)
+    bytes per endpoint: its state plus an idle pool, for each pool.
+``large_set`` (:mod:`.large_set`)
+    a request's client CPU time at 1,000 warm endpoints against 4.
+
+Every scenario's per-request latencies are kept: percentiles go into the
+result, and ``plot_dir`` draws their CDFs (:mod:`.plots`, needs matplotlib).
+
 The servers are a :class:`meshlib.testing.Fleet` in a child process (``process=True``)
 so that they do not share the client's interpreter lock: on a two-core
 machine an in-process server thread takes the GIL away from the client at
@@ -42,6 +57,7 @@ from typing import Any, Literal, TextIO
 
 import httpx
 
+from .._errors import ConfigError
 from ..testing import Fleet
 from .stats import percentile
 
@@ -506,6 +522,11 @@ def run_bench(
         from .plots import require_matplotlib
 
         require_matplotlib()
+        try:  # fail now, not after minutes of measuring
+            Path(plot_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--plot {str(plot_dir)!r}: cannot create the directory "
+                              f"({exc})") from None
     stream = sys.stdout if out is None else out
 
     def note(message: str) -> None:
