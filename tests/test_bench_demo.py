@@ -23,7 +23,7 @@ from meshlib._tools.demo import run_demo
 from meshlib._tools.large_set import run_large_set
 from meshlib._tools.memory import POOLS, format_memory, run_memory
 from meshlib._tools.pick import BALANCERS, format_pick, run_pick_cost
-from meshlib._tools.throughput import CLIENTS, format_throughput
+from meshlib._tools.throughput import CLIENTS, format_throughput, run_throughput
 
 
 def _finite_positive(value: object) -> bool:
@@ -220,3 +220,20 @@ def test_plot_into_an_unusable_directory_fails_at_once(
     assert cli.main(["bench", "--quick", "--plot", str(blocker / "plots")]) == 2
     err = capsys.readouterr().err
     assert "--plot" in err and "a-file" in err and "cannot create" in err
+
+
+def test_without_aiohttp_its_rows_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp fails
+    rows = run_throughput((1, 4), 20, rounds=1, budget_s=5.0)
+    skipped = [r for r in rows if "skipped" in r]
+    assert [(r["client"], r["concurrency"]) for r in skipped] == [("mesh-aiohttp", 1),
+                                                                   ("mesh-aiohttp", 4)]
+    assert all("meshlib[aiohttp]" in r["skipped"] for r in skipped)
+    measured = {(r["client"], r["concurrency"]) for r in rows if "rps" in r}
+    assert measured == {(c, n) for c in ("httpx", "mesh-httpcore") for n in (1, 4)}
+    table = format_throughput(rows)
+    assert "skipped" in table and "meshlib[aiohttp]" in table
+    memory = {r["pool"]: r for r in run_memory(12, small=2)}
+    assert "meshlib[aiohttp]" in memory["async-aiohttp"]["skipped"]
+    assert memory["async-httpcore"]["bytes_per_endpoint"] > 0
+    assert "skipped" in format_memory(list(memory.values()))

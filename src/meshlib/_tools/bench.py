@@ -587,10 +587,6 @@ def run_bench(
     note("throughput: httpx.AsyncClient vs AsyncMeshClient at 1, 16, 64 tasks ...")
     throughput = run_throughput((1, 16, 64), tput["requests"], rounds=tput["rounds"],
                                 budget_s=tput["budget_s"])
-    if not any(r["client"] == "mesh-aiohttp" for r in throughput):
-        throughput += [{"concurrency": c, "client": "mesh-aiohttp",
-                        "skipped": "aiohttp is not installed (pip install 'meshlib[aiohttp]')"}
-                       for c in (1, 16, 64)]
     note("pick cost: ServiceRuntime.pick at 10, 100, 1,000 endpoints ...")
     pick_cost = run_pick_cost((10, 100, 1000), picks=pick["picks"], repeats=pick["repeats"])
     note(f"memory: state and idle pool per endpoint, {memory_n:,} endpoints ...")
