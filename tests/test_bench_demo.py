@@ -1,29 +1,68 @@
-"""Smoke tests of ``meshlib bench`` (quick) and a shortened ``meshlib demo``.
+"""Smoke tests of ``meshlib bench`` (quick, with its plots) and a shortened ``meshlib demo``.
 
 They check structure and sanity only: no wall-clock thresholds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
+import sys
 import threading
+from pathlib import Path
+from typing import Any
 
-from meshlib._tools.bench import format_table, run_bench
+import pytest
+
+from meshlib import cli
+from meshlib._tools.bench import format_table
 from meshlib._tools.demo import run_demo
+from meshlib._tools.large_set import run_large_set
+from meshlib._tools.memory import POOLS, format_memory, run_memory
+from meshlib._tools.pick import BALANCERS, format_pick, run_pick_cost
+from meshlib._tools.throughput import CLIENTS, format_throughput, run_throughput
 
 
 def _finite_positive(value: object) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-def test_quick_bench_json() -> None:
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _require_matplotlib() -> None:
+    """Skip without matplotlib, except in CI (it comes with the dev extra there): fail."""
+    if _have_matplotlib():
+        return
+    message = "matplotlib is not installed (pip install 'meshlib[plot]')"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path | None]:
+    """One ``meshlib bench --quick --json [--plot DIR]`` through the command line."""
+    plots = tmp_path_factory.mktemp("plots") / "out" if _have_matplotlib() else None
+    argv = ["bench", "--quick", "--json", *(["--plot", str(plots)] if plots else [])]
     out = io.StringIO()
-    notes: list[str] = []
-    result = run_bench(json_output=True, quick=True, out=out, progress=notes.append)
-    assert json.loads(out.getvalue()) == json.loads(json.dumps(result))
-    assert notes  # progress went to the callback, not into the JSON
+    with contextlib.redirect_stdout(out):
+        assert cli.main(argv) == 0
+    result = json.loads(out.getvalue())
+    assert isinstance(result, dict)
+    return result, plots
+
+
+def test_quick_bench_json(quick_run: tuple[dict[str, Any], Path | None]) -> None:
+    result, _ = quick_run
     meta = result["meta"]
     assert meta["quick"] is True and meta["servers"] == "child process"
     scenarios = result["scenarios"]
@@ -47,9 +86,107 @@ def test_quick_bench_json() -> None:
     # The round-robin client hits the failing server; the mesh retries elsewhere.
     assert tail["mesh"]["success_rate"] >= tail["baseline"]["success_rate"]
     assert _finite_positive(tail["p99_ratio"])
+    # every scenario carries its per-request latency distribution, for both sides
+    for key, scenario in scenarios.items():
+        for side in ("baseline", "mesh"):
+            lat = scenario["latency"][side]
+            assert lat["requests"] > 0, key
+            assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["p999_ms"]
+            assert lat["p999_ms"] <= lat["max_ms"]
+    assert tail["latency"]["mesh"]["requests"] == tail["mesh"]["requests"]
 
     table = format_table(result)
     assert "overhead sync" in table and "tail: p99" in table and "success rate" in table
+    for section in ("throughput", "pick cost", "memory per endpoint", "large set"):
+        assert section in table
+
+
+def test_quick_bench_throughput(quick_run: tuple[dict[str, Any], Path | None]) -> None:
+    rows = quick_run[0]["throughput"]
+    cells = {(r["client"], r["concurrency"]): r for r in rows}
+    assert set(cells) == {(c, n) for c in CLIENTS for n in (1, 16, 64)}
+    for (client, n), row in cells.items():
+        if "skipped" in row:  # only aiohttp may be missing, and the row says so
+            assert client == "mesh-aiohttp" and "meshlib[aiohttp]" in row["skipped"]
+            continue
+        assert _finite_positive(float(row["rps"])), (client, n)
+        assert row["errors"] == 0 and row["requests"] > 0
+        assert _finite_positive(float(row["ratio"]))
+        if client == "httpx":
+            assert row["ratio"] == 1.0  # the baseline of its own concurrency
+    table = format_throughput(rows)
+    assert "mesh-httpcore" in table and "64 tasks" in table
+
+
+def test_quick_bench_pick_memory_large_set(
+        quick_run: tuple[dict[str, Any], Path | None]) -> None:
+    result = quick_run[0]
+    picks = result["pick_cost"]
+    assert {(r["balancer"], r["endpoints"], r["open_breakers"]) for r in picks} == {
+        (b, n, o) for b in BALANCERS for n in (10, 100, 1000) for o in (0, 1)}
+    assert all(_finite_positive(r["us"]) for r in picks)
+    memory = {r["pool"]: r for r in result["memory"]}
+    assert set(memory) == set(POOLS)
+    for name, row in memory.items():
+        if "skipped" in row:
+            assert name == "async-aiohttp" and "meshlib[aiohttp]" in row["skipped"]
+            continue
+        assert row["bytes_per_endpoint"] > 0 and row["total_kib"] > 0
+        assert row["goal_kib"] == 20.0 and isinstance(row["ok"], bool)
+    large = result["large_set"]
+    assert large["small"]["endpoints"] < large["large"]["endpoints"]
+    for side in ("small", "large"):
+        assert _finite_positive(large[side]["cpu_us"]) and large[side]["errors"] == 0
+        assert 0 < large[side]["warm_endpoints"] <= large[side]["endpoints"]
+    assert large["small"]["warm_endpoints"] == large["small"]["endpoints"]
+    assert _finite_positive(large["ratio"]) and large["goal"] == 1.03
+
+
+def test_quick_bench_plots(quick_run: tuple[dict[str, Any], Path | None]) -> None:
+    _require_matplotlib()
+    result, directory = quick_run
+    assert directory is not None
+    names = {"latency-overhead-sync.png", "latency-overhead-async.png", "latency-tail.png",
+             "throughput.png", "pick-cost.png"}
+    assert {Path(p).name for p in result["plots"]} == names
+    for name in names:
+        data = (directory / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
+
+
+def test_pick_cost_and_memory_measure_positive() -> None:
+    rows = run_pick_cost((2, 20), balancers=("p2c-ewma",), picks=50, repeats=1)
+    assert [(r["endpoints"], r["open_breakers"]) for r in rows] == [(2, 0), (20, 0),
+                                                                      (2, 1), (20, 1)]
+    assert all(_finite_positive(r["us"]) for r in rows)
+    assert "p2c-ewma" in format_pick(rows) and "one open" in format_pick(rows)
+    memory = run_memory(30, small=3)
+    assert [r["pool"] for r in memory] == list(POOLS)
+    measured = [r for r in memory if "skipped" not in r]
+    assert len(measured) >= 2
+    # an endpoint costs at least its state object; well under a megabyte
+    assert all(200 < r["bytes_per_endpoint"] < 1_000_000 for r in measured)
+    assert "KiB per endpoint" in format_memory(memory)
+
+
+def test_bench_measurements_reject_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="sizes"):
+        run_pick_cost((1, 10))
+    with pytest.raises(ValueError, match="n must exceed small"):
+        run_memory(5, small=10)
+    with pytest.raises(ValueError, match="small < large"):
+        run_large_set(10, 4)
+
+
+def test_plot_without_matplotlib_names_the_extra(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # an import of matplotlib fails as if it were not installed; nothing is measured
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli.main(["bench", "--quick", "--plot", str(tmp_path / "plots")]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "meshlib[plot]" in err
+    assert not (tmp_path / "plots").exists()
 
 
 def test_short_demo() -> None:
@@ -73,3 +210,30 @@ def test_short_demo() -> None:
     assert mesh["success"] >= plain["success"]
     after = {t for t in threading.enumerate() if t.name.startswith(mine)}
     assert after <= before  # demo workers and the backend thread are gone
+
+
+def test_plot_into_an_unusable_directory_fails_at_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _require_matplotlib()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert cli.main(["bench", "--quick", "--plot", str(blocker / "plots")]) == 2
+    err = capsys.readouterr().err
+    assert "--plot" in err and "a-file" in err and "cannot create" in err
+
+
+def test_without_aiohttp_its_rows_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp fails
+    rows = run_throughput((1, 4), 20, rounds=1, budget_s=5.0)
+    skipped = [r for r in rows if "skipped" in r]
+    assert [(r["client"], r["concurrency"]) for r in skipped] == [("mesh-aiohttp", 1),
+                                                                   ("mesh-aiohttp", 4)]
+    assert all("meshlib[aiohttp]" in r["skipped"] for r in skipped)
+    measured = {(r["client"], r["concurrency"]) for r in rows if "rps" in r}
+    assert measured == {(c, n) for c in ("httpx", "mesh-httpcore") for n in (1, 4)}
+    table = format_throughput(rows)
+    assert "skipped" in table and "meshlib[aiohttp]" in table
+    memory = {r["pool"]: r for r in run_memory(12, small=2)}
+    assert "meshlib[aiohttp]" in memory["async-aiohttp"]["skipped"]
+    assert memory["async-httpcore"]["bytes_per_endpoint"] > 0
+    assert "skipped" in format_memory(list(memory.values()))

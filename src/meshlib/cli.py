@@ -206,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--quick", action="store_true",
                        help="a short run (fewer requests; noisier numbers)")
+    bench.add_argument("--plot", metavar="DIR", default=None,
+                       help="also write PNG plots (latency CDFs, throughput, pick cost) "
+                            "into DIR; needs matplotlib: pip install 'meshlib[plot]'")
     status = sub.add_parser("status", help="show the mesh snapshot of a running service",
                             description=_STATUS_HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             from ._tools.bench import run_bench
 
-            run_bench(json_output=args.json, quick=args.quick)
+            run_bench(json_output=args.json, quick=args.quick, plot_dir=args.plot)
             return 0
         if args.command == "status":
             from ._tools.status import run_status

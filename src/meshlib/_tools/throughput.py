@@ -133,15 +133,21 @@ def run_throughput(concurrency: Sequence[int] = (1, 16, 64), requests: int = 300
     Returns one dict per (concurrency, client) with ``concurrency``, ``client``
     (``"httpx"``, ``"mesh-httpcore"``, ``"mesh-aiohttp"``), ``requests`` (sent in
     the best round), ``errors``, ``seconds``, ``rps`` and ``ratio`` (``rps`` over
-    bare httpx's at the same concurrency). ``mesh-aiohttp`` is left out when
-    aiohttp is not installed. Each measurement stops after ``budget_s`` seconds
-    even if ``requests`` were not all sent.
+    bare httpx's at the same concurrency). When aiohttp is not installed (and
+    ``clients`` is not given), the ``mesh-aiohttp`` rows say so: ``skipped``
+    (why) in place of the figures, as :func:`format_throughput` shows them.
+    Each measurement stops after ``budget_s`` seconds even if ``requests``
+    were not all sent.
     """
+    missing: list[dict[str, Any]] = []
     if clients is None:
         try:
             import aiohttp  # noqa: F401
         except ImportError:
             clients = CLIENTS[:2]
+            missing = [{"concurrency": c, "client": "mesh-aiohttp",
+                        "skipped": "aiohttp is not installed (pip install 'meshlib[aiohttp]')"}
+                       for c in concurrency]
         else:
             clients = CLIENTS
     unknown = [c for c in clients if c not in CLIENTS]
@@ -156,8 +162,9 @@ def run_throughput(concurrency: Sequence[int] = (1, 16, 64), requests: int = 300
         os.sched_setaffinity(0, mine - {server_cpu})
     try:
         with BackendProcess(4, delay_ms=0.0, cpu=server_cpu) as servers:
-            return asyncio.run(_measure(servers.static_url, servers.urls, tuple(concurrency),
+            rows = asyncio.run(_measure(servers.static_url, servers.urls, tuple(concurrency),
                                         requests, rounds, budget_s, tuple(clients)))
+            return rows + missing
     finally:
         if mine is not None:
             os.sched_setaffinity(0, mine)
@@ -176,15 +183,19 @@ def format_throughput(rows: list[dict[str, Any]]) -> str:
             r = cell.get((name, n))
             if r is None:
                 line.append("n/a")
+            elif "skipped" in r:
+                line.append("skipped")
             else:
                 ratio = f" ({r['ratio']:.2f}x)" if r["ratio"] is not None else ""
                 errors = f" [{r['errors']} errors]" if r["errors"] else ""
                 line.append(f"{r['rps']:,.0f}/s{ratio}{errors}")
         table.append(line)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-                     for row in table)
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in table]
+    reasons = dict.fromkeys(f"{r['client']}: {r['skipped']}" for r in rows if "skipped" in r)
+    return "\n".join([*lines, *reasons])
 
 
 if __name__ == "__main__":  # pragma: no cover - manual runs: python -m meshlib._tools.throughput
