@@ -33,6 +33,7 @@ from .._endpoint import Endpoint, parse_host_port
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
 from ._entries import EntryError, parse_entry
+from ._http import fetch, lines, read_whole
 
 __all__ = ["DEFAULT_PORT", "EtcdDiscovery", "b64", "parse_etcd_url", "prefix_range"]
 
@@ -102,7 +103,8 @@ class EtcdDiscovery(Discovery):
     BACKOFF_INITIAL = 0.5
     #: the longest delay between reconnection attempts
     BACKOFF_MAX = 30.0
-    #: seconds to connect and to read a range answer (the watch stream has no read limit)
+    #: seconds to connect and per read of a range answer, which must be whole within twice
+    #: this (the watch stream has no read limit)
     REQUEST_TIMEOUT = 5.0
 
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
@@ -140,7 +142,8 @@ class EtcdDiscovery(Discovery):
 
     async def _range(self, client: httpx.AsyncClient) -> int:
         """Read every key under the prefix into :attr:`endpoints`; the revision read at."""
-        response = await client.post("/v3/kv/range", json=prefix_range(self.prefix))
+        response = await fetch(client, "POST", "/v3/kv/range", json=prefix_range(self.prefix),
+                               total=2 * self.REQUEST_TIMEOUT)
         body = _json_response(response)
         self.endpoints = {}
         for kv in body.get("kvs", []):
@@ -155,10 +158,10 @@ class EtcdDiscovery(Discovery):
                                  timeout=httpx.Timeout(self.REQUEST_TIMEOUT, read=None)
                                  ) as response:
             if response.status_code != 200:
-                await response.aread()
+                answer = await read_whole(response)
                 raise _Broken(f"watch answered HTTP {response.status_code}: "
-                              f"{response.text[:200]}")
-            async for line in response.aiter_lines():
+                              f"{answer.text[:200]}")
+            async for line in lines(response):
                 if line.strip() and self._apply(line):
                     yield None
         raise _Broken("etcd closed the watch stream")

@@ -1,0 +1,220 @@
+"""An attacker's review of the fail-safe guarantees (docs/reliability.md, "Faults and
+bad inputs tried"): each test reproduces an attack with real loopback servers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import meshlib
+import meshlib._discovery._http as discovery_http
+from conftest import BackendFactory
+from meshlib import Policy
+from meshlib._discovery._consul import ConsulDiscovery
+from meshlib._discovery._etcd import EtcdDiscovery, b64
+
+# -- a hostile registry: answers headers, then whatever a mode says -------------------------
+
+Mode = Callable[[socket.socket, str, "HostileRegistry"], None]
+
+
+class HostileRegistry:
+    """A loopback HTTP/1.1 server whose answers are chosen per request path by ``modes``
+    (``path prefix -> writer``); every writer is bounded in bytes and time."""
+
+    def __init__(self, modes: dict[str, Mode]) -> None:
+        self.modes = modes
+        self.sent = 0  # body bytes written, all connections
+        self.stopping = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self.threads: list[threading.Thread] = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1]
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                while len(body) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    body += chunk
+                for prefix, mode in self.modes.items():
+                    if path.startswith(prefix):
+                        mode(conn, path, self)
+                        return
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+            except OSError:
+                return
+
+    def write(self, conn: socket.socket, data: bytes) -> bool:
+        """Write body bytes; False once the client has gone (or the server stops)."""
+        if self.stopping.is_set():
+            return False
+        try:
+            conn.sendall(data)
+        except OSError:
+            return False
+        self.sent += len(data)
+        return True
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.acceptor.join(5)
+        self.sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[[dict[str, Mode]], HostileRegistry]]:
+    servers: list[HostileRegistry] = []
+
+    def start(modes: dict[str, Mode]) -> HostileRegistry:
+        server = HostileRegistry(modes)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+HEADERS = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-consul-index: 7\r\n"
+           b"connection: close\r\n\r\n")
+
+
+def trickle(conn: socket.socket, path: str, server: HostileRegistry) -> None:
+    """Headers, then one byte of a JSON answer every 0.1 s (for 20 s at most)."""
+    conn.sendall(HEADERS)
+    if not server.write(conn, b"["):
+        return
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and server.write(conn, b" "):
+        time.sleep(0.1)
+
+
+ENDLESS_LIMIT = 64 * 1024 * 1024
+
+
+def endless(conn: socket.socket, path: str, server: HostileRegistry) -> None:
+    """Headers, then a body that never ends (64 MiB at most), as fast as it is read."""
+    conn.sendall(HEADERS)
+    block = b" " * 65536
+    while server.sent < ENDLESS_LIMIT and server.write(conn, block):
+        pass
+
+
+# -- discovery reads are bounded in time and size -------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["etcd", "consul"])
+def test_registry_trickling_its_answer_fails_within_a_bounded_time(
+        kind: str, hostile: Callable[[dict[str, Mode]], HostileRegistry],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry that sends its answer a byte every 0.1 s (inside every per-read
+    timeout) used to hold the discovery read for ever: no answer, no failure, and a
+    request could only say "has not answered". Now the whole answer must arrive within
+    a bound; the request's NoEndpointsError names that failure."""
+    monkeypatch.setattr(EtcdDiscovery, "REQUEST_TIMEOUT", 0.3)
+    monkeypatch.setattr(ConsulDiscovery, "REQUEST_TIMEOUT", 0.3)
+    monkeypatch.setattr(ConsulDiscovery, "WAIT", 0.3)
+    server = hostile({"/": trickle})
+    url = (f"etcd://{server.address}/mesh/users" if kind == "etcd"
+           else f"consul://{server.address}/users")
+    with meshlib.MeshClient(services={"users": url}, policy=Policy(timeout=3)) as client:
+        with pytest.raises(meshlib.NoEndpointsError) as caught:
+            client.get("http://users/")
+    message = str(caught.value)
+    assert "last error" in message, message
+    assert "no complete answer within" in message
+
+
+@pytest.mark.parametrize("kind", ["etcd", "consul"])
+def test_registry_sending_an_endless_answer_is_cut_at_the_size_limit(
+        kind: str, hostile: Callable[[dict[str, Mode]], HostileRegistry],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry (or anything on its port) that sends an endless body used to be read
+    whole into memory. Now reading stops at the size limit (1 MiB here, 32 MiB by
+    default): far less than the server offered is read, and the failure says why."""
+    monkeypatch.setattr(discovery_http, "MAX_ANSWER_BYTES", 1024 * 1024)
+    server = hostile({"/": endless})
+    url = (f"etcd://{server.address}/mesh/users" if kind == "etcd"
+           else f"consul://{server.address}/users")
+    with meshlib.MeshClient(services={"users": url}, policy=Policy(timeout=3)) as client:
+        with pytest.raises(meshlib.NoEndpointsError) as caught:
+            client.get("http://users/")
+    message = str(caught.value)
+    assert "larger than the 1048576 byte limit" in message, message
+    assert server.sent < ENDLESS_LIMIT / 2  # the client hung up early
+
+
+def test_etcd_watch_line_that_never_ends_is_cut_and_the_set_kept(
+        hostile: Callable[[dict[str, Mode]], HostileRegistry], backends: BackendFactory,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The etcd watch stream sending one endless line (no newline) used to be buffered
+    whole. Now the line is cut at the limit, the watch counts as broken (logged), and
+    the endpoints of the range read keep serving."""
+    monkeypatch.setattr(discovery_http, "MAX_ANSWER_BYTES", 1024 * 1024)
+    b = backends(1)
+    host, port = b.addresses[0].rsplit(":", 1)
+    value = b64(json.dumps({"host": host, "port": int(port)}).encode())
+    range_body = json.dumps({"header": {"revision": "5"},
+                             "kvs": [{"key": b64(b"/mesh/users/a"), "value": value}]}).encode()
+
+    def answer_range(conn: socket.socket, path: str, server: HostileRegistry) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(range_body)
+                     + range_body)
+
+    server = hostile({"/v3/kv/range": answer_range, "/v3/watch": endless})
+    caplog.set_level(logging.DEBUG, logger="meshlib")
+    with meshlib.MeshClient(services={"users": f"etcd://{server.address}/mesh/users"},
+                            policy=Policy(timeout=3)) as client:
+        assert client.get("http://users/").status_code == 200
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "longer than 1048576 characters" not in caplog.text:
+            time.sleep(0.05)
+        assert "longer than 1048576 characters" in caplog.text
+        assert client.get("http://users/").status_code == 200
+    assert server.sent < ENDLESS_LIMIT / 2
