@@ -218,3 +218,64 @@ def test_etcd_watch_line_that_never_ends_is_cut_and_the_set_kept(
         assert "longer than 1048576 characters" in caplog.text
         assert client.get("http://users/").status_code == 200
     assert server.sent < ENDLESS_LIMIT / 2
+
+
+# -- cancellation never leaves a breaker's trial slot taken ---------------------------------
+
+
+def _breakers(client: meshlib.AsyncMeshClient | meshlib.MeshClient) -> dict[str, str]:
+    return {e["endpoint"]: e["breaker"]
+            for e in client.snapshot()["services"]["svc"]["endpoints"]}
+
+
+def _inflight(client: meshlib.AsyncMeshClient | meshlib.MeshClient) -> int:
+    return sum(e["inflight"] for e in client.snapshot()["services"]["svc"]["endpoints"])
+
+
+async def test_caller_cancelled_while_a_retry_closes_the_stale_answer_frees_the_trial(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry whose pick took an ejected endpoint's single half-open trial, and whose
+    caller is cancelled while the 503 it replaces is being closed, used to keep the
+    trial slot for ever: that endpoint was never tried again (ejected for good, even
+    healthy). Now the slot is given back; the healed endpoint closes its breaker."""
+    import asyncio
+
+    import meshlib._async.transport as transport_module
+    from meshlib.testing import Fleet
+
+    closing = asyncio.Event()
+    real_discard = transport_module.adiscard
+
+    async def slow_discard(response: object) -> None:  # a close that takes a while
+        closing.set()
+        await asyncio.sleep(2)
+        await real_discard(response)  # type: ignore[arg-type]
+
+    with Fleet(2) as fleet:
+        b = fleet.endpoints[1]
+        policy = Policy(timeout=5, retries=2,
+                        breaker=meshlib.Breaker(failures=1, reset_timeout=0.3))
+        async with meshlib.AsyncMeshClient(services={"svc": fleet.url}, policy=policy) as client:
+            fleet.set(1, refuse=True)
+            for _ in range(20):  # until b's breaker opens on a refused connection
+                assert (await client.get("http://svc/")).status_code == 200
+                if _breakers(client)[b] == "open":
+                    break
+            assert _breakers(client)[b] == "open"
+            fleet.set(1, refuse=False)  # b heals: its trial would succeed
+            fleet.set(0, error_rate=1.0, latency=0.5)  # a: a slow 503
+            monkeypatch.setattr(transport_module, "adiscard", slow_discard)
+            # the first attempt goes to a (b is not due yet); its 503 comes after b is
+            # due, so the retry takes b's trial, then closes the 503 (slowly)
+            task = asyncio.create_task(client.get("http://svc/"))
+            await asyncio.wait_for(closing.wait(), 3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            monkeypatch.setattr(transport_module, "adiscard", real_discard)
+            fleet.set(0, error_rate=0.0, latency=0.0)
+            await asyncio.sleep(0.05)
+            for _ in range(20):
+                assert (await client.get("http://svc/")).status_code == 200
+            assert _breakers(client)[b] == "closed", "b's trial slot was never given back"
+            assert _inflight(client) == 0
