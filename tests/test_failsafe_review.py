@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
 import meshlib
@@ -279,3 +280,33 @@ async def test_caller_cancelled_while_a_retry_closes_the_stale_answer_frees_the_
                 assert (await client.get("http://svc/")).status_code == 200
             assert _breakers(client)[b] == "closed", "b's trial slot was never given back"
             assert _inflight(client) == 0
+
+
+# -- hostile deadline headers through the server middleware ---------------------------------
+
+
+@pytest.mark.parametrize("header", ["x-mesh-timeout-ms", "grpc-timeout",
+                                    "x-envoy-expected-rq-timeout-ms"])
+def test_a_header_of_thousands_of_values_is_not_parsed_value_by_value(
+        header: str, backends: BackendFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """A caller sending one deadline header made of 8,000 comma-separated values made the
+    middleware parse (and log) each of them on every request: about 60 ms of CPU per
+    16 KiB header, a cheap way to burn a server's CPU. Now only the first 8 values of
+    each header are read; the request is served without a deadline."""
+    from meshlib.asgi import MeshMiddleware
+    from test_asgi import make_app, serve_asgi
+
+    backend = backends(1)
+    app = make_app(f"static://{backend.servers[0].address}")
+    caplog.set_level(logging.DEBUG, logger="meshlib.asgi")
+    with serve_asgi(MeshMiddleware(app)) as url:
+        response = httpx.get(f"{url}/seen", headers={header: "x," * 8000}, timeout=10)
+        assert response.status_code == 200
+        assert response.json()["left_ms"] is None
+        records = [r for r in caplog.records if r.name == "meshlib.asgi"]
+        assert 1 <= len(records) <= 9, len(records)
+        # the same limit for repeated header lines: 8 valid ones are still read
+        response = httpx.get(f"{url}/seen", headers=[(header, "junk")] * 7
+                             + [(header, "250" if header != "grpc-timeout" else "250m")],
+                             timeout=10)
+        assert 0 < response.json()["left_ms"] <= 250
