@@ -310,3 +310,32 @@ def test_a_header_of_thousands_of_values_is_not_parsed_value_by_value(
                              + [(header, "250" if header != "grpc-timeout" else "250m")],
                              timeout=10)
         assert 0 < response.json()["left_ms"] <= 250
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_retry_on_is_checked_as_it_is_read_and_bounded() -> None:
+    """``Policy(retry_on=range(10**9))`` used to build a billion-element tuple (the
+    process was killed for memory) before finding that 0 is not a status code, and an
+    endless iterator never returned; ``retry_on="503"`` complained about ``'5'``. Now
+    values are checked as they come, at most 500 are read, and a string is refused
+    as a whole."""
+    from collections.abc import Iterator as It
+
+    def bad_first() -> It[int]:
+        yield 0
+        raise AssertionError("retry_on was read past its first bad value")
+
+    def endless_503() -> It[int]:
+        for _ in range(10_000):
+            yield 503
+        raise AssertionError("retry_on was read without a bound")
+
+    with pytest.raises(meshlib.ConfigError, match="got 0"):
+        Policy(retry_on=bad_first())  # type: ignore[arg-type]
+    with pytest.raises(meshlib.ConfigError, match="more than 500 status codes"):
+        Policy(retry_on=endless_503())  # type: ignore[arg-type]
+    with pytest.raises(meshlib.ConfigError, match="got '503'"):
+        Policy(retry_on="503")  # type: ignore[arg-type]
+    assert Policy(retry_on=range(500, 505)).retry_on == (500, 501, 502, 503, 504)  # type: ignore[arg-type]
