@@ -420,3 +420,13 @@ def test_an_endpoint_trickling_its_body_cannot_outlive_the_deadline(
         with pytest.raises(httpx.TransportError):
             client.get("http://svc/")
         assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.parametrize("url", ["static://a b:1", "static://bad\x00host:1",
+                                 "static://127.0.0.1:1,x/y:2"])
+def test_static_hosts_with_spaces_or_control_characters_are_config_errors(url: str) -> None:
+    """``static://a b:1`` used to be accepted (every request then failed to resolve
+    ``'a b'`` and counted against the breaker); ``file://`` and etcd entries already
+    refused such hosts. Now it is a ConfigError naming the host."""
+    with pytest.raises(meshlib.ConfigError, match="is not a host name or IP address"):
+        meshlib.MeshClient(services={"svc": url})
