@@ -462,3 +462,48 @@ async def test_async_clients_dropped_without_aclose_leave_no_task_or_connection(
                 break
         assert len(asyncio.all_tasks()) <= tasks_before
         assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
+
+
+@pytest.mark.parametrize("kvs", ["garbage", [1, 2], {"a": 1}])
+def test_etcd_answer_of_the_wrong_shape_is_named(
+        kvs: object, hostile: Callable[[dict[str, Mode]], HostileRegistry]) -> None:
+    """An etcd range answer whose ``kvs`` is a string, a list of numbers or an object
+    used to raise ``AttributeError: 'str' object has no attribute 'get'`` inside the
+    parser (caught only by the discovery runner's last-resort restart). Now it is an
+    ordinary discovery failure that says what is wrong."""
+    body = json.dumps({"header": {"revision": "3"}, "kvs": kvs}).encode()
+
+    def answer(conn: socket.socket, path: str, server: HostileRegistry) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+
+    server = hostile({"/": answer})
+    with meshlib.MeshClient(services={"svc": f"etcd://{server.address}/mesh/svc"},
+                            policy=Policy(timeout=1)) as client:
+        with pytest.raises(meshlib.NoEndpointsError, match="'kvs' that is not a list of objects"):
+            client.get("http://svc/")
+
+
+def test_etcd_value_nested_too_deeply_is_skipped(
+        hostile: Callable[[dict[str, Mode]], HostileRegistry], backends: BackendFactory) -> None:
+    """A key whose value is ``[[[[...`` 100,000 deep is skipped with a warning (a
+    ``RecursionError`` used to escape the parser); the other keys serve."""
+    b = backends(1)
+    host, port = b.addresses[0].rsplit(":", 1)
+    good = b64(json.dumps({"host": host, "port": int(port)}).encode())
+    body = json.dumps({"header": {"revision": "3"}, "kvs": [
+        {"key": b64(b"/mesh/svc/a"), "value": good},
+        {"key": b64(b"/mesh/svc/b"), "value": b64(b"[" * 100_000)}]}).encode()
+
+    def answer(conn: socket.socket, path: str, server: HostileRegistry) -> None:
+        if not path.startswith("/v3/kv/range"):
+            return  # no watch: the connection just closes
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+
+    server = hostile({"/": answer})
+    with meshlib.MeshClient(services={"svc": f"etcd://{server.address}/mesh/svc"},
+                            policy=Policy(timeout=3)) as client:
+        assert client.get("http://svc/").status_code == 200
+        endpoints = client.snapshot()["services"]["svc"]["endpoints"]
+        assert [e["endpoint"] for e in endpoints] == [b.addresses[0]]

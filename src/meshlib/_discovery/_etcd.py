@@ -88,6 +88,15 @@ def _decode(text: Any) -> bytes:
         raise _Broken(f"etcd sent bad base64: {text!r}") from None
 
 
+def _objects(value: Any, what: str) -> list[dict[str, Any]]:
+    """A list of JSON objects from an answer (absent means empty); :class:`_Broken` else."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise _Broken(f"etcd sent {what!r} that is not a list of objects: {str(value)[:200]}")
+    return value
+
+
 def _revision(header: Any) -> int:
     """The revision in a response header (an int64 sent as a string)."""
     try:
@@ -131,7 +140,7 @@ class EtcdDiscovery(Discovery):
         key = _decode(kv.get("key")).decode(errors="replace")
         try:
             self.endpoints[key] = parse_entry(json.loads(_decode(kv.get("value"))))
-        except (EntryError, ValueError) as exc:
+        except (EntryError, ValueError, RecursionError) as exc:
             logger.warning("discovery %s: skipping etcd key %r: bad value: %s",
                            self.url, key, exc)
             self.endpoints.pop(key, None)
@@ -146,7 +155,7 @@ class EtcdDiscovery(Discovery):
                                total=2 * self.REQUEST_TIMEOUT)
         body = _json_response(response)
         self.endpoints = {}
-        for kv in body.get("kvs", []):
+        for kv in _objects(body.get("kvs"), "kvs"):
             self._put(kv)
         return _revision(body.get("header"))
 
@@ -177,9 +186,11 @@ class EtcdDiscovery(Discovery):
             raise _Broken(f"watch failed: {line[:200]}")
         if result.get("canceled"):
             raise _Broken(f"watch canceled by etcd: {result.get('cancel_reason') or result}")
-        events = result.get("events") or []
+        events = _objects(result.get("events"), "events")
         for event in events:
             kv = event.get("kv") or {}
+            if not isinstance(kv, dict):
+                raise _Broken(f"etcd sent an event whose 'kv' is not an object: {line[:200]}")
             if event.get("type") == "DELETE":
                 self._delete(kv)
             else:
