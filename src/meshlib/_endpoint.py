@@ -45,6 +45,8 @@ def parse_host_port(text: str, *, what: str, default_port: int | None = None) ->
         raise ConfigError(f"{what}: {text!r}: write an IPv6 address as [addr]:port")
     if not host:
         raise ConfigError(f"{what}: {text!r} has no host")
+    if any(c.isspace() or not c.isprintable() or c in "/?#@[]" for c in host):
+        raise ConfigError(f"{what}: {text!r}: {host!r} is not a host name or IP address")
     if port_text is None:
         if default_port is None:
             raise ConfigError(f"{what}: {text!r} has no port")

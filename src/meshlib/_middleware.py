@@ -25,6 +25,8 @@ _MS_RE = re.compile(r"[0-9]{1,15}")
 _GRPC_RE = re.compile(r"([0-9]{1,8})([HMSmun])")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _SHOW = 64  # characters of a bad header value shown in the debug log
+#: the values of one deadline header read (repeated or comma-joined); the rest are ignored
+_MAX_VALUES = 8
 
 
 @runtime_checkable
@@ -53,14 +55,20 @@ def _parse_grpc(value: str) -> float | None:
 def _parse_values(name: str, values: Iterable[str], parse: Callable[[str], float | None],
                   log: logging.Logger) -> float | None:
     best: float | None = None
+    left = _MAX_VALUES
     for raw in values:
         # Repeated headers may arrive joined with commas (WSGI, proxies).
-        for part in raw.split(","):
+        parts = raw.split(",", left)
+        for part in parts[:left]:
             seconds = parse(part)
             if seconds is None:
                 log.debug("ignoring invalid %s header value %r", name, part[:_SHOW])
             elif best is None or seconds < best:
                 best = seconds
+        left -= len(parts)
+        if left < 0:  # a caller must not make every request parse thousands of values
+            log.debug("ignoring %s header values after the first %d", name, _MAX_VALUES)
+            break
     return best
 
 
@@ -74,7 +82,8 @@ def parse_deadline(mesh_timeout_ms: Iterable[str] = (), grpc_timeout: Iterable[s
     ``grpc-timeout`` header (gRPC format), ``envoy_timeout_ms`` those of every
     ``x-envoy-expected-rq-timeout-ms`` header (whole milliseconds). Comma-joined
     values are split. The smallest valid value wins; invalid ones are logged at
-    DEBUG on ``log`` and ignored.
+    DEBUG on ``log`` and ignored. Only the first 8 values of each header are
+    read, so a caller cannot make every request parse thousands of them.
     """
     candidates = [
         _parse_values(DEADLINE_HEADER, mesh_timeout_ms, _parse_ms, log),

@@ -20,6 +20,8 @@ __all__ = [
 MAX_SECONDS = 86400.0
 #: the most retries a policy may allow (each one also draws from the retry budget)
 MAX_RETRIES = 100
+#: the most values ``Policy.retry_on`` may hold (there are 500 status codes)
+_MAX_STATUS_CODES = 500
 
 BALANCERS = ("p2c-ewma", "least-request", "round-robin", "random")
 BalancerName = Literal["p2c-ewma", "least-request", "round-robin", "random"]
@@ -211,14 +213,21 @@ class Policy:
                       strict=True)
         _check_int("Policy", "retries", self.retries, 0, MAX_RETRIES)
         try:
-            codes = tuple(self.retry_on)
+            if isinstance(self.retry_on, (str, bytes)):
+                raise TypeError
+            values = iter(self.retry_on)
         except TypeError:
             raise ConfigError(
                 f"Policy.retry_on must be status codes, got {self.retry_on!r}") from None
-        for code in codes:
+        codes: list[int] = []
+        for code in values:  # checked as they come: range(10**9) must not be built first
             if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
                 raise ConfigError(f"Policy.retry_on must hold status codes, got {code!r}")
-        object.__setattr__(self, "retry_on", codes)
+            codes.append(code)
+            if len(codes) > _MAX_STATUS_CODES:
+                raise ConfigError(f"Policy.retry_on holds more than {_MAX_STATUS_CODES} "
+                                  "status codes")
+        object.__setattr__(self, "retry_on", tuple(codes))
         if self.balancer not in BALANCERS:
             raise ConfigError(
                 f"Policy.balancer must be one of {', '.join(BALANCERS)}, got {self.balancer!r}"

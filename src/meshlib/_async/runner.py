@@ -10,6 +10,8 @@ cancelled, which releases their connections and in-flight counts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,11 +44,50 @@ class Runner:
 
     def __init__(self, transport: Owner) -> None:
         self.mesh = transport.mesh
-        self._retire = transport._retire
+        # Discovery tasks live on the loop; they hold the transport only weakly, so a
+        # client dropped without aclose() is collected and its tasks and pools end.
+        reference = weakref.ref(transport)
+
+        async def retire(states: list[EndpointState]) -> None:
+            owner = reference()
+            if owner is not None:
+                await owner._retire(states)
+
+        self._retire = retire
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Future[None]] = set()  # closes in progress
         self._closed = False
+        weakref.finalize(transport, self._abandoned)
+
+    def _abandoned(self) -> None:
+        """The transport was garbage-collected without ``aclose()``: stop its discovery
+        and close its pools on their loop (from whatever thread the collector runs in)."""
+        loop, tasks = self._loop, self._tasks
+        if self._closed or loop is None or loop.is_closed() or not tasks:
+            return
+        self._closed = True
+        self._tasks = []
+        mesh = self.mesh
+
+        async def shut() -> None:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for runtime in mesh.runtimes.values():
+                for state in [*runtime.states.values(), *runtime.draining]:
+                    pool, state.pool = state.pool, None
+                    if pool is not None:
+                        with contextlib.suppress(Exception):
+                            await pool.aclose()
+
+        def start() -> None:
+            closing = asyncio.ensure_future(shut())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(start)
 
     def enter(self) -> None:
         """Before each request: follow the running event loop (start discovery on it)."""

@@ -167,7 +167,11 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         if isinstance(chosen, Admitted):
             stale = superseded(call)
             if stale is not None:
-                await adiscard(stale)
+                try:
+                    await adiscard(stale)
+                except BaseException:  # interrupted: give back a half-open trial slot
+                    chosen.state.breaker.release(chosen.admission)
+                    raise
         return chosen
 
     async def _attempt(self, call: Call) -> Outcome:

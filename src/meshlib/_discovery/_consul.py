@@ -37,6 +37,7 @@ from .._endpoint import Endpoint, parse_host_port
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
 from ._entries import EntryError, parse_entry
+from ._http import fetch
 
 __all__ = ["DEFAULT_PORT", "ConsulDiscovery", "parse_instances"]
 
@@ -171,9 +172,10 @@ class ConsulDiscovery(Discovery):
     async def _fetch(self, client: httpx.AsyncClient) -> tuple[int, tuple[Endpoint, ...]]:
         """One (blocking) query: the new index and the endpoints."""
         read_limit = self.WAIT + self.WAIT / 16 + self.REQUEST_TIMEOUT
-        response = await client.get(
-            f"/v1/health/service/{quote(self.service, safe='')}", params=self._params(),
-            timeout=httpx.Timeout(self.REQUEST_TIMEOUT, read=read_limit),
+        response = await fetch(
+            client, "GET", f"/v1/health/service/{quote(self.service, safe='')}",
+            params=self._params(), timeout=httpx.Timeout(self.REQUEST_TIMEOUT, read=read_limit),
+            total=read_limit + self.REQUEST_TIMEOUT,
         )
         if response.status_code != 200:
             raise _Broken(f"HTTP {response.status_code}: {response.text[:200]}")

@@ -33,6 +33,7 @@ from .._endpoint import Endpoint, parse_host_port
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
 from ._entries import EntryError, parse_entry
+from ._http import fetch, lines, read_whole
 
 __all__ = ["DEFAULT_PORT", "EtcdDiscovery", "b64", "parse_etcd_url", "prefix_range"]
 
@@ -87,6 +88,15 @@ def _decode(text: Any) -> bytes:
         raise _Broken(f"etcd sent bad base64: {text!r}") from None
 
 
+def _objects(value: Any, what: str) -> list[dict[str, Any]]:
+    """A list of JSON objects from an answer (absent means empty); :class:`_Broken` else."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise _Broken(f"etcd sent {what!r} that is not a list of objects: {str(value)[:200]}")
+    return value
+
+
 def _revision(header: Any) -> int:
     """The revision in a response header (an int64 sent as a string)."""
     try:
@@ -102,7 +112,8 @@ class EtcdDiscovery(Discovery):
     BACKOFF_INITIAL = 0.5
     #: the longest delay between reconnection attempts
     BACKOFF_MAX = 30.0
-    #: seconds to connect and to read a range answer (the watch stream has no read limit)
+    #: seconds to connect and per read of a range answer, which must be whole within twice
+    #: this (the watch stream has no read limit)
     REQUEST_TIMEOUT = 5.0
 
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
@@ -129,7 +140,7 @@ class EtcdDiscovery(Discovery):
         key = _decode(kv.get("key")).decode(errors="replace")
         try:
             self.endpoints[key] = parse_entry(json.loads(_decode(kv.get("value"))))
-        except (EntryError, ValueError) as exc:
+        except (EntryError, ValueError, RecursionError) as exc:
             logger.warning("discovery %s: skipping etcd key %r: bad value: %s",
                            self.url, key, exc)
             self.endpoints.pop(key, None)
@@ -140,10 +151,11 @@ class EtcdDiscovery(Discovery):
 
     async def _range(self, client: httpx.AsyncClient) -> int:
         """Read every key under the prefix into :attr:`endpoints`; the revision read at."""
-        response = await client.post("/v3/kv/range", json=prefix_range(self.prefix))
+        response = await fetch(client, "POST", "/v3/kv/range", json=prefix_range(self.prefix),
+                               total=2 * self.REQUEST_TIMEOUT)
         body = _json_response(response)
         self.endpoints = {}
-        for kv in body.get("kvs", []):
+        for kv in _objects(body.get("kvs"), "kvs"):
             self._put(kv)
         return _revision(body.get("header"))
 
@@ -155,10 +167,10 @@ class EtcdDiscovery(Discovery):
                                  timeout=httpx.Timeout(self.REQUEST_TIMEOUT, read=None)
                                  ) as response:
             if response.status_code != 200:
-                await response.aread()
+                answer = await read_whole(response)
                 raise _Broken(f"watch answered HTTP {response.status_code}: "
-                              f"{response.text[:200]}")
-            async for line in response.aiter_lines():
+                              f"{answer.text[:200]}")
+            async for line in lines(response):
                 if line.strip() and self._apply(line):
                     yield None
         raise _Broken("etcd closed the watch stream")
@@ -174,9 +186,11 @@ class EtcdDiscovery(Discovery):
             raise _Broken(f"watch failed: {line[:200]}")
         if result.get("canceled"):
             raise _Broken(f"watch canceled by etcd: {result.get('cancel_reason') or result}")
-        events = result.get("events") or []
+        events = _objects(result.get("events"), "events")
         for event in events:
             kv = event.get("kv") or {}
+            if not isinstance(kv, dict):
+                raise _Broken(f"etcd sent an event whose 'kv' is not an object: {line[:200]}")
             if event.get("type") == "DELETE":
                 self._delete(kv)
             else:

@@ -56,6 +56,7 @@ import httpx
 from .._endpoint import Endpoint, format_address
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
+from ._http import fetch, lines, read_whole
 
 __all__ = [
     "SERVICE_ACCOUNT_DIR",
@@ -385,7 +386,8 @@ class K8sDiscovery(Discovery):
             params = {"labelSelector": self.selector, "limit": str(self.PAGE_SIZE)}
             if token:
                 params["continue"] = token
-            response = await client.get(self.path, params=params, headers=self._headers())
+            response = await fetch(client, "GET", self.path, params=params,
+                                   headers=self._headers(), total=2 * self.REQUEST_TIMEOUT)
             body = _json_body(response)
             items = body.get("items")
             metadata = body.get("metadata")
@@ -429,11 +431,11 @@ class K8sDiscovery(Discovery):
         async with client.stream("GET", self.path, params=params, headers=self._headers(),
                                  timeout=timeout) as response:
             if response.status_code != 200:
-                await response.aread()
-                _json_body(response)  # raises _Gone or _Broken with the server's reason
+                # raises _Gone or _Broken with the server's reason
+                _json_body(await read_whole(response))
                 raise _Broken(f"watch answered HTTP {response.status_code}")
             self.watching = time.monotonic()
-            async for line in response.aiter_lines():
+            async for line in lines(response):
                 if line.strip() and self._event(line):
                     yield None
 

@@ -168,7 +168,11 @@ class MeshTransport(httpx.BaseTransport):
         if isinstance(chosen, Admitted):
             stale = superseded(call)
             if stale is not None:
-                discard(stale)
+                try:
+                    discard(stale)
+                except BaseException:  # interrupted: give back a half-open trial slot
+                    chosen.state.breaker.release(chosen.admission)
+                    raise
         return chosen
 
     def _attempt(self, call: Call) -> Outcome:

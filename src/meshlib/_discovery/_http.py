@@ -1,0 +1,91 @@
+"""Reading a registry's HTTP answers with bounds on their size and their time.
+
+httpx's timeouts are per operation: a registry (or anything listening on its
+port) that trickles its answer a byte at a time, inside the read timeout, would
+hold a discovery read for ever, and one that sends an endless body would grow
+memory until ``MemoryError``. Every answer etcd, Consul and Kubernetes
+discovery read goes through :func:`fetch` (one whole answer: at most
+:data:`MAX_ANSWER_BYTES`, within a total time) or :func:`lines` (a watch
+stream: each line at most :data:`MAX_ANSWER_BYTES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+__all__ = ["MAX_ANSWER_BYTES", "BadAnswer", "fetch", "lines", "read_whole"]
+
+#: the largest registry answer (or watch line) read: 32 MiB holds well over
+#: 100,000 endpoints in any of the registries' formats
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+
+#: response headers that describe the encoded body, dropped from the rebuilt answer
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+class BadAnswer(httpx.HTTPError):
+    """A registry answer that was too large or too slow to read."""
+
+
+def _too_large(limit: int) -> BadAnswer:
+    return BadAnswer(f"answer larger than the {limit} byte limit")
+
+
+async def fetch(client: httpx.AsyncClient, method: str, url: str, *, total: float,
+                limit: int | None = None, **kwargs: Any) -> httpx.Response:
+    """``client.request(...)`` whose whole answer (headers and body) arrives within
+    ``total`` seconds and is at most ``limit`` bytes (:data:`MAX_ANSWER_BYTES`);
+    :class:`BadAnswer` otherwise. The returned response has been read."""
+    async def read() -> httpx.Response:
+        async with client.stream(method, url, **kwargs) as response:
+            return await read_whole(response, limit)
+
+    try:
+        return await asyncio.wait_for(read(), total)
+    except asyncio.TimeoutError:
+        raise BadAnswer(f"no complete answer within {total:g} s") from None
+
+
+async def read_whole(response: httpx.Response, limit: int | None = None) -> httpx.Response:
+    """Read a streamed answer of at most ``limit`` bytes (:data:`MAX_ANSWER_BYTES`), else
+    :class:`BadAnswer`; a read copy of it (what ``response.aread()`` would give)."""
+    cap = MAX_ANSWER_BYTES if limit is None else limit
+    declared = response.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > cap:
+        raise _too_large(cap)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            raise _too_large(cap)
+        chunks.append(chunk)
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in _BODY_HEADERS]
+    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
+                          request=response.request)
+
+
+async def lines(response: httpx.Response, limit: int | None = None) -> AsyncIterator[str]:
+    """The lines of a streamed answer (a watch), as ``aiter_lines`` gives them, but
+    :class:`BadAnswer` for a line longer than ``limit`` characters (:data:`MAX_ANSWER_BYTES`)."""
+    cap = MAX_ANSWER_BYTES if limit is None else limit
+    parts: list[str] = []  # the line read so far, in pieces (no quadratic joining)
+    size = 0
+    async for text in response.aiter_text():
+        if "\n" in text:
+            *complete, rest = "".join((*parts, text)).split("\n")
+            for line in complete:
+                yield line.rstrip("\r")
+            parts, size = [rest], len(rest)
+        else:
+            parts.append(text)
+            size += len(text)
+        if size > cap:
+            raise BadAnswer(f"a line of the stream is longer than {cap} characters")
+    if size:
+        yield "".join(parts).rstrip("\r")
