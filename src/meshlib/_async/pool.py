@@ -19,8 +19,8 @@ from .._pool import (
     async_attempt_limit,
     bounded,
     core_request,
+    httpx_error,
     is_http2,
-    map_httpcore_exceptions,
 )
 
 __all__ = ["AsyncEndpointPool"]
@@ -78,9 +78,14 @@ class _AsyncResponseStream(httpx.AsyncByteStream):
         self._on_close = on_close
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with map_httpcore_exceptions():
+        try:
             async for part in self._stream:
                 yield part
+        except Exception as exc:
+            error = httpx_error(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     async def aclose(self) -> None:
         try:
@@ -106,8 +111,13 @@ class AsyncEndpointPool:
         """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
         response headers must arrive by then (``time.monotonic()``)."""
         async with async_attempt_limit(limit_at):
-            with map_httpcore_exceptions():
+            try:
                 resp = await self._pool.handle_async_request(core_request(request, extensions))
+            except Exception as exc:
+                error = httpx_error(exc)
+                if error is None:
+                    raise
+                raise error from exc
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_AsyncResponseStream(resp.stream, on_close),
                               extensions=resp.extensions)

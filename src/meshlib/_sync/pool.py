@@ -20,8 +20,8 @@ from .._pool import (
     attempt_limit,
     bounded,
     core_request,
+    httpx_error,
     is_http2,
-    map_httpcore_exceptions,
 )
 
 __all__ = ["EndpointPool"]
@@ -79,9 +79,14 @@ class _ResponseStream(httpx.SyncByteStream):
         self._on_close = on_close
 
     def __iter__(self) -> Iterator[bytes]:
-        with map_httpcore_exceptions():
+        try:
             for part in self._stream:
                 yield part
+        except Exception as exc:
+            error = httpx_error(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     def close(self) -> None:
         try:
@@ -107,8 +112,13 @@ class EndpointPool:
         """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
         response headers must arrive by then (``time.monotonic()``)."""
         with attempt_limit(limit_at):
-            with map_httpcore_exceptions():
+            try:
                 resp = self._pool.handle_request(core_request(request, extensions))
+            except Exception as exc:
+                error = httpx_error(exc)
+                if error is None:
+                    raise
+                raise error from exc
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_ResponseStream(resp.stream, on_close),
                               extensions=resp.extensions)
