@@ -30,10 +30,12 @@ import httpcore
 import httpx
 
 __all__ = [
+    "ATTEMPT_LIMIT",
     "PoolSettings",
     "async_attempt_limit",
     "attempt_limit",
     "bounded",
+    "clamp",
     "core_request",
     "httpx_error",
     "is_http2",
@@ -170,6 +172,7 @@ def _slow_core_request(request: httpx.Request, extensions: dict[str, Any]) -> ht
 #: headers; set around each send, read by the endpoint streams
 _ATTEMPT_LIMIT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "meshlib_attempt_limit", default=None)
+ATTEMPT_LIMIT = _ATTEMPT_LIMIT
 
 
 def bounded(timeout: float | None, exc: type[Exception]) -> float | None:
@@ -181,6 +184,15 @@ def bounded(timeout: float | None, exc: type[Exception]) -> float | None:
     limit = _ATTEMPT_LIMIT.get()
     if limit is None:
         return timeout
+    return clamp(timeout, limit, exc)
+
+
+def clamp(timeout: float | None, limit: float, exc: type[Exception]) -> float | None:
+    """``timeout`` shortened to what is left before ``limit``; raise ``exc`` if nothing is.
+
+    The endpoint streams read ``ATTEMPT_LIMIT`` themselves and call this only when
+    it is set (a function call fewer per read and write).
+    """
     left = limit - time.monotonic()
     if left <= 0:
         raise exc("the attempt's deadline passed")

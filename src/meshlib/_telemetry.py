@@ -389,27 +389,18 @@ except (ImportError, AttributeError):  # pragma: no cover - a future API: ask it
     _metrics_globals = None  # type: ignore[assignment]
 
 
+#: provider variables set when meshlib was imported; the API loaded them then (meshlib's
+#: ``get_tracer``/``get_meter`` at import ask for the providers), so the globals are set
+_ENVIRON_PROVIDERS = frozenset(
+    name for name in (OTEL_PYTHON_METER_PROVIDER, OTEL_PYTHON_TRACER_PROVIDER)
+    if name in os.environ)
+
+
 def _unset(module: Any, name: str, variable: str) -> bool:
-    """Whether no provider is set in the API global ``name`` and none is named by the
-    environment ``variable`` (which the API loads on its first lookup): two dict reads,
-    where the API's ``get_*_provider()`` reads ``os.environ`` on every call."""
+    """Whether no provider is set in the API global ``name`` (one attribute read, where
+    the API's ``get_*_provider()`` also reads ``os.environ`` on every call)."""
     return _metrics_globals is not None and getattr(module, name) is None \
-        and variable not in _environ_names()
-
-
-_env_cache: tuple[int, frozenset[str]] = (-1, frozenset())
-
-
-def _environ_names() -> frozenset[str]:
-    """The OTEL_PYTHON_* provider variables set now (re-read only when os.environ changed
-    size, so a hot loop pays one ``len``)."""
-    global _env_cache
-    size = len(os.environ)
-    if _env_cache[0] != size:
-        _env_cache = (size, frozenset(
-            name for name in (OTEL_PYTHON_METER_PROVIDER, OTEL_PYTHON_TRACER_PROVIDER)
-            if name in os.environ))
-    return _env_cache[1]
+        and variable not in _ENVIRON_PROVIDERS
 
 
 def _metrics_installed() -> bool:

@@ -15,9 +15,11 @@ import httpx
 from httpcore._backends.auto import AutoBackend  # documented by httpcore, not exported
 
 from .._pool import (
+    ATTEMPT_LIMIT,
     PoolSettings,
     async_attempt_limit,
     bounded,
+    clamp,
     core_request,
     httpx_error,
     is_http2,
@@ -33,10 +35,16 @@ class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
         self._stream = stream
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max_bytes, bounded(timeout, httpcore.ReadTimeout))
+        limit = ATTEMPT_LIMIT.get()
+        if limit is not None:
+            timeout = clamp(timeout, limit, httpcore.ReadTimeout)
+        return await self._stream.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._stream.write(buffer, bounded(timeout, httpcore.WriteTimeout))
+        limit = ATTEMPT_LIMIT.get()
+        if limit is not None:
+            timeout = clamp(timeout, limit, httpcore.WriteTimeout)
+        await self._stream.write(buffer, timeout)
 
     async def aclose(self) -> None:
         await self._stream.aclose()

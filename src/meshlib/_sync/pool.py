@@ -16,9 +16,11 @@ import httpx
 from httpcore._backends.sync import SyncBackend  # documented by httpcore, not exported
 
 from .._pool import (
+    ATTEMPT_LIMIT,
     PoolSettings,
     attempt_limit,
     bounded,
+    clamp,
     core_request,
     httpx_error,
     is_http2,
@@ -34,10 +36,16 @@ class _BoundedStream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, bounded(timeout, httpcore.ReadTimeout))
+        limit = ATTEMPT_LIMIT.get()
+        if limit is not None:
+            timeout = clamp(timeout, limit, httpcore.ReadTimeout)
+        return self._stream.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, bounded(timeout, httpcore.WriteTimeout))
+        limit = ATTEMPT_LIMIT.get()
+        if limit is not None:
+            timeout = clamp(timeout, limit, httpcore.WriteTimeout)
+        self._stream.write(buffer, timeout)
 
     def close(self) -> None:
         self._stream.close()
