@@ -212,6 +212,8 @@ def is_http2(stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream) -> bo
 #: how long after its limit an async attempt is cancelled as a whole: late enough that
 #: the streams' own timeouts (which tell a connect timeout from a read timeout) come first
 _CANCEL_SLACK = 0.02
+#: ``BaseEventLoop.time`` is ``time.monotonic()``: a limit is a loop time as it is
+_MONOTONIC_LOOP_TIME = asyncio.BaseEventLoop.time
 
 
 class attempt_limit:
@@ -264,7 +266,10 @@ class async_attempt_limit:
         if sys.version_info >= (3, 11):
             self._cancelling = task.cancelling()
         loop = asyncio.get_running_loop()
-        when = loop.time() + (self._limit_at - time.monotonic()) + _CANCEL_SLACK
+        if type(loop).time is _MONOTONIC_LOOP_TIME:  # asyncio's own loops: the same clock
+            when = self._limit_at + _CANCEL_SLACK
+        else:
+            when = loop.time() + (self._limit_at - time.monotonic()) + _CANCEL_SLACK
         self._handle = loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
