@@ -37,6 +37,7 @@ from ._service import ServiceRuntime
 __all__ = ["Call", "Outcome", "Verdict"]
 
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+_NO_TIMEOUTS: dict[str, float | None] = {}
 #: the (unused) controller a tenacity wait strategy's RetryCallState must name
 _NO_RETRYING = Retrying()
 
@@ -91,10 +92,9 @@ class Call:
         self.previous: Outcome | None = None
         #: when the budget token of the pending extra attempt was drawn (for a refund)
         self.token_at: float | None = None
-        timeouts = request.extensions.get("timeout") or {}
-        self.base_timeouts: dict[str, float | None] = {
-            key: timeouts.get(key) for key in _TIMEOUT_KEYS
-        }
+        #: the request's httpx timeouts (read, never changed: each attempt gets its own dict)
+        self.base_timeouts: dict[str, float | None] = (
+            request.extensions.get("timeout") or _NO_TIMEOUTS)
         self._waits: wait_random_exponential | None = None  # built on the first retry
 
     # -- time ---------------------------------------------------------------------
@@ -152,10 +152,11 @@ class Call:
             deadline_bound, limit = True, max(left, 0.0)
         else:
             deadline_bound, limit = False, attempt_timeout
-        timeouts = {
-            key: limit if value is None or value > limit else value
-            for key, value in self.base_timeouts.items()
-        }
+        base = self.base_timeouts
+        timeouts: dict[str, float | None] = {}
+        for key in _TIMEOUT_KEYS:
+            value = base.get(key)
+            timeouts[key] = limit if value is None or value > limit else value
         extensions = dict(request.extensions)
         extensions["timeout"] = timeouts
         sni = self.runtime.sni

@@ -30,11 +30,14 @@ import httpcore
 import httpx
 
 __all__ = [
+    "ATTEMPT_LIMIT",
     "PoolSettings",
     "async_attempt_limit",
     "attempt_limit",
     "bounded",
+    "clamp",
     "core_request",
+    "httpx_error",
     "is_http2",
     "map_httpcore_exceptions",
 ]
@@ -57,16 +60,29 @@ _EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
 )
 
 
+def httpx_error(exc: Exception) -> httpx.HTTPError | None:
+    """The most specific httpx exception for an httpcore one (``None``: not httpcore's).
+
+    Callers write ``except Exception as exc`` around the httpcore call and raise
+    the result ``from exc``: a plain ``try`` costs nothing until something is
+    raised, where a ``contextmanager`` costs a generator on every use.
+    """
+    for source, target in _EXCEPTIONS:
+        if isinstance(exc, source):
+            return target(str(exc))
+    return None
+
+
 @contextlib.contextmanager
 def map_httpcore_exceptions() -> Iterator[None]:
     """Re-raise httpcore's exceptions as the most specific httpx exception."""
     try:
         yield
     except Exception as exc:
-        for source, target in _EXCEPTIONS:
-            if isinstance(exc, source):
-                raise target(str(exc)) from exc
-        raise
+        error = httpx_error(exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 #: httpx transport arguments that configure the endpoint pools too
@@ -112,15 +128,40 @@ class PoolSettings:
         }
 
 
+_CoreRequest = httpcore.Request
+_CoreURL = httpcore.URL
+
+
 def core_request(request: httpx.Request, extensions: dict[str, Any]) -> httpcore.Request:
+    """The httpcore request for one attempt of ``request`` (its URL unchanged).
+
+    The attributes are set directly, as ``httpcore.Request.__init__`` would set
+    them from values httpx has already validated (bytes, a header list, a
+    stream): its checks cost about a tenth of an attempt's own work.
+    """
+    if "target" in extensions:  # httpcore rewrites the target: let it
+        return _slow_core_request(request, extensions)
+    url = request.url
+    core_url = _CoreURL.__new__(_CoreURL)
+    core_url.scheme = url.raw_scheme
+    core_url.host = url.raw_host
+    core_url.port = url.port
+    core_url.target = url.raw_path
+    core = _CoreRequest.__new__(_CoreRequest)
+    core.method = request.method.encode("ascii")
+    core.url = core_url
+    core.headers = request.headers.raw
+    core.stream = request.stream
+    core.extensions = extensions
+    return core
+
+
+def _slow_core_request(request: httpx.Request, extensions: dict[str, Any]) -> httpcore.Request:
+    url = request.url
     return httpcore.Request(
         method=request.method,
-        url=httpcore.URL(
-            scheme=request.url.raw_scheme,
-            host=request.url.raw_host,
-            port=request.url.port,
-            target=request.url.raw_path,
-        ),
+        url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
+                         target=url.raw_path),
         headers=request.headers.raw,
         content=request.stream,
         extensions=extensions,
@@ -131,6 +172,7 @@ def core_request(request: httpx.Request, extensions: dict[str, Any]) -> httpcore
 #: headers; set around each send, read by the endpoint streams
 _ATTEMPT_LIMIT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "meshlib_attempt_limit", default=None)
+ATTEMPT_LIMIT = _ATTEMPT_LIMIT
 
 
 def bounded(timeout: float | None, exc: type[Exception]) -> float | None:
@@ -142,6 +184,15 @@ def bounded(timeout: float | None, exc: type[Exception]) -> float | None:
     limit = _ATTEMPT_LIMIT.get()
     if limit is None:
         return timeout
+    return clamp(timeout, limit, exc)
+
+
+def clamp(timeout: float | None, limit: float, exc: type[Exception]) -> float | None:
+    """``timeout`` shortened to what is left before ``limit``; raise ``exc`` if nothing is.
+
+    The endpoint streams read ``ATTEMPT_LIMIT`` themselves and call this only when
+    it is set (a function call fewer per read and write).
+    """
     left = limit - time.monotonic()
     if left <= 0:
         raise exc("the attempt's deadline passed")
@@ -161,6 +212,8 @@ def is_http2(stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream) -> bo
 #: how long after its limit an async attempt is cancelled as a whole: late enough that
 #: the streams' own timeouts (which tell a connect timeout from a read timeout) come first
 _CANCEL_SLACK = 0.02
+#: ``BaseEventLoop.time`` is ``time.monotonic()``: a limit is a loop time as it is
+_MONOTONIC_LOOP_TIME = asyncio.BaseEventLoop.time
 
 
 class attempt_limit:
@@ -213,7 +266,10 @@ class async_attempt_limit:
         if sys.version_info >= (3, 11):
             self._cancelling = task.cancelling()
         loop = asyncio.get_running_loop()
-        when = loop.time() + (self._limit_at - time.monotonic()) + _CANCEL_SLACK
+        if type(loop).time is _MONOTONIC_LOOP_TIME:  # asyncio's own loops: the same clock
+            when = self._limit_at + _CANCEL_SLACK
+        else:
+            when = loop.time() + (self._limit_at - time.monotonic()) + _CANCEL_SLACK
         self._handle = loop.call_at(when, self._expire)
 
     def _expire(self) -> None:

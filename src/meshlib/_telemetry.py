@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -51,6 +52,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.environment_variables import (
+    OTEL_PYTHON_METER_PROVIDER,
+    OTEL_PYTHON_TRACER_PROVIDER,
+)
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
@@ -374,17 +379,42 @@ def _no_meter_types() -> tuple[type, ...]:
 
 
 _NO_METERS = _no_meter_types()
+_NO_TRACERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+try:  # the API's globals: ``None`` until a provider is set (in code, or from the environment)
+    from opentelemetry.metrics import _internal as _metrics_globals
+    _metrics_globals._METER_PROVIDER  # noqa: B018 - present in every API since 1.12
+    trace._TRACER_PROVIDER  # noqa: B018
+except (ImportError, AttributeError):  # pragma: no cover - a future API: ask it every time
+    _metrics_globals = None  # type: ignore[assignment]
+
+
+#: provider variables set when meshlib was imported; the API loaded them then (meshlib's
+#: ``get_tracer``/``get_meter`` at import ask for the providers), so the globals are set
+_ENVIRON_PROVIDERS = frozenset(
+    name for name in (OTEL_PYTHON_METER_PROVIDER, OTEL_PYTHON_TRACER_PROVIDER)
+    if name in os.environ)
+
+
+def _unset(module: Any, name: str, variable: str) -> bool:
+    """Whether no provider is set in the API global ``name`` (one attribute read, where
+    the API's ``get_*_provider()`` also reads ``os.environ`` on every call)."""
+    return _metrics_globals is not None and getattr(module, name) is None \
+        and variable not in _ENVIRON_PROVIDERS
 
 
 def _metrics_installed() -> bool:
     """Whether a real meter provider is installed (the API's proxy binds to it then)."""
+    if _unset(_metrics_globals, "_METER_PROVIDER", OTEL_PYTHON_METER_PROVIDER):
+        return False
     return not isinstance(metrics.get_meter_provider(), _NO_METERS)
 
 
 def _tracing_installed() -> bool:
     """Whether a real tracer provider is installed (once set, it stays)."""
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    if _unset(trace, "_TRACER_PROVIDER", OTEL_PYTHON_TRACER_PROVIDER):
+        return False
+    return not isinstance(trace.get_tracer_provider(), _NO_TRACERS)
 
 
 def _end_all(parked: list[tuple[Span, int]]) -> None:

@@ -15,12 +15,14 @@ import httpx
 from httpcore._backends.auto import AutoBackend  # documented by httpcore, not exported
 
 from .._pool import (
+    ATTEMPT_LIMIT,
     PoolSettings,
     async_attempt_limit,
     bounded,
+    clamp,
     core_request,
+    httpx_error,
     is_http2,
-    map_httpcore_exceptions,
 )
 
 __all__ = ["AsyncEndpointPool"]
@@ -33,10 +35,16 @@ class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
         self._stream = stream
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max_bytes, bounded(timeout, httpcore.ReadTimeout))
+        limit = ATTEMPT_LIMIT.get()
+        if limit is not None:
+            timeout = clamp(timeout, limit, httpcore.ReadTimeout)
+        return await self._stream.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._stream.write(buffer, bounded(timeout, httpcore.WriteTimeout))
+        limit = ATTEMPT_LIMIT.get()
+        if limit is not None:
+            timeout = clamp(timeout, limit, httpcore.WriteTimeout)
+        await self._stream.write(buffer, timeout)
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -78,9 +86,14 @@ class _AsyncResponseStream(httpx.AsyncByteStream):
         self._on_close = on_close
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with map_httpcore_exceptions():
+        try:
             async for part in self._stream:
                 yield part
+        except Exception as exc:
+            error = httpx_error(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     async def aclose(self) -> None:
         try:
@@ -106,8 +119,13 @@ class AsyncEndpointPool:
         """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
         response headers must arrive by then (``time.monotonic()``)."""
         async with async_attempt_limit(limit_at):
-            with map_httpcore_exceptions():
+            try:
                 resp = await self._pool.handle_async_request(core_request(request, extensions))
+            except Exception as exc:
+                error = httpx_error(exc)
+                if error is None:
+                    raise
+                raise error from exc
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_AsyncResponseStream(resp.stream, on_close),
                               extensions=resp.extensions)

@@ -176,7 +176,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     async def _attempt(self, call: Call) -> Outcome:
         """One attempt: pick, admit, send, record. Never raises for transport errors."""
-        chosen = await self._pick(call)
+        # nothing to supersede (a first attempt): no coroutine for the pick
+        chosen = pick(call, self.clock()) if call.previous is None else await self._pick(call)
         if isinstance(chosen, Outcome):
             return chosen
         attempt = launch(call, chosen, self.clock(), hedge=False, concurrent=False)

@@ -16,12 +16,14 @@ import httpx
 from httpcore._backends.sync import SyncBackend  # documented by httpcore, not exported
 
 from .._pool import (
+    ATTEMPT_LIMIT,
     PoolSettings,
     attempt_limit,
     bounded,
+    clamp,
     core_request,
+    httpx_error,
     is_http2,
-    map_httpcore_exceptions,
 )
 
 __all__ = ["EndpointPool"]
@@ -34,10 +36,16 @@ class _BoundedStream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, bounded(timeout, httpcore.ReadTimeout))
+        limit = ATTEMPT_LIMIT.get()
+        if limit is not None:
+            timeout = clamp(timeout, limit, httpcore.ReadTimeout)
+        return self._stream.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, bounded(timeout, httpcore.WriteTimeout))
+        limit = ATTEMPT_LIMIT.get()
+        if limit is not None:
+            timeout = clamp(timeout, limit, httpcore.WriteTimeout)
+        self._stream.write(buffer, timeout)
 
     def close(self) -> None:
         self._stream.close()
@@ -79,9 +87,14 @@ class _ResponseStream(httpx.SyncByteStream):
         self._on_close = on_close
 
     def __iter__(self) -> Iterator[bytes]:
-        with map_httpcore_exceptions():
+        try:
             for part in self._stream:
                 yield part
+        except Exception as exc:
+            error = httpx_error(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     def close(self) -> None:
         try:
@@ -107,8 +120,13 @@ class EndpointPool:
         """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
         response headers must arrive by then (``time.monotonic()``)."""
         with attempt_limit(limit_at):
-            with map_httpcore_exceptions():
+            try:
                 resp = self._pool.handle_request(core_request(request, extensions))
+            except Exception as exc:
+                error = httpx_error(exc)
+                if error is None:
+                    raise
+                raise error from exc
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_ResponseStream(resp.stream, on_close),
                               extensions=resp.extensions)

@@ -177,7 +177,8 @@ class MeshTransport(httpx.BaseTransport):
 
     def _attempt(self, call: Call) -> Outcome:
         """One attempt: pick, admit, send, record. Never raises for transport errors."""
-        chosen = self._pick(call)
+        # nothing to supersede (a first attempt): no coroutine for the pick
+        chosen = pick(call, self.clock()) if call.previous is None else self._pick(call)
         if isinstance(chosen, Outcome):
             return chosen
         attempt = launch(call, chosen, self.clock(), hedge=False, concurrent=False)
