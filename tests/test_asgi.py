@@ -155,7 +155,9 @@ def test_no_header_means_no_deadline(served: tuple[str, Any]) -> None:
 def test_grpc_timeout_header(served: tuple[str, Any], value: str, upper_ms: float) -> None:
     url, _ = served
     seen = httpx.get(f"{url}/seen", headers={"grpc-timeout": value}, timeout=5).json()
-    assert upper_ms * 0.5 < seen["left_ms"] <= upper_ms
+    assert seen["left_ms"] is not None and seen["left_ms"] <= upper_ms
+    if upper_ms >= 250:  # a 40 ms budget can be spent by one scheduling hiccup on a busy host
+        assert upper_ms * 0.5 < seen["left_ms"]
     if upper_ms >= 250:  # long enough for a first connection downstream, even on a busy host
         data = httpx.get(f"{url}/async", headers={"grpc-timeout": value}, timeout=5).json()
         assert 0 < int(data["downstream_ms"]) <= upper_ms

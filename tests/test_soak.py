@@ -125,8 +125,13 @@ def _inflight(client: meshlib.MeshClient | meshlib.AsyncMeshClient) -> int:
     return sum(e["inflight"] for e in services["svc"]["endpoints"])
 
 
+#: how long recovery may take after the storm: a bound, not a speed (a busy 2-core host
+#: runs 1,000 tasks' leftovers, stale connections and 0.4 s probation before it)
+RECOVERY_SECONDS = 10.0
+
+
 def _recovers(client: meshlib.MeshClient) -> bool:
-    limit = time.monotonic() + 5.0
+    limit = time.monotonic() + RECOVERY_SECONDS
     good = 0
     for _ in range(2000):
         if time.monotonic() > limit:
@@ -246,17 +251,21 @@ def test_soak_async_1000_tasks(tmp_path: Path) -> None:
             await asyncio.to_thread(_settle, backend)
             _write(path, backend.addresses)
             good = 0
-            limit = time.monotonic() + 5.0
+            seen: list[str] = []
+            limit = time.monotonic() + RECOVERY_SECONDS
             for _ in range(2000):
                 if good >= 20 or time.monotonic() > limit:
                     break
                 try:
-                    ok = (await client.get("http://svc/ok")).status_code == 200
-                except httpx.HTTPError:
+                    status = (await client.get("http://svc/ok")).status_code
+                    ok = status == 200
+                    seen.append(str(status))
+                except httpx.HTTPError as exc:
                     ok = False
+                    seen.append(f"{type(exc).__name__}: {exc}")
                     await asyncio.sleep(0.02)
                 good = good + 1 if ok else 0
-            assert good >= 20, client.snapshot()
+            assert good >= 20, (seen[-5:], client.snapshot())
             # after recovery POSTs succeed, each reaching a server once (checked below):
             # the storm itself may, on a busy machine, let few requests through
             for i in range(20):

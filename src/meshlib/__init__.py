@@ -17,7 +17,7 @@ from ._scope import current_deadline, deadline, policy, time_left
 from ._service import Service
 from ._sync.transport import MeshTransport
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AsyncMeshClient",
