@@ -105,7 +105,14 @@ def _two(candidates: Sequence[EndpointState], rng: random.Random,
          uniform: bool) -> tuple[EndpointState, EndpointState]:
     """Two distinct candidates, drawn with probability proportional to weight."""
     if uniform:
-        a, b = rng.sample(range(len(candidates)), 2)
+        # two distinct indices from two draws: random.sample costs ~3 us, more than the
+        # rest of a pick at 1,000 endpoints; int(random() * n) is uniform to 2**-53
+        n = len(candidates)
+        draw = rng.random
+        a = int(draw() * n)
+        b = int(draw() * (n - 1))
+        if b >= a:
+            b += 1
         return candidates[a], candidates[b]
     weights = [c.endpoint.weight for c in candidates]
     first = rng.choices(range(len(candidates)), weights)[0]
