@@ -197,10 +197,7 @@ class Call:
         not counted (the breaker stays at its threshold), so a route that fails on
         every instance cannot take the whole service out.
         """
-        if callers_fault or isinstance(outcome.error, httpx.PoolTimeout):
-            # a PoolTimeout is the client's own queue (its pool for this endpoint is
-            # full), never evidence against the endpoint: a burst of callers must not
-            # eject healthy instances; the endpoint's slowness shows in its latency
+        if callers_fault:
             state.breaker.release(admission)
             return
         failed = self.is_failure(outcome)
@@ -219,9 +216,10 @@ class Call:
 
     def callers_fault(self, state: EndpointState, error: BaseException, given: float,
                       deadline_bound: bool, limit_at: float, now: float) -> bool:
-        """Whether a failed attempt timed out because of the caller's deadline alone.
+        """Whether a failed attempt failed because of the caller, not the endpoint.
 
-        Its limit was the deadline and it ran into that limit (not a shorter httpx
+        A ``PoolTimeout`` always does (the client's own pool was full). A timeout
+        does when its limit was the deadline and it ran into that limit (not a shorter httpx
         timeout), and either the limit was shorter than what the service's own
         policy grants the attempt (a deadline the caller imposed: scoped
         ``meshlib.deadline`` or ``meshlib.policy``, or one inherited from
@@ -230,6 +228,11 @@ class Call:
         service's p95; with neither known the endpoint is held responsible, so
         that a hung instance, given the full policy time, is ejected).
         """
+        if isinstance(error, httpx.PoolTimeout):
+            # the client's own queue (its pool for this endpoint is full), never evidence
+            # against the endpoint: a burst of callers must not eject healthy instances;
+            # the endpoint's slowness shows in its latency
+            return True
         if not deadline_bound or not isinstance(error, httpx.TimeoutException):
             return False
         if now < limit_at - 0.002:
