@@ -25,10 +25,12 @@ demo: $(DEMO_STAMP)
 	@echo "make demo: running 'meshlib demo' (local backends on 127.0.0.1, about 15 s)"
 	$(VENV)/bin/meshlib demo
 
-# the sync twins (src/meshlib/_sync/{pool,transport}.py) are generated from src/meshlib/_async
+# the sync twins (src/meshlib/_sync/{pool,transport}.py) are generated from src/meshlib/_async;
+# src/meshlib/_xds/descriptors.bin is generated from the vendored .proto files
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples
 	$(PY) scripts/unasync.py --check
+	$(PY) scripts/xds_protos.py --check
 
 unasync: $(STAMP)
 	$(PY) scripts/unasync.py
