@@ -21,6 +21,13 @@ through ``MeshClient`` as they match plain httpx. The pytest plugin
 (:mod:`meshlib.testing._plugin`, registered as ``meshlib``) offers the
 fixtures ``mesh_fleet`` and ``mesh_testing``. See docs/testing.md.
 
+An xDS control plane for tests (extra ``xds``; see docs/xds.md)::
+
+    with meshlib.testing.XdsServer() as server:
+        server.set(clusters=[{"name": "users", "type": "EDS",
+                              "eds_cluster_config": {"eds_config": {"ads": {}}}}])
+        ...                                        # server.bootstrap, server.acks()
+
 .. versionadded:: 0.1
 """
 
@@ -32,8 +39,10 @@ from .._testmode import asleep, capped, is_testing, set_testing, sleep
 
 if TYPE_CHECKING:
     from ._fleet import Fleet, FleetFactory, Hit
+    from ._xds_server import XdsRequest, XdsServer
 
-__all__ = ["Fleet", "FleetFactory", "Hit", "asleep", "capped", "is_testing", "set_testing", "sleep"]
+__all__ = ["Fleet", "FleetFactory", "Hit", "XdsRequest", "XdsServer", "asleep", "capped",
+           "is_testing", "set_testing", "sleep"]
 
 
 def __getattr__(name: str) -> Any:
@@ -43,4 +52,9 @@ def __getattr__(name: str) -> Any:
         from . import _fleet
 
         return getattr(_fleet, name)
+    if name in ("XdsServer", "XdsRequest"):
+        # grpcio (the xds extra) is imported only when the control plane is asked for
+        from . import _xds_server
+
+        return getattr(_xds_server, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
