@@ -547,9 +547,10 @@ def _convert(type_url: str, item: Resource, index: int) -> Any:
     full_name = _FULL_NAMES[type_url]
     what = f"XdsServer.set: {_SHORT[type_url]} resource #{index}"
     if isinstance(item, (ListenerSpec, RouteConfigSpec, ClusterSpec, EndpointsSpec)):
-        spec_type, item = to_envoy(item)
+        spec_type, body = to_envoy(item)
         if spec_type != type_url:
             raise ValueError(f"{what} is a {type(item).__name__}, not a {full_name}")
+        item = body
     if isinstance(item, dict):
         body = dict(item)
         declared = body.pop("@type", None)
@@ -561,7 +562,7 @@ def _convert(type_url: str, item: Resource, index: int) -> Any:
             raise ValueError(f"{what} does not convert to {full_name}: {exc}") from None
     descriptor = getattr(item, "DESCRIPTOR", None)
     if descriptor is None or descriptor.full_name != full_name:
-        raise ValueError(f"{what} is {type(item).__name__}, not a resource dataclass, a dict "
+        raise ValueError(f"{what} is a {type(item).__name__}, not a resource dataclass, a dict "
                          f"or a {full_name} message")
     if descriptor.file.pool is not messages.POOL:
         return messages.message_class(full_name).FromString(item.SerializeToString())
