@@ -326,3 +326,23 @@ def test_sync_use_from_another_thread() -> None:
             thread.join(10)
             loop.close()
         assert not thread.is_alive()
+
+
+async def test_tls_channel_creds_verify_the_control_plane(tmp_path: Any) -> None:
+    """Bootstrap ``tls`` creds with a CA file: the client verifies the server's
+    certificate and gets its configuration; a client trusting another CA does not."""
+    trustme = pytest.importorskip("trustme")
+    ca, stranger = trustme.CA(), trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    (tmp_path / "stranger.pem").write_bytes(stranger.cert_pem.bytes())
+    chain = b"".join(blob.bytes() for blob in issued.cert_chain_pems)
+    async with XdsServer(tls=(chain, issued.private_key_pem.bytes())) as server:
+        full_set(server)
+        good = server.bootstrap_for("tls-node", ca_certificate_file=str(tmp_path / "ca.pem"))
+        async with running(make_client(server, bootstrap=good)) as client:
+            assert "users" in (await client.wait_ready_async(10)).clusters
+        bad = server.bootstrap_for("tls-node", ca_certificate_file=str(tmp_path / "stranger.pem"))
+        async with running(make_client(server, bootstrap=bad)) as client:
+            error = await until(lambda: client.status()["last_error"], what="a TLS failure")
+            assert "UNAVAILABLE" in error and client.snapshot() is None

@@ -129,13 +129,17 @@ class XdsServer:
 
     Use it as a context manager (``with`` or ``async with``), or call
     :meth:`start` and :meth:`close`. :attr:`bootstrap` is a gRPC bootstrap
-    JSON pointing at it.
+    JSON pointing at it. ``tls`` (a certificate chain and its private key, PEM)
+    makes it serve TLS; pass the CA's file to :meth:`bootstrap_for`.
     """
 
-    def __init__(self, *, port: int = 0, node_id: str = "meshlib-test") -> None:
+    def __init__(self, *, port: int = 0, node_id: str = "meshlib-test",
+                 tls: tuple[bytes, bytes] | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = port
         self.node_id = node_id
+        #: (certificate chain PEM, private key PEM) to serve TLS with, or None (plain)
+        self.tls = tls
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
@@ -207,7 +211,13 @@ class XdsServer:
             response_serializer=_serialize)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             messages.ADS_SERVICE, {"StreamAggregatedResources": handler}),))
-        port = server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            chain, key = self.tls
+            port = server.add_secure_port(
+                address, grpc.ssl_server_credentials([(key, chain)]))
         if port == 0:
             raise OSError(f"XdsServer: cannot listen on {self.host}:{self.port}")
         self.port = port
@@ -230,21 +240,27 @@ class XdsServer:
 
     @property
     def bootstrap(self) -> str:
-        """A gRPC bootstrap JSON pointing at this server (insecure), node id ``node_id``."""
+        """A gRPC bootstrap JSON pointing at this server (insecure), node id ``node_id``
+        (for a TLS server, use :meth:`bootstrap_for` with the CA's file)."""
         return self.bootstrap_for(self.node_id)
 
     def bootstrap_for(self, node_id: str, *, cluster: str = "meshlib-test",
                       metadata: dict[str, Any] | None = None,
                       locality: dict[str, str] | None = None,
-                      server_features: Sequence[str] = ("xds_v3",)) -> str:
-        """A gRPC bootstrap JSON pointing at this server, for the node given."""
+                      server_features: Sequence[str] = ("xds_v3",),
+                      ca_certificate_file: str | None = None) -> str:
+        """A gRPC bootstrap JSON pointing at this server, for the node given: ``insecure``
+        creds, or ``tls`` verified with ``ca_certificate_file`` when it is given."""
         node: dict[str, Any] = {"id": node_id, "cluster": cluster}
         if metadata:
             node["metadata"] = metadata
         if locality:
             node["locality"] = locality
+        creds: dict[str, Any] = {"type": "insecure"}
+        if ca_certificate_file is not None:
+            creds = {"type": "tls", "config": {"ca_certificate_file": ca_certificate_file}}
         return json.dumps({"xds_servers": [{"server_uri": self.address,
-                                            "channel_creds": [{"type": "insecure"}],
+                                            "channel_creds": [creds],
                                             "server_features": list(server_features)}],
                            "node": node})
 
