@@ -111,12 +111,14 @@ def with_filters(*filters: tuple[str, str, bool]) -> ListenerSpec:
 
 
 @pytest.mark.parametrize(("hcm", "reason"), [
-    ({"rds": {"route_config_name": "rc", "config_source": {"path": "/x"}}},
-     "rds.config_source is not ads or self"),
-    ({"scoped_routes": {"name": "s"}}, "scoped_routes are not supported"),
+    ({"rds": {"route_config_name": "rc", "config_source": {"path": "/x"}},
+      "http_filters": RDS["http_filters"]}, "rds.config_source is not ads or self"),
+    ({"scoped_routes": {"name": "s"}, "http_filters": RDS["http_filters"]},
+     "scoped_routes are not supported"),
     ({"rds": RDS["rds"], "http_filters": [RDS["http_filters"][0], RDS["http_filters"][0]]},
      "the router must be the last HTTP filter"),
-    ({}, "neither rds nor route_config"),
+    ({"http_filters": RDS["http_filters"]}, "neither rds nor route_config"),
+    ({"rds": RDS["rds"]}, "http_filters is empty"),
 ])
 def test_listener_refusals(hcm: dict[str, Any], reason: str) -> None:
     """What a client cannot honour in a listener is refused with the reason."""
@@ -264,8 +266,9 @@ def test_virtual_host_refusals() -> None:
         decode_route_configuration(messages.from_dict({"name": "rc", "virtual_hosts": [
             {"name": "a", "domains": ["users"]}, {"name": "b", "domains": ["USERS"]}]},
             "envoy.config.route.v3.RouteConfiguration"))
-    with pytest.raises(ResourceError, match="a wildcard may only start or end"):
-        route_config(domains=["a*b"])
+    for domain in ("a*b", "*a*", "**"):
+        with pytest.raises(ResourceError, match="a wildcard may only start or end"):
+            route_config(domains=[domain])
     with pytest.raises(ResourceError, match="require_tls is not supported"):
         route_config(require_tls="ALL")
 

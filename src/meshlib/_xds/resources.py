@@ -661,7 +661,7 @@ def decode_listener(listener: Any) -> ListenerSpec:
 
     Raises :class:`ResourceError` for a listener without an API listener, a
     route configuration not over ADS, scoped routes, and an HTTP filter chain
-    that does not end in the router or holds a filter meshlib cannot honour
+    that is empty, does not end in the router or holds a filter meshlib cannot honour
     (filters marked ``is_optional`` or ``disabled`` are skipped).
     """
     if not listener.name:
@@ -671,6 +671,9 @@ def decode_listener(listener: Any) -> ListenerSpec:
                             "api_listener's HttpConnectionManager, as gRPC does)")
     hcm = _unpack(listener.api_listener.api_listener, _HCM_NAME, "api_listener")
     http_filters = list(hcm.http_filters)
+    if not http_filters:
+        raise ResourceError("http_filters is empty (it must end with the router, "
+                            "envoy.extensions.filters.http.router.v3.Router)")
     seen: set[str] = set()
     for index, http_filter in enumerate(http_filters):
         what = f"http_filters[{index}] {http_filter.name!r}"
@@ -686,7 +689,7 @@ def decode_listener(listener: Any) -> ListenerSpec:
             detail = type_url or ("config_discovery" if kind else "no config")
             raise ResourceError(f"{what} ({detail}) is not supported (only the router; "
                                 "mark other filters is_optional)")
-    if http_filters and http_filters[-1].typed_config.type_url != messages.ROUTER:
+    if http_filters[-1].typed_config.type_url != messages.ROUTER:
         raise ResourceError("the last HTTP filter is not the router "
                             "(envoy.extensions.filters.http.router.v3.Router)")
     max_stream_duration = None
@@ -755,7 +758,7 @@ def _virtual_host(vhost: Any) -> VirtualHostSpec:
         raise ResourceError("no domains")
     domains = []
     for domain in vhost.domains:
-        if not domain or ("*" in domain[1:-1] if len(domain) > 2 else domain.count("*") > 1):
+        if not domain or domain.count("*") > 1 or "*" in domain[1:-1]:
             raise ResourceError(f"domain {domain!r}: a wildcard may only start or end a domain")
         domains.append(domain.lower())
     if vhost.HasField("matcher"):
