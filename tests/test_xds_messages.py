@@ -114,3 +114,18 @@ def test_another_package_registering_the_same_files_does_not_conflict() -> None:
         print(messages.POOL.FindFileByName("udpa/annotations/status.proto").name)
     """)
     assert out.strip() == "udpa/annotations/status.proto"
+
+
+def test_without_the_extra_the_client_is_a_config_error_naming_it() -> None:
+    """Without grpcio, load_client() raises ConfigError naming the xds extra."""
+    out = _run("""
+        import sys
+        sys.modules["grpc"] = None  # as if grpcio were not installed
+        from meshlib import ConfigError
+        from meshlib._xds import load_client
+        try:
+            load_client()
+        except ConfigError as exc:
+            print(exc)
+    """)
+    assert out.startswith('xds:// needs the xds extra (pip install "httpx-mesh[xds]")')

@@ -14,3 +14,28 @@ Module map (each module's docstring says more):
 Nothing here is imported by ``import meshlib``; grpcio is imported only by
 :mod:`.client`.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .client import XdsClient
+
+__all__ = ["load_client"]
+
+
+def load_client() -> type[XdsClient]:
+    """:class:`~.client.XdsClient`, importing grpcio and protobuf on first use.
+
+    Raises :class:`~meshlib.ConfigError` naming the ``xds`` extra when they are
+    not installed.
+    """
+    try:
+        from .client import XdsClient
+    except ImportError as exc:
+        from .._errors import ConfigError
+
+        raise ConfigError(f"xds:// needs the xds extra (pip install \"httpx-mesh[xds]\"): "
+                          f"{exc}") from None
+    return XdsClient
