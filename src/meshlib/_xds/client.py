@@ -261,7 +261,7 @@ class XdsClient:
         ready: asyncio.Task[None] | None = None
         try:
             method = channel.stream_stream(
-                messages.ADS_METHOD, request_serializer=_serialize,
+                messages.ADS_METHOD, request_serializer=messages.serialize,
                 response_deserializer=messages.DiscoveryResponse.FromString)
             call = method()
             queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
@@ -320,8 +320,6 @@ class XdsClient:
                 message.error_detail.code = 3  # INVALID_ARGUMENT
                 message.error_detail.message = request.error[:_MAX_ERROR_CHARS]
             await call.write(message)
-        if with_node and not requests:  # pragma: no cover - the listener is always asked for
-            raise RuntimeError("nothing to request")
 
     def _published(self, changed: bool) -> None:
         if not changed:
@@ -355,11 +353,6 @@ class XdsClient:
         return (f"xds listener {self.listener_name!r}: no configuration from the control "
                 f"plane yet after {timeout:g} s ({self.server.server_uri}, {state}; "
                 f"waiting for {lacking}{rejected})")
-
-
-def _serialize(message: Any) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -63,6 +63,7 @@ __all__ = [
     "Status",
     "from_dict",
     "message_class",
+    "serialize",
     "to_dict",
     "type_url",
 ]
@@ -114,6 +115,12 @@ def from_dict(value: dict[str, Any], full_name: str) -> Any:
     message = message_class(full_name)()
     json_format.ParseDict(value, message, descriptor_pool=POOL)
     return message
+
+
+def serialize(message: Any) -> bytes:
+    """``message``'s wire bytes (the serializer handed to grpcio)."""
+    data: bytes = message.SerializeToString()
+    return data
 
 
 def to_dict(message: Any) -> dict[str, Any]:

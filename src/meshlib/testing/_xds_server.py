@@ -208,7 +208,7 @@ class XdsServer:
                                           ("grpc.max_send_message_length", -1)])
         handler = grpc.stream_stream_rpc_method_handler(
             self._ads, request_deserializer=messages.DiscoveryRequest.FromString,
-            response_serializer=_serialize)
+            response_serializer=messages.serialize)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
             messages.ADS_SERVICE, {"StreamAggregatedResources": handler}),))
         address = f"{self.host}:{self.port}"
@@ -536,11 +536,6 @@ class XdsServer:
         subscription.nonce, subscription.version, subscription.answered = nonce, version, False
         stream.outbox.put_nowait(messages.DiscoveryResponse(
             version_info=version, type_url=type_url, nonce=nonce, resources=chosen))
-
-
-def _serialize(message: Any) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
 
 
 def _convert_all(type_url: str, items: Iterable[Resource]) -> dict[str, Any]:
