@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -10,8 +11,8 @@ from typing import Any, Literal
 from ._errors import ConfigError
 
 __all__ = [
-    "BALANCERS", "MAX_RETRIES", "MAX_SECONDS", "Backoff", "Breaker", "Hedge", "Policy",
-    "RetryBudget", "SlowStart",
+    "BALANCERS", "CLUSTER_FIELDS", "MAX_RETRIES", "MAX_SECONDS", "Backoff", "Breaker", "Hedge",
+    "Policy", "RetryBudget", "SlowStart", "layered",
 ]
 
 #: the longest duration any policy field may hold: one day. Every time a policy
@@ -206,6 +207,8 @@ class Policy:
     slow_start: SlowStart | None = None
     #: also send ``grpc-timeout`` (gRPC format) besides ``x-mesh-timeout-ms``
     propagate_grpc_timeout: bool = False
+    #: the names of the fields this policy was given explicitly (see ``given``)
+    _given: frozenset[str] = field(default=frozenset(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_number("Policy", "timeout", self.timeout, strict=True)
@@ -250,9 +253,63 @@ class Policy:
             raise ConfigError(f"Policy.propagate_grpc_timeout must be True or False, "
                               f"got {self.propagate_grpc_timeout!r}")
 
+    @property
+    def given(self) -> frozenset[str]:
+        """The fields set explicitly: ``Policy(hedge=Hedge(0.05)).given == {"hedge"}``.
+
+        When policies are layered (scoped, route, service, client, environment),
+        each field comes from the most specific layer that gave it.
+        """
+        return self._given
+
     def replace(self, **changes: Any) -> Policy:
-        """Return a new policy with ``changes`` applied; raises ``ConfigError`` on a bad field."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        """Return a new policy with ``changes`` applied; raises ``ConfigError`` on a bad field.
+
+        The new policy's given fields are this policy's plus the changed ones.
+        """
+        unknown = set(changes) - _FIELD_NAMES
         if unknown:
             raise ConfigError(f"Policy has no field {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
+        new = dataclasses.replace(self, **changes)
+        object.__setattr__(new, "_given", self._given | frozenset(changes))
+        return new
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Policy) if f.init)
+_ORDER = tuple(f.name for f in dataclasses.fields(Policy) if f.init)
+#: fields that configure a whole cluster (its breakers, budget, balancer and ramp),
+#: not one request: a route's policy may not set them
+CLUSTER_FIELDS = frozenset({"breaker", "retry_budget", "balancer", "slow_start"})
+_generated_init = Policy.__init__
+
+
+def _init_recording_given(self: Policy, *args: Any, **kwargs: Any) -> None:
+    _generated_init(self, *args, **kwargs)
+    object.__setattr__(self, "_given", frozenset(_ORDER[:len(args)]) | frozenset(kwargs))
+
+
+_init_recording_given.__doc__ = _generated_init.__doc__
+_init_recording_given.__signature__ = inspect.signature(_generated_init)  # type: ignore[attr-defined]
+Policy.__init__ = _init_recording_given  # type: ignore[method-assign]
+
+
+def layered(*policies: Policy | None) -> Policy:
+    """One policy from layers, most specific first: each field from the first layer
+    that gave it, else the default. ``None`` layers are skipped.
+
+    ``layered(Policy(hedge=Hedge(0.05)), Policy(timeout=0.5))`` has the hedge of
+    the first and the 0.5 s timeout of the second.
+    """
+    layers = [p for p in policies if p is not None]
+    if not layers:
+        return Policy()
+    if len(layers) == 1 or not any(p._given for p in layers[1:]):
+        return layers[0]
+    changes: dict[str, Any] = {}
+    for policy in reversed(layers):
+        for name in policy._given:
+            changes[name] = getattr(policy, name)
+    return _DEFAULT.replace(**changes)
+
+
+_DEFAULT = Policy()
