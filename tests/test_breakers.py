@@ -71,13 +71,20 @@ def test_every_breaker_open_fails_fast_with_nothing_sent(backends: BackendFactor
     assert b.count == 0
 
 
+def _route(client: meshlib.MeshClient, route: str) -> str:
+    routes = client.snapshot()["services"]["svc"]["routes"]
+    return str(routes.get(route, {"breaker": "closed"})["breaker"])
+
+
 def test_breaker_recovers_through_one_trial_after_reset_timeout(
         backends: BackendFactory) -> None:
-    """After reset_timeout one trial request goes through; its success closes the breaker."""
+    """After reset_timeout one trial request goes through; its success closes the breaker.
+
+    One endpoint failing alone is its route failing everywhere: the route's breaker is
+    the one that opens (an endpoint is only ejected for failing where its peers succeed).
+    """
     b = backends(1, status=503)
-    # one endpoint: ejecting it for 503s takes more than the default 50% cap allows
-    policy = FAST.replace(retries=0, breaker=Breaker(failures=3, reset_timeout=0.3,
-                                                     max_ejection_percent=100))
+    policy = FAST.replace(retries=0, breaker=Breaker(failures=3, reset_timeout=0.3))
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
         for _ in range(3):
             client.get("http://svc/")
@@ -85,22 +92,22 @@ def test_breaker_recovers_through_one_trial_after_reset_timeout(
             client.get("http://svc/")
         b[0].status = 200
         time.sleep(0.35)
-        assert _breakers(client)[b.addresses[0]] == "half-open"
+        assert _route(client, "GET /") == "half-open"
         assert client.get("http://svc/").status_code == 200
+        assert _route(client, "GET /") == "closed"
         assert _breakers(client)[b.addresses[0]] == "closed"
 
 
 def test_failed_trial_reopens_the_breaker(backends: BackendFactory) -> None:
     """A failed trial opens the breaker again for another reset_timeout."""
     b = backends(1, status=503)
-    policy = FAST.replace(retries=0, breaker=Breaker(failures=2, reset_timeout=0.2,
-                                                     max_ejection_percent=100))
+    policy = FAST.replace(retries=0, breaker=Breaker(failures=2, reset_timeout=0.2))
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
         for _ in range(2):
             client.get("http://svc/")
         time.sleep(0.25)
         assert client.get("http://svc/").status_code == 503  # the trial
-        assert _breakers(client)[b.addresses[0]] == "open"
+        assert _route(client, "GET /") == "open"
         b.reset_counts()
         with pytest.raises(meshlib.CircuitOpenError):
             client.get("http://svc/")

@@ -44,46 +44,71 @@ def _attempts(client: meshlib.MeshClient, service: str = "svc") -> int:
 
 # -- 1. errors confined to one route ----------------------------------------------------
 
+def _route(client: meshlib.MeshClient | meshlib.AsyncMeshClient, route: str,
+           service: str = "svc") -> str:
+    routes = client.snapshot()["services"][service]["routes"]
+    return str(routes.get(route, {"breaker": "closed"})["breaker"])
+
+
 @pytest.mark.parametrize("status", [503, 500])
 def test_route_failing_on_every_instance_does_not_fail_other_routes(
         backends: BackendFactory, status: int) -> None:
-    """Five GETs to a route answering 5xx everywhere (retries=2, default breaker) eject at
-    most half the endpoints; 200 requests to a healthy route then all succeed."""
+    """A route answering 5xx on every instance opens its own breaker (it then fails fast,
+    nothing sent) and ejects no endpoint; 200 requests to a healthy route all succeed."""
     b = backends(3)
     policy = FAST.replace(retries=2)
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
-        # five GETs with two retries each; 500 is not in retry_on: fifteen GETs
-        for _ in range(5 if status == 503 else 15):
+        # five consecutive failures spread over all three endpoints open the route
+        for _ in range(15):
             assert client.get(f"http://svc/broken?status={status}").status_code == status
-        assert b.count == 15  # every attempt reached a server: the failures were counted
-        states = list(_breakers(client).values())
-        assert states.count("open") <= 1, states
+            if _route(client, "GET /broken") == "open":
+                break
+        assert _route(client, "GET /broken") == "open"
+        sent = b.count
+        with pytest.raises(meshlib.CircuitOpenError, match="GET /broken"):
+            client.get(f"http://svc/broken?status={status}")
+        assert b.count == sent  # failed fast: nothing sent
+        assert set(_breakers(client).values()) == {"closed"}
         codes = Counter(client.get("http://svc/healthy").status_code for _ in range(200))
     assert codes == {200: 200}
 
 
-def test_max_ejection_percent_100_restores_eject_all(backends: BackendFactory) -> None:
-    """The cap is a knob: at 100% a route failing everywhere ejects every endpoint."""
+def test_route_breaker_opens_whatever_the_ejection_cap(backends: BackendFactory) -> None:
+    """At any `max_ejection_percent`, endpoints failing alike are not ejected: the
+    route's breaker is what fails fast."""
     b = backends(2, status=503)
     policy = FAST.replace(retries=1, breaker=Breaker(failures=2, max_ejection_percent=100))
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
         for _ in range(2):
-            client.get("http://svc/")
-        assert set(_breakers(client).values()) == {"open"}
+            with contextlib.suppress(meshlib.CircuitOpenError):
+                client.get("http://svc/")
+        assert set(_breakers(client).values()) == {"closed"}
+        assert _route(client, "GET /") == "open"
         with pytest.raises(meshlib.CircuitOpenError):
             client.get("http://svc/")
 
 
 def test_single_endpoint_is_not_ejected_for_its_answers(backends: BackendFactory) -> None:
-    """One endpoint answering 503: the mesh returns its answers, it never invents an
-    outage (CircuitOpenError) for a service that is answering."""
+    """One endpoint answering 503: the endpoint itself is never ejected (it has no peer
+    doing better); its route fails fast, and a trial after `reset_timeout` closes the
+    route once the endpoint heals."""
     b = backends(1, status=503)
-    policy = FAST.replace(retries=0, breaker=Breaker(failures=2))
+    policy = FAST.replace(retries=0, breaker=Breaker(failures=2, reset_timeout=0.2))
     with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
-        for _ in range(10):
+        for _ in range(2):
             assert client.get("http://svc/").status_code == 503
+        with pytest.raises(meshlib.CircuitOpenError):
+            client.get("http://svc/")
         assert _breakers(client) == {b.addresses[0]: "closed"}
         b[0].status = 200
+        deadline = time.monotonic() + 2 * 0.2 + 0.5
+        while time.monotonic() < deadline:
+            try:
+                assert client.get("http://svc/").status_code == 200
+                break
+            except meshlib.CircuitOpenError:
+                time.sleep(0.02)
+        assert _route(client, "GET /") == "closed"
         assert client.get("http://svc/").status_code == 200
 
 
@@ -110,7 +135,10 @@ def test_total_outage_fails_fast_with_next_to_no_load(backends: BackendFactory,
             except httpx.HTTPError as exc:
                 errors[type(exc).__name__] += 1
         attempts = _attempts(client)
-        assert set(_breakers(client).values()) == {"open"}
+        if fault == "refused":  # refused connections eject the endpoints themselves
+            assert set(_breakers(client).values()) == {"open"}
+        else:  # a reset after the request was sent is the route's failure, not a refusal
+            assert _route(client, "GET /") == "open"
         before = b.count
         with pytest.raises(meshlib.CircuitOpenError):
             client.get("http://svc/")

@@ -236,20 +236,22 @@ def test_budget_refusal_is_an_event_and_counted(backends: BackendFactory) -> Non
 
 def test_breaker_transition_counted_logged_and_circuit_open_recorded(
         backends: BackendFactory, caplog: pytest.LogCaptureFixture) -> None:
-    """A 500 opens a 1-failure breaker (counted, INFO log); the next request sends nothing."""
+    """A 500 from the only endpoint opens its route's 1-failure breaker (counted, INFO log);
+    the next request sends nothing."""
     b = backends(1, status=500)
     service = "tel-breaker"
-    policy = FAST.replace(breaker=Breaker(failures=1, reset_timeout=60.0,
-                                          max_ejection_percent=100))
+    policy = FAST.replace(breaker=Breaker(failures=1, reset_timeout=60.0))
     tracer = TRACER_PROVIDER.get_tracer("test")
     caplog.set_level(logging.INFO, logger="meshlib")
     with meshlib.MeshClient(services={service: b.static_url}, policy=policy) as client:
         assert client.get(f"http://{service}/").status_code == 500
         assert _value("meshlib.breaker.transitions", service, **{
-            "meshlib.breaker.from": "closed", "meshlib.breaker.to": "open"}) == 1
-        assert any("circuit breaker" in r.getMessage() and r.levelno == logging.INFO
-                   for r in caplog.records)
-        assert _value("meshlib.endpoints", service, **{"meshlib.breaker.state": "open"}) == 1
+            "meshlib.breaker.from": "closed", "meshlib.breaker.to": "open",
+            "meshlib.breaker.kind": "route"}) == 1
+        assert any("route breaker" in r.getMessage() and "GET /" in r.getMessage()
+                   and r.levelno == logging.INFO for r in caplog.records)
+        # the endpoint has no peer doing better: it is not ejected, its route fails fast
+        assert _value("meshlib.endpoints", service, **{"meshlib.breaker.state": "closed"}) == 1
         with tracer.start_as_current_span("caller") as caller, \
                 pytest.raises(meshlib.CircuitOpenError):
             client.get(f"http://{service}/")
@@ -260,7 +262,8 @@ def test_breaker_transition_counted_logged_and_circuit_open_recorded(
                       if s.context is not None
                       and s.context.span_id == caller.get_span_context().span_id]
     (event,) = _events(caller_span, "meshlib.circuit_open")
-    assert "open circuit breaker" in event["meshlib.reason"]
+    assert "circuit breaker is open" in event["meshlib.reason"]
+    assert "GET /" in event["meshlib.reason"]
 
 
 def test_hedge_gets_its_own_span_and_the_first_attempt_says_why(

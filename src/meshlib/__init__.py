@@ -11,8 +11,16 @@ from __future__ import annotations
 from ._async.transport import AsyncMeshTransport
 from ._client import AsyncMeshClient, MeshClient
 from ._endpoint import Endpoint
-from ._errors import CircuitOpenError, ConfigError, DeadlineExceeded, MeshError, NoEndpointsError
+from ._errors import (
+    CircuitOpenError,
+    ConfigError,
+    DeadlineExceeded,
+    MeshError,
+    NoEndpointsError,
+    NoRouteError,
+)
 from ._policy import Backoff, Breaker, Hedge, Policy, RetryBudget, SlowStart
+from ._routes import Match, Route, Split
 from ._scope import current_deadline, deadline, policy, time_left
 from ._service import Service
 from ._sync.transport import MeshTransport
@@ -29,14 +37,18 @@ __all__ = [
     "DeadlineExceeded",
     "Endpoint",
     "Hedge",
+    "Match",
     "MeshClient",
     "MeshError",
     "MeshTransport",
     "NoEndpointsError",
+    "NoRouteError",
     "Policy",
     "RetryBudget",
+    "Route",
     "Service",
     "SlowStart",
+    "Split",
     "__version__",
     "current_deadline",
     "deadline",

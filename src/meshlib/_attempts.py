@@ -15,9 +15,11 @@ from typing import Any, Literal
 import httpx
 from opentelemetry.trace import Span
 
+from ._breaker import ADMITTED, REFUSED
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
-from ._errors import NoEndpointsError, TooSlow
+from ._errors import CircuitOpenError, NoEndpointsError, TooSlow
+from ._feedback import classify, record
 from ._gate import sent_before_failure
 from ._telemetry import telemetry
 
@@ -28,6 +30,7 @@ __all__ = [
     "Launch",
     "Retries",
     "aborted",
+    "admit_route",
     "answered",
     "failed",
     "finish",
@@ -49,6 +52,36 @@ class Admitted:
     admission: int
 
 
+def admit_route(call: Call, now: float) -> None:
+    """Claim the call's right to use its route: raise ``CircuitOpenError`` (nothing
+    sent) while the route's breaker is open, so a route failing on every endpoint
+    fails fast; the one trial request after ``reset_timeout`` is let through."""
+    health = call.health
+    if health.breaker.closed:
+        return
+    admission = health.admit(now)
+    if admission == REFUSED:
+        raise telemetry.not_sent(call, CircuitOpenError(route_open_message(call, now),
+                                                        request=call.request))
+    call.route_admission = admission
+
+
+def route_open_message(call: Call, now: float) -> str:
+    """Why a request failed fast on its route, and when the next trial is due."""
+    health = call.health
+    route = call.route if call.route is not None else health.key
+    return (f"route {route!r} of service {call.runtime.name!r} failed on every endpoint "
+            f"({health.failures}+ consecutive failures): its circuit breaker is open; "
+            f"next trial in {health.next_trial(now):.1f} s; nothing was sent")
+
+
+def release_route(call: Call) -> None:
+    """The call ends: give back a route trial it held and never judged."""
+    if call.route_admission != ADMITTED:
+        call.health.release(call.route_admission)
+        call.route_admission = ADMITTED
+
+
 def pick(call: Call, now: float) -> Admitted | Outcome:
     """The endpoint for the next attempt, or the outcome that ends the call instead.
 
@@ -62,6 +95,10 @@ def pick(call: Call, now: float) -> Admitted | Outcome:
     if left <= 0:
         error = call.deadline_error(now)
         return call.abandoned_retry(error) if extra else Outcome(None, error=error, sent=False)
+    if extra and not call.health.breaker.closed:  # the route opened meanwhile: fail fast
+        telemetry.decision(call, "no_retry", "route circuit breaker open")
+        return call.abandoned_retry(CircuitOpenError(route_open_message(call, now),
+                                                     request=call.request))
     try:
         state, admission = call.choose(now, within=left if extra else None)
     except TooSlow as exc:
@@ -131,9 +168,7 @@ def failed(call: Call, state: EndpointState, attempt: Launch, exc: httpx.Transpo
     exc.request = call.request
     outcome = Outcome(state, error=exc, sent=sent_before_failure(exc))
     latency = now - attempt.start
-    blame_caller = call.callers_fault(state, exc, latency, attempt.deadline_bound, attempt.limit_at,
-                                      now)
-    call.observe(state, outcome, latency, now, attempt.admission, blame_caller)
+    record(call, state, attempt, classify(call, attempt, None, exc), latency, now)
     telemetry.end_attempt(attempt.span, call, outcome, latency,
                           verdict_pending=call.wants_retry(outcome))
     return outcome
@@ -144,7 +179,7 @@ def answered(call: Call, state: EndpointState, attempt: Launch, response: httpx.
     """An attempt got response headers: record it (EWMA, breaker, span)."""
     outcome = Outcome(state, response=response)
     latency = now - attempt.start
-    call.observe(state, outcome, latency, now, attempt.admission)
+    record(call, state, attempt, classify(call, attempt, response, None), latency, now)
     telemetry.end_attempt(attempt.span, call, outcome, latency,
                           verdict_pending=call.wants_retry(outcome))
     return outcome
@@ -153,6 +188,7 @@ def answered(call: Call, state: EndpointState, attempt: Launch, response: httpx.
 def aborted(call: Call, state: EndpointState, attempt: Launch, exc: BaseException) -> None:
     """An attempt was cancelled (a losing hedge, or the caller): count nothing against it."""
     state.breaker.release(attempt.admission)
+    release_route(call)
     telemetry.abort_attempt(attempt.span, call, exc)
 
 
@@ -170,6 +206,7 @@ def undiscovered(call: Call, now: float) -> BaseException:
 
 def finish(call: Call, outcome: Outcome, now: float) -> httpx.Response:
     """The response for the final outcome (with ``extensions["meshlib"]``), or raise its error."""
+    release_route(call)
     telemetry.finish(call, outcome)
     response = outcome.response
     if response is None:

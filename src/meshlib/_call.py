@@ -17,14 +17,14 @@ rules of docs/guide.md and docs/deadlines.md live here once:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
-from ._balancer import FAILURE_PENALTY
-from ._breaker import ADMITTED, REFUSED, TRIAL
+from ._breaker import ADMITTED, REFUSED
 from ._endpoint import EndpointState
 from ._errors import DeadlineExceeded, MeshError, TooSlow, redact_url
 from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
@@ -33,6 +33,10 @@ from ._policy import Policy
 from ._propagation import format_grpc_timeout
 from ._scope import current_deadline, describe_deadline
 from ._service import ServiceRuntime
+
+if TYPE_CHECKING:
+    from ._mesh import Target
+    from ._route_health import RouteHealth
 
 __all__ = ["Call", "Outcome", "Verdict"]
 
@@ -70,15 +74,24 @@ class Call:
     """The state and decisions of one logical request to a mesh service."""
 
     __slots__ = (
-        "_waits", "attempts", "balancer", "base_timeouts", "deadline", "hedged",
-        "idempotent", "policy", "previous", "replayable", "request", "runtime",
-        "started", "token_at", "tried",
+        "_waits", "attempts", "balancer", "base_timeouts", "deadline", "granted_timeouts",
+        "health", "hedged", "idempotent", "operator", "policy", "previous", "replayable",
+        "request", "route", "route_admission", "runtime", "started", "token_at", "tried",
     )
 
-    def __init__(self, runtime: ServiceRuntime, policy: Policy, request: httpx.Request,
-                 now: float) -> None:
-        self.runtime = runtime
+    def __init__(self, target: Target, policy: Policy, request: httpx.Request,
+                 now: float, granted_timeouts: dict[str, float | None] | None = None) -> None:
+        runtime = target.runtime
+        self.runtime: ServiceRuntime = runtime
+        #: the route's fail-fast state, and what its breaker granted this call
+        self.health: RouteHealth = target.health
+        self.route_admission = ADMITTED
+        #: the configured route's key (name or index), ``None`` without routes
+        self.route = target.route
+        #: the effective policy, and the operator's (route, service, client, environment:
+        #: without the caller's scoped overrides), which says what the service grants
         self.policy = policy
+        self.operator = target.policy
         self.request = request
         self.started = now
         self.deadline = min(now + policy.timeout, current_deadline())
@@ -95,6 +108,8 @@ class Call:
         #: the request's httpx timeouts (read, never changed: each attempt gets its own dict)
         self.base_timeouts: dict[str, float | None] = (
             request.extensions.get("timeout") or _NO_TIMEOUTS)
+        #: the client's own httpx timeouts (``None``: unknown, the request's are taken)
+        self.granted_timeouts = granted_timeouts
         self._waits: wait_random_exponential | None = None  # built on the first retry
 
     # -- time ---------------------------------------------------------------------
@@ -164,90 +179,31 @@ class Call:
             extensions["sni_hostname"] = sni
         return extensions, deadline_bound, now + limit
 
-    def is_failure(self, outcome: Outcome) -> bool:
-        """A transport error or a 5xx answer: what breakers and EWMA count as failed."""
-        return outcome.error is not None or (
-            outcome.response is not None and outcome.response.status_code >= 500
-        )
+    def caller_imposed(self, phase: str, extensions: Mapping[str, Any], start: float) -> bool:
+        """Whether a ``phase`` timeout of an attempt that left at ``start`` fired under a
+        limit the caller imposed, shorter than what the service grants.
 
-    @staticmethod
-    def is_connection_failure(outcome: Outcome) -> bool:
-        """A failure of the endpoint itself, not of one answer: refused, reset, dropped,
-        connect timeout. These may eject every endpoint (a total outage fails fast);
-        failed answers (5xx, read/write/pool timeouts) are capped by
-        ``Breaker.max_ejection_percent``, since one bad route answers them everywhere."""
-        error = outcome.error
-        if error is None:
-            return False
-        return not isinstance(error, httpx.TimeoutException) or isinstance(
-            error, httpx.ConnectTimeout)
-
-    def observe(self, state: EndpointState, outcome: Outcome, latency: float, now: float,
-                admission: int = ADMITTED, callers_fault: bool = False) -> None:
-        """Record an attempt's latency and outcome (headers received, or failed).
-
-        ``callers_fault``: the attempt timed out only because the caller gave it
-        less time than the endpoint's service grants (or waited for a free
-        connection of the client's own pool: ``PoolTimeout``); nothing is held against the
-        endpoint (no breaker failure, no latency sample), so one impatient caller
-        cannot eject a healthy instance for everyone.
-
-        A failed answer that would open the breaker opens it only while fewer than
-        ``max_ejection_percent`` of the endpoints are out; otherwise the failure is
-        not counted (the breaker stays at its threshold), so a route that fails on
-        every instance cannot take the whole service out.
+        Judged from the limits themselves: the attempt's limit for the phase (its
+        httpx timeout, clamped to the deadline and ``attempt_timeout``) against what
+        the operator's policy (route, service, client, environment; not the scoped
+        overrides or deadlines) and the client's own httpx timeout grant it. A
+        shorter limit can only come from the caller: a scoped ``meshlib.deadline``
+        or ``meshlib.policy``, a ``timeout=`` argument, or a deadline inherited
+        from ``x-mesh-timeout-ms``.
         """
-        if callers_fault:
-            state.breaker.release(admission)
-            return
-        failed = self.is_failure(outcome)
-        state.observe(latency, now, failed=failed, penalty=FAILURE_PENALTY)
-        breaker = state.breaker
-        if failed and admission != TRIAL and breaker.would_open() \
-                and not self.is_connection_failure(outcome):
-            runtime = self.runtime
-            if runtime.reserve_ejection(state):
-                breaker.record(False, now, admission)
-                runtime.settle_ejection(state)
-            return
-        breaker.record(not failed, now, admission)
-        if not failed:
-            self.runtime.latencies.add(latency)
-
-    def callers_fault(self, state: EndpointState, error: BaseException, given: float,
-                      deadline_bound: bool, limit_at: float, now: float) -> bool:
-        """Whether a failed attempt failed because of the caller, not the endpoint.
-
-        A ``PoolTimeout`` always does (the client's own pool was full). A timeout
-        does when its limit was the deadline and it ran into that limit (not a shorter httpx
-        timeout), and either the limit was shorter than what the service's own
-        policy grants the attempt (a deadline the caller imposed: scoped
-        ``meshlib.deadline`` or ``meshlib.policy``, or one inherited from
-        ``x-mesh-timeout-ms`` / ``grpc-timeout``), or the endpoint usually needs
-        more than the time it was given (its own successful latency, else the
-        service's p95; with neither known the endpoint is held responsible, so
-        that a hung instance, given the full policy time, is ejected).
-        """
-        if isinstance(error, httpx.PoolTimeout):
-            # the client's own queue (its pool for this endpoint is full), never evidence
-            # against the endpoint: a burst of callers must not eject healthy instances;
-            # the endpoint's slowness shows in its latency
-            return True
-        if not deadline_bound or not isinstance(error, httpx.TimeoutException):
+        timeouts = extensions.get("timeout")
+        imposed = timeouts.get(phase) if isinstance(timeouts, Mapping) else None
+        if imposed is None:
             return False
-        if now < limit_at - 0.002:
-            return False
-        start = now - given
-        own = self.runtime.policy
-        granted = self.started + own.timeout - start
-        if own.attempt_timeout is not None:
-            granted = min(granted, own.attempt_timeout)
-        if limit_at - start < granted - 0.001:
-            return True  # the caller cut the attempt short: never the endpoint's fault
-        usual = state.ok_estimate(now)
-        if usual is None:
-            usual = self.runtime.latencies.percentile(0.95)
-        return usual is not None and given < usual
+        operator = self.operator
+        granted = self.started + operator.timeout - start
+        if operator.attempt_timeout is not None:
+            granted = min(granted, operator.attempt_timeout)
+        own = self.granted_timeouts if self.granted_timeouts is not None else self.base_timeouts
+        client_limit = own.get(phase)
+        if client_limit is not None:
+            granted = min(granted, client_limit)
+        return float(imposed) < granted - 0.001
 
     def wants_retry(self, outcome: Outcome) -> bool:
         """Cheap first check: could this outcome be retried at all? (No budget drawn.)"""
@@ -419,6 +375,7 @@ class Call:
         """The ``response.extensions["meshlib"]`` dict."""
         return {
             "service": self.runtime.name,
+            "route": self.route,
             "endpoint": state.address if state is not None else None,
             "attempts": self.attempts,
             "hedged": self.hedged,

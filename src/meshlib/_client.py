@@ -11,6 +11,7 @@ from ._async.transport import AsyncMeshTransport
 from ._mesh import ServicesArg
 from ._policy import Policy
 from ._registry import register_client
+from ._routes import RoutesArg
 from ._sync.transport import MeshTransport
 
 __all__ = ["AsyncMeshClient", "MeshClient"]
@@ -21,6 +22,12 @@ _TRANSPORT_ARGS = ("verify", "cert", "trust_env", "http1", "http2", "limits")
 
 def _transport_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in _TRANSPORT_ARGS if k in kwargs}
+
+
+def _granted_timeouts(timeout: httpx.Timeout) -> dict[str, float | None]:
+    """The client's own httpx timeouts: what an attempt is granted unless the caller
+    passes a shorter ``timeout=`` (a caller's limit never counts against an endpoint)."""
+    return timeout.as_dict()
 
 
 def _with_service_mounts(kwargs: dict[str, Any], names: Any, transport: Any) -> dict[str, Any]:
@@ -41,7 +48,9 @@ class MeshClient(httpx.Client):
 
     ``services`` maps service names to discovery URLs or :class:`meshlib.Service`
     (``None`` reads ``MESHLIB_SERVICES``); ``policy`` is the client's default
-    :class:`meshlib.Policy` (``None`` reads ``MESHLIB_*``). Every other keyword
+    :class:`meshlib.Policy` (each field it does not give comes from ``MESHLIB_*``,
+    then the defaults); ``routes`` maps host names to lists of
+    :class:`meshlib.Route` (``None`` reads the ``MESHLIB_ROUTES`` file, if set). Every other keyword
     is passed to ``httpx.Client``: hosts that are not services are handled by
     httpx exactly as a plain client handles them (its transport, your
     ``transport=`` and ``mounts=``, proxies from the environment). Raises ``ConfigError`` on bad
@@ -51,17 +60,26 @@ class MeshClient(httpx.Client):
     """
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
-                 environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
-        self.mesh_transport = MeshTransport(services=services, policy=policy, environ=environ,
-                                            **_transport_kwargs(kwargs))
-        mounts = _with_service_mounts(kwargs, self.mesh_transport.mesh.runtimes,
+                 routes: RoutesArg = None, environ: Mapping[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        self.mesh_transport = MeshTransport(services=services, policy=policy, routes=routes,
+                                            environ=environ, **_transport_kwargs(kwargs))
+        mounts = _with_service_mounts(kwargs, self.mesh_transport.mesh.hosts,
                                       self.mesh_transport)
         try:
             super().__init__(mounts=mounts, **kwargs)
         except BaseException:
             self.mesh_transport.close()
             raise
+        self.mesh_transport.mesh.client_timeouts = _granted_timeouts(self.timeout)
         register_client(self)  # seen by snapshot endpoints given no clients
+
+    def _transport_for_url(self, url: httpx.URL) -> httpx.BaseTransport:
+        transport = super()._transport_for_url(url)  # mounts (and respx's patch) first
+        # hosts a routes file adds after the client was built have no mount
+        if transport is self._transport and self.mesh_transport.mesh.handles(url.host):
+            return self.mesh_transport
+        return transport
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget.
@@ -91,15 +109,23 @@ class AsyncMeshClient(httpx.AsyncClient):
     """
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
-                 environ: Mapping[str, str] | None = None, pool: str | None = None,
-                 **kwargs: Any) -> None:
+                 routes: RoutesArg = None, environ: Mapping[str, str] | None = None,
+                 pool: str | None = None, **kwargs: Any) -> None:
         self.mesh_transport = AsyncMeshTransport(services=services, policy=policy,
-                                                 environ=environ, pool=pool,
+                                                 routes=routes, environ=environ, pool=pool,
                                                  **_transport_kwargs(kwargs))
-        mounts = _with_service_mounts(kwargs, self.mesh_transport.mesh.runtimes,
+        mounts = _with_service_mounts(kwargs, self.mesh_transport.mesh.hosts,
                                       self.mesh_transport)
         super().__init__(mounts=mounts, **kwargs)
+        self.mesh_transport.mesh.client_timeouts = _granted_timeouts(self.timeout)
         register_client(self)  # seen by snapshot endpoints given no clients
+
+    def _transport_for_url(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
+        transport = super()._transport_for_url(url)  # mounts (and respx's patch) first
+        # hosts a routes file adds after the client was built have no mount
+        if transport is self._transport and self.mesh_transport.mesh.handles(url.host):
+            return self.mesh_transport
+        return transport
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget.

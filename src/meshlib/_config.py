@@ -41,7 +41,7 @@ KNOWN_VARIABLES = frozenset({
     "MESHLIB_BALANCER", "MESHLIB_RETRY_BUDGET_RATIO", "MESHLIB_BREAKER_FAILURES",
     "MESHLIB_BREAKER_RESET_TIMEOUT", "MESHLIB_HEDGE_DELAY", "MESHLIB_DNS_NAMESERVER",
     "MESHLIB_ZONE", "MESHLIB_K8S_API", "MESHLIB_K8S_TOKEN_FILE", "MESHLIB_K8S_CA_FILE",
-    "MESHLIB_POOL",
+    "MESHLIB_POOL", "MESHLIB_ROUTES", "MESHLIB_XDS_BOOTSTRAP",
 })
 
 _warned: set[str] = set()
@@ -162,6 +162,8 @@ class EnvConfig:
     k8s_token_file: str | None = None
     k8s_ca_file: str | None = None
     pool: str = "httpcore"
+    #: the routes file (``MESHLIB_ROUTES``), read and watched by the mesh
+    routes_file: str | None = None
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> EnvConfig:
@@ -213,8 +215,12 @@ def read_env(environ: Mapping[str, str] | None = None) -> EnvConfig:
     pool = env.get("MESHLIB_POOL", "").strip() or "httpcore"
     if pool not in POOLS:
         raise ConfigError(f"MESHLIB_POOL={env['MESHLIB_POOL']!r} must be one of {', '.join(POOLS)}")
+    routes_file = env.get("MESHLIB_ROUTES", "").strip() or None
+    if routes_file is not None and not os.path.isabs(routes_file):
+        raise ConfigError(f"MESHLIB_ROUTES={env['MESHLIB_ROUTES']!r} must be an absolute path "
+                          "to a JSON file of routes")
     return EnvConfig(policy=policy, services=services, dns_nameserver=nameserver, zone=zone,
-                     pool=pool, k8s_api=_k8s_api(env),
+                     pool=pool, routes_file=routes_file, k8s_api=_k8s_api(env),
                      k8s_token_file=env.get("MESHLIB_K8S_TOKEN_FILE", "").strip() or None,
                      k8s_ca_file=env.get("MESHLIB_K8S_CA_FILE", "").strip() or None)
 

@@ -6,7 +6,8 @@
     └── httpx.TransportError
         ├── MeshError                 the mesh's own transport errors
         │   ├── NoEndpointsError      discovery knows no endpoint
-        │   └── CircuitOpenError      every endpoint's breaker is open
+        │   ├── CircuitOpenError      every endpoint's (or the route's) breaker is open
+        │   └── NoRouteError          the host has routes, none matched, no service has its name
         └── httpx.TimeoutException
             └── DeadlineExceeded      the logical request's deadline passed
     ValueError
@@ -27,6 +28,7 @@ __all__ = [
     "DeadlineExceeded",
     "MeshError",
     "NoEndpointsError",
+    "NoRouteError",
     "TooSlow",
     "redact_url",
 ]
@@ -71,6 +73,14 @@ class CircuitOpenError(MeshError):
     """Every endpoint's circuit breaker is open: the request failed fast, nothing was sent.
 
     .. versionadded:: 0.1
+    """
+
+
+class NoRouteError(MeshError):
+    """The request's host has routes, none of them matched, and no service has the
+    host's name: nothing was sent.
+
+    .. versionadded:: 0.3
     """
 
 

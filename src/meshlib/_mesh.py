@@ -2,10 +2,12 @@
 
 Layers, top to bottom, written down once (Finagle's stack, for a client):
 
-1. routing: a request whose host is a configured service goes through the
-   mesh; any other host passes through to plain httpx untouched;
-2. policy: scoped ``meshlib.policy`` > the Service's policy > the client's
-   policy > ``MESHLIB_*`` variables > defaults;
+1. virtual host and route: a request whose host has routes takes the first
+   route that matches (a ``Split`` draws its service once); a host without
+   routes that is a service name goes to that service; any other host passes
+   through to plain httpx untouched;
+2. policy, field by field: scoped ``meshlib.policy`` > the route's policy >
+   the Service's policy > the client's policy > ``MESHLIB_*`` > defaults;
 3. deadline: fixed on entry, spans every attempt and backoff;
 4. retries and hedges (above the balancer, so each picks a fresh endpoint),
    gated by idempotency and the retry budget;
@@ -17,7 +19,7 @@ Layers, top to bottom, written down once (Finagle's stack, for a client):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -25,29 +27,53 @@ import httpx
 from . import _testmode
 from ._config import SERVICE_NAME, EnvConfig, read_env, warn_if_host_like, warn_no_services
 from ._discovery import DiscoveryOptions, discovery_from_url
-from ._errors import ConfigError
-from ._policy import Policy
+from ._errors import ConfigError, NoRouteError, redact_url
+from ._policy import Policy, layered
+from ._route_health import RouteHealth
+from ._routes import Route, RoutesArg, compile_routes
+from ._routes_file import RoutesFile, RoutesFollower, load_routes_file
+from ._routing import RouteRule, RouteTable, VirtualHost, implicit_route_key, uniform
 from ._scope import current_overrides
 from ._service import Service, ServiceRuntime
 from ._telemetry import register_mesh, telemetry
 
-__all__ = ["Mesh", "ServicesArg"]
+__all__ = ["Mesh", "ServicesArg", "Target"]
 
 ServicesArg = Mapping[str, "str | Service"] | None
+
+
+class Target:
+    """Where one logical request goes: its cluster, its route, and the policy of both.
+
+    Chosen once per logical request (:meth:`Mesh.select`); every retry and hedge
+    of the request stays in ``runtime``. ``route`` is the configured route's key
+    (its name or index) or ``None``; ``health`` is the route's fail-fast state in
+    that cluster; ``policy`` the route's and service's layers, before the scope's.
+    """
+
+    __slots__ = ("health", "policy", "route", "runtime")
+
+    def __init__(self, runtime: ServiceRuntime, health: RouteHealth, route: str | int | None,
+                 policy: Policy) -> None:
+        self.runtime = runtime
+        self.health = health
+        self.route = route
+        self.policy = policy
 
 
 class Mesh:
     """Services, their runtimes and the policy layering of one transport."""
 
     def __init__(self, services: ServicesArg, policy: Policy | None, *,
-                 environ: Mapping[str, str] | None = None,
+                 routes: RoutesArg = None, environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         env: EnvConfig = read_env(environ)  # always validated, even when overridden
         if policy is not None and not isinstance(policy, Policy):
             raise ConfigError(f"policy must be a meshlib.Policy, got {policy!r}")
         self.env = env
         self.clock = clock
-        self.policy = policy if policy is not None else env.policy
+        #: the client's layer over the environment's (each field from the first that gave it)
+        self.policy = layered(policy, env.policy)
         raw = env.services if services is None else services
         if not isinstance(raw, Mapping):
             raise ConfigError(f"services must map names to discovery URLs, got {raw!r}")
@@ -71,45 +97,116 @@ class Mesh:
             discovery = discovery_from_url(service.discovery, options)
             warn_if_host_like(name)
             self.runtimes[name.lower()] = ServiceRuntime(
-                name, service, discovery, service.policy or self.policy, zone=env.zone,
-                on_transition=telemetry.breaker_transition, clock=clock,
+                name, service, discovery, layered(service.policy, self.policy), zone=env.zone,
+                on_transition=telemetry.breaker_transition,
+                on_route_transition=telemetry.route_transition, clock=clock,
             )
+        self.table = RouteTable()
+        #: background work besides discovery (the routes file)
+        self._followers: list[RoutesFollower] = []
+        if routes is None and env.routes_file is not None:
+            signature, routes = load_routes_file(env.routes_file)
+            source = f"MESHLIB_ROUTES={env.routes_file!r}"
+            self.table = self._compile(routes, source)
+            self._followers.append(RoutesFollower(
+                RoutesFile(env.routes_file, signature),
+                lambda changed: self.set_routes(changed, source=source)))
+        elif routes is not None:
+            self.table = self._compile(routes, "routes")
         if not self.runtimes:
             warn_no_services()
         self._scoped: dict[int, tuple[Mapping[str, Any], Policy, Policy]] = {}
+        #: the route layer over a cluster's policy, per (rule, cluster)
+        self._route_policies: dict[tuple[int, str], tuple[RouteRule, Policy, Policy]] = {}
+        #: the client's own httpx timeout (set by MeshClient): what it grants an attempt
+        self.client_timeouts: dict[str, float | None] | None = None
         register_mesh(self)  # for the meshlib.endpoints gauge (weakly held)
 
-    def route(self, request: httpx.Request) -> ServiceRuntime | None:
-        """The service a request goes to, or ``None`` to pass it through."""
-        return self.runtimes.get(request.url.host)
+    def _compile(self, routes: Mapping[str, Sequence[Route]], source: str) -> RouteTable:
+        return RouteTable({host: VirtualHost(host, rules) for host, rules in
+                           compile_routes(routes, set(self.runtimes), source=source).items()})
 
-    def policy_for(self, runtime: ServiceRuntime) -> Policy:
-        """The effective policy of a request to ``runtime`` in the current scope."""
-        return _testmode.capped(self._scoped_policy(runtime))  # set_testing(attempts=N)
+    def set_routes(self, routes: Mapping[str, Sequence[Route]], *, source: str = "routes") -> None:
+        """Replace the whole route table at once (``ConfigError`` keeps the old one)."""
+        self.table = self._compile(routes, source)
 
-    def _scoped_policy(self, runtime: ServiceRuntime) -> Policy:
+    @property
+    def hosts(self) -> set[str]:
+        """Every host the mesh handles: service names and hosts with routes."""
+        return set(self.runtimes) | set(self.table.hosts)
+
+    def handles(self, host: str) -> bool:
+        """Whether requests to ``host`` go through the mesh."""
+        return host in self.runtimes or self.table.get(host) is not None
+
+    def select(self, request: httpx.Request) -> Target | None:
+        """Where ``request`` goes (``None``: pass it through); ``NoRouteError`` when its
+        host has routes, none matches, and no service has the host's name."""
+        host = request.url.host
+        vhost = self.table.get(host) if self.table else None
+        if vhost is not None:
+            rule = vhost.select(request)
+            if rule is not None:
+                cluster = self.runtimes[rule.draw(uniform()) if len(rule.backends) > 1
+                                        else rule.backends[0].cluster]
+                return Target(cluster, cluster.routes.configured(rule.key, host, self.clock()),
+                              rule.key, self._route_policy(rule, cluster))
+        runtime = self.runtimes.get(host)
+        if runtime is None:
+            if vhost is None:
+                return None
+            raise NoRouteError(
+                f"no route of host {host!r} matches {request.method} "
+                f"{redact_url(request.url.raw_path.decode('ascii', 'replace'))} and no service "
+                f"is named {host!r} (routes: {len(vhost.rules)}); nothing was sent",
+                request=request)
+        return Target(runtime, runtime.routes.implicit(implicit_route_key(request), self.clock()),
+                      None, runtime.policy)
+
+    def _route_policy(self, rule: RouteRule, runtime: ServiceRuntime) -> Policy:
+        if rule.policy is None:
+            return runtime.policy
+        key = (id(rule), runtime.name)
+        cached = self._route_policies.get(key)
+        if cached is not None and cached[0] is rule and cached[1] is runtime.policy:
+            return cached[2]
+        policy = layered(rule.policy, runtime.policy)
+        if len(self._route_policies) > 4096:
+            self._route_policies.clear()
+        self._route_policies[key] = (rule, runtime.policy, policy)
+        return policy
+
+    def policy_for(self, target: Target) -> Policy:
+        """The effective policy of a request to ``target`` in the current scope."""
+        return _testmode.capped(self._scoped_policy(target.policy))  # set_testing(attempts=N)
+
+    def _scoped_policy(self, base: Policy) -> Policy:
         overrides = current_overrides()
         if not overrides:
-            return runtime.policy
+            return base
         key = id(overrides)
         cached = self._scoped.get(key)
-        if cached is not None and cached[0] is overrides and cached[1] is runtime.policy:
+        if cached is not None and cached[0] is overrides and cached[1] is base:
             return cached[2]
-        policy = runtime.policy.replace(**overrides)
+        policy = base.replace(**overrides)
         if len(self._scoped) > 256:
             self._scoped.clear()
-        self._scoped[key] = (overrides, runtime.policy, policy)
+        self._scoped[key] = (overrides, base, policy)
         return policy
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-serialisable state of every service (docs/configuration.md, "Reading a
-        snapshot")."""
+        """JSON-serialisable state of every service and route (docs/configuration.md,
+        "Reading a snapshot")."""
         now = self.clock()
-        return {"services": {rt.name: rt.snapshot(now) for rt in self.runtimes.values()}}
+        return {
+            "services": {rt.name: rt.snapshot(now) for rt in self.runtimes.values()},
+            "routes": {host: vhost.snapshot() for host, vhost in self.table.hosts.items()},
+        }
 
     @property
-    def dynamic(self) -> list[ServiceRuntime]:
-        """Services whose discovery must run in the background."""
-        return [rt for rt in self.runtimes.values() if rt.discovery.initial() is None]
+    def dynamic(self) -> list[Any]:
+        """What must run in the background: services' discovery, the routes file."""
+        return [*(rt for rt in self.runtimes.values() if rt.discovery.initial() is None),
+                *self._followers]
 
 

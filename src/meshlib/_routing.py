@@ -201,6 +201,21 @@ class RouteRule:
         total = self._cumulative[-1]
         return self.backends[bisect.bisect_right(self._cumulative, rand * total)].cluster
 
+    def describe(self) -> dict[str, object]:
+        """JSON-ready: the rule's key, its conditions and where it sends."""
+        match: dict[str, object] = {}
+        if self.path is not None:
+            match["path"] = {"kind": self.path.kind, "value": self.path.value}
+        if self.method is not None:
+            match["method"] = self.method
+        if self.headers:
+            match["headers"] = {n: f"{m.kind}:{m.value}" for n, m in self.headers}
+        if self.query:
+            match["query"] = {n: f"{m.kind}:{m.value}" for n, m in self.query}
+        return {"route": self.key, "match": match,
+                "to": {b.cluster: b.weight for b in self.backends},
+                "policy": sorted(self.policy.given) if self.policy is not None else []}
+
     def clusters(self) -> tuple[str, ...]:
         """Every cluster this rule may send to."""
         return tuple(b.cluster for b in self.backends)
@@ -228,6 +243,11 @@ class VirtualHost:
             if rule.matches(method, path, headers, query):
                 return rule
         return None
+
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """JSON-ready: each rule's key, match and backends."""
+        return [rule.describe() for rule in self.rules]
 
 
 class RouteTable:

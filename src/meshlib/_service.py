@@ -24,6 +24,7 @@ from ._endpoint import Endpoint, EndpointState
 from ._errors import CircuitOpenError, ConfigError, NoEndpointsError, TooSlow, redact_url
 from ._latency import LatencyWindow
 from ._policy import Policy
+from ._route_health import RouteHealthTable
 
 __all__ = ["Service", "ServiceRuntime"]
 
@@ -73,6 +74,7 @@ class ServiceRuntime:
 
     def __init__(self, name: str, service: Service, discovery: Discovery, policy: Policy, *,
                  zone: str | None = None, on_transition: Transition | None = None,
+                 on_route_transition: Transition | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.discovery = discovery
@@ -89,6 +91,7 @@ class ServiceRuntime:
         self._healthy: tuple[tuple[EndpointState, ...], ...] = ()
         self._balancers: dict[str, Balancer] = {}
         self._on_transition = on_transition
+        self._on_route_transition = on_route_transition
         self._tracker = EndpointSetTracker(name, discovery.url)
         self._lock = threading.Lock()
         self._tracker_lock = threading.Lock()
@@ -100,6 +103,8 @@ class ServiceRuntime:
         #: slow start: no endpoint ramps up after this time (the hot path's one check)
         self._ramp_end = -1.0
         self.rng = random.Random()
+        #: the fail-fast state of each route of this service (configured or implicit)
+        self.routes = RouteHealthTable(policy.breaker, self._route_transition)
         initial = discovery.initial()
         if initial is not None:
             self.apply(initial, clock())
@@ -146,7 +151,8 @@ class ServiceRuntime:
             self.draining = {s for s in self.draining if s.inflight > 0}
             for state in gone:
                 state.retired = True
-                self._unhealthy.discard(state.address)
+                self._unhealthy.discard(state.address)  # its ejection slot is free again
+                self.routes.forget(state.address)
                 if state.inflight == 0:
                     idle.append(state)
                 else:
@@ -197,6 +203,8 @@ class ServiceRuntime:
         closes, or given back by :meth:`settle_ejection` if it did not open."""
         percent = self.policy.breaker.max_ejection_percent
         with self._lock:
+            if self.states.get(state.address) is not state:
+                return False  # retired: only live endpoints hold ejection slots
             if state.address in self._unhealthy or percent >= 100.0:
                 self._unhealthy.add(state.address)
                 return True
@@ -211,6 +219,22 @@ class ServiceRuntime:
             with self._lock:
                 if state.breaker.closed:
                     self._unhealthy.discard(state.address)
+
+    def available_count(self, now: float) -> int:
+        """Endpoints a failing route can still be tried on: breaker closed, or its trial
+        due (an ejected endpoint that may be tried again has not failed the route yet)."""
+        states = self.states
+        unhealthy = list(self._unhealthy)  # small: read on a failure only
+        out = len(states) - len(unhealthy)
+        for address in unhealthy:
+            state = states.get(address)
+            if state is not None and state.breaker.available(now):
+                out += 1
+        return max(out, 0)
+
+    def _route_transition(self, route: str, old: str, new: str) -> None:
+        if self._on_route_transition is not None:
+            self._on_route_transition(self.name, route, old, new)
 
     def _mark_ready(self) -> None:
         if self.ready.is_set():
@@ -422,6 +446,7 @@ class ServiceRuntime:
             "balancer": self.policy.balancer,
             "endpoints": endpoints,
             "retry_budget": {"balance": round(self.budget.balance(now), 3)},
+            "routes": self.routes.snapshot(now),
         }
 
 

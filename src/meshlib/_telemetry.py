@@ -325,6 +325,17 @@ class Telemetry:
             span.add_event("meshlib.breaker_transition",
                            {**attributes, "meshlib.endpoint": endpoint})
 
+    def route_transition(self, service: str, route: str, old: str, new: str) -> None:
+        """Log (INFO when it opens or closes) and count a route breaker's state change."""
+        logger.info("route breaker of %s route %s: %s -> %s", service, route, old, new)
+        attributes = {"meshlib.service": service, "meshlib.breaker.from": old,
+                      "meshlib.breaker.to": new, "meshlib.breaker.kind": "route"}
+        self.breaker_transitions.add(1, attributes)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event("meshlib.route_breaker_transition",
+                           {**attributes, "meshlib.route": route})
+
     # -- helpers ----------------------------------------------------------------------
 
     def _decision_span(self, call: Call, *, hedging: bool) -> Span | None:

@@ -27,11 +27,13 @@ from .._attempts import (
     Launch,
     Retries,
     aborted,
+    admit_route,
     answered,
     failed,
     finish,
     launch,
     pick,
+    release_route,
     stamp,
     superseded,
     undiscovered,
@@ -42,6 +44,7 @@ from .._mesh import Mesh, ServicesArg
 from .._policy import Policy
 from .._pool import PoolSettings
 from .._pools import choose_pool
+from .._routes import RoutesArg
 from .pool import EndpointPool
 from .runner import Runner
 
@@ -64,13 +67,15 @@ class MeshTransport(httpx.BaseTransport):
     """An httpx transport that routes requests for mesh services to their endpoints.
 
     ``services`` maps service names to discovery URLs or :class:`meshlib.Service`;
-    ``None`` reads ``MESHLIB_SERVICES``. ``transport_kwargs`` are httpx transport
-    options (``verify``, ``cert``, ``http2``, ``limits``, ...) applied to every
-    endpoint pool and to the pass-through transport; ``passthrough=`` supplies a
-    transport of your own for hosts that are not services. ``pool`` chooses what
-    carries the endpoints' connections in the async transport: ``"httpcore"``
-    (default) or ``"aiohttp"`` (HTTP/1.1 only, extra ``meshlib[aiohttp]``);
-    ``None`` reads ``MESHLIB_POOL``. The sync transport always uses httpcore.
+    ``None`` reads ``MESHLIB_SERVICES``. ``routes`` maps host names to lists of
+    :class:`meshlib.Route` (``None`` reads the ``MESHLIB_ROUTES`` file, if set).
+    ``transport_kwargs`` are httpx transport options (``verify``, ``cert``,
+    ``http2``, ``limits``, ...) applied to every endpoint pool and to the
+    pass-through transport; ``passthrough=`` supplies a transport of your own
+    for hosts that are not services. ``pool`` chooses what carries the
+    endpoints' connections in the async transport: ``"httpcore"`` (default) or
+    ``"aiohttp"`` (HTTP/1.1 only, extra ``httpx-mesh[aiohttp]``); ``None`` reads
+    ``MESHLIB_POOL``. The sync transport always uses httpcore.
 
     Each attempt ends at its time limit (``attempt_timeout``, or the deadline):
     meshlib's own sockets end their reads and writes then, in both twins. The
@@ -83,10 +88,10 @@ class MeshTransport(httpx.BaseTransport):
     """
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
-                 environ: Mapping[str, str] | None = None, pool: str | None = None,
-                 **transport_kwargs: Any) -> None:
+                 routes: RoutesArg = None, environ: Mapping[str, str] | None = None,
+                 pool: str | None = None, **transport_kwargs: Any) -> None:
         passthrough = transport_kwargs.pop("passthrough", None)
-        self.mesh = Mesh(services, policy, environ=environ)
+        self.mesh = Mesh(services, policy, routes=routes, environ=environ)
         self.clock = self.mesh.clock
         self.settings, self._passthrough_kwargs = PoolSettings.split(transport_kwargs)
         self._new_pool = choose_pool(EndpointPool, pool, self.mesh.env.pool, self.settings)
@@ -100,23 +105,30 @@ class MeshTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the mesh if its host is a service, else pass it through."""
-        runtime = self.mesh.route(request)
-        if runtime is None:
+        target = self.mesh.select(request)  # NoRouteError: nothing sent
+        if target is None:
             return self._passthrough_transport().handle_request(request)
         self._runner.enter()
         now = self.clock()
-        call = Call(runtime, self.mesh.policy_for(runtime), request, now)
+        mesh = self.mesh
+        call = Call(target, mesh.policy_for(target), request, now, mesh.client_timeouts)
+        runtime = call.runtime
         if not runtime.ready.is_set() and not runtime.wait_ready(
                 call.remaining(now)):
             raise undiscovered(call, self.clock())
-        runtime.budget.deposit(now)
-        retired = runtime.check_due(now)
-        if retired:  # a pending empty answer took effect (rare)
-            self._retire(retired)
-        attempt = self._hedged_attempt if call.can_hedge() else self._attempt
-        outcome = attempt(call)
-        if call.wants_retry(outcome):
-            outcome = self._retry(call, outcome, attempt)
+        admit_route(call, now)  # CircuitOpenError while the route fails everywhere
+        try:
+            runtime.budget.deposit(now)
+            retired = runtime.check_due(now)
+            if retired:  # a pending empty answer took effect (rare)
+                self._retire(retired)
+            attempt = self._hedged_attempt if call.can_hedge() else self._attempt
+            outcome = attempt(call)
+            if call.wants_retry(outcome):
+                outcome = self._retry(call, outcome, attempt)
+        except BaseException:
+            release_route(call)
+            raise
         return finish(call, outcome, self.clock())
 
     def close(self) -> None:

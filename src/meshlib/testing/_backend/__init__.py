@@ -29,8 +29,9 @@ at run time from any thread:
   :meth:`Server.restore` listens again on the same port.
 
 Unless ``query_overrides=False``, a request may override the behaviour with
-query parameters ``?delay_ms=``, ``?status=``, ``?fail_pct=`` and
-``?retry_after=``.
+query parameters ``?delay_ms=``, ``?status=``, ``?fail_pct=``,
+``?retry_after=`` and ``?mode=`` (``close``, ``reset``, ``stall`` or ``normal``:
+one route that drops its connections beside healthy ones).
 
 Every response carries ``X-Backend: host:port`` and a small JSON body::
 

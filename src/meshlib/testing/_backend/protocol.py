@@ -19,7 +19,9 @@ from typing import Protocol
 from urllib.parse import parse_qsl
 
 from .parsing import NO_BODY_STATUSES, REASONS, BadRequest, Request, parse_request, reason
-from .settings import ServerSettings
+from .settings import Mode, ServerSettings
+
+_MODES: dict[str, Mode] = {"normal": "normal", "close": "close", "reset": "reset", "stall": "stall"}
 
 __all__ = ["HTTPProtocol", "Served"]
 
@@ -131,7 +133,12 @@ class HTTPProtocol(asyncio.Protocol):
         server = self._server
         n = server._record(req)
         settings = server._settings
-        mode = settings.mode
+        mode: Mode = settings.mode
+        if req.query and settings.query_overrides and "mode=" in req.query:
+            # a per-request fault (``?mode=close``): one route that drops, beside healthy ones
+            for key, value in parse_qsl(req.query):
+                if key == "mode" and value in _MODES:
+                    mode = _MODES[value]
         if mode == "normal" and settings.drop_pct > 0 and (
             server._random.random() * 100.0 < settings.drop_pct
         ):

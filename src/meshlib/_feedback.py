@@ -1,0 +1,113 @@
+"""The one place an attempt's outcome is judged and handed out (no I/O).
+
+Every finished attempt comes here once, as a response or an error. It is
+classified (:func:`classify`) and the result feeds, in one pass: the
+endpoint's latency score (EWMA and failure penalty), the endpoint's breaker
+(relative to its peers, and within the ejection cap), the route's health,
+the service's latency window (for ``Hedge(delay="p95")``) and the golden
+signal windows. Telemetry reads the same classification.
+
+The rules (docs/reliability.md):
+
+- **Relative ejection.** A failed *answer* (5xx, a timeout or a connection
+  dropped after the request was sent) counts against an endpoint only when a
+  peer last answered the same route well: when every endpoint fails alike on
+  a route, no endpoint is ejected for it (the route's own breaker takes over).
+  At most ``Breaker.max_ejection_percent`` of a service's endpoints are out at
+  once for failed answers. A refused connection (or a connect timeout) is the
+  endpoint's own failure and always counts: a service whose every instance
+  refuses fails fast through its endpoint breakers. It says nothing about the
+  route, whose breaker counts failed answers only.
+- **The caller's limits never count.** A timeout fired under a limit the
+  caller imposed (a scoped deadline or policy, a ``timeout=`` argument, an
+  inherited ``x-mesh-timeout-ms``) that is shorter than what the service's own
+  policy (and the client's own timeout) grants, or a pool timeout of the
+  client's own pool, holds nothing against the endpoint or the route.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ._balancer import FAILURE_PENALTY
+from ._breaker import ADMITTED, TRIAL
+from ._gate import sent_before_failure
+
+if TYPE_CHECKING:
+    from ._attempts import Launch
+    from ._call import Call
+    from ._endpoint import EndpointState
+
+__all__ = [
+    "ANSWER_FAILURE", "CALLERS_FAULT", "CONNECT_FAILURE", "KIND_NAMES", "SUCCESS", "classify",
+    "record",
+]
+
+#: how an attempt ended, as far as health is concerned
+SUCCESS, ANSWER_FAILURE, CONNECT_FAILURE, CALLERS_FAULT = 0, 1, 2, 3
+KIND_NAMES = ("success", "answer_failure", "connect_failure", "callers_fault")
+
+_PHASES: tuple[tuple[type[httpx.TimeoutException], str], ...] = (
+    (httpx.ConnectTimeout, "connect"), (httpx.WriteTimeout, "write"),
+    (httpx.ReadTimeout, "read"))
+
+
+def classify(call: Call, attempt: Launch, response: httpx.Response | None,
+             error: BaseException | None) -> int:
+    """``SUCCESS``, ``ANSWER_FAILURE``, ``CONNECT_FAILURE`` or ``CALLERS_FAULT``."""
+    if response is not None:
+        return ANSWER_FAILURE if response.status_code >= 500 else SUCCESS
+    if isinstance(error, httpx.PoolTimeout):
+        return CALLERS_FAULT  # the client's own pool was full: never the endpoint's fault
+    if isinstance(error, httpx.TimeoutException):
+        phase = next((p for kind, p in _PHASES if isinstance(error, kind)), "read")
+        if call.caller_imposed(phase, attempt.extensions, attempt.start):
+            return CALLERS_FAULT
+        return CONNECT_FAILURE if phase == "connect" else ANSWER_FAILURE
+    if error is not None and not sent_before_failure(error):
+        return CONNECT_FAILURE
+    return ANSWER_FAILURE  # dropped, reset or garbled after the request was sent
+
+
+def record(call: Call, state: EndpointState, attempt: Launch, kind: int, latency: float,
+           now: float) -> None:
+    """Hand one attempt's outcome to everything that learns from it."""
+    admission = attempt.admission
+    breaker = state.breaker
+    health = call.health
+    route_admission = call.route_admission
+    if route_admission != ADMITTED:
+        call.route_admission = ADMITTED  # the route's trial is decided by this attempt
+    runtime = call.runtime
+    if kind == CALLERS_FAULT:
+        breaker.release(admission)
+        health.release(route_admission)
+        return
+    if kind == SUCCESS:
+        state.observe(latency, now, failed=False, penalty=FAILURE_PENALTY)
+        breaker.record(True, now, admission)
+        health.succeeded(state.address, now, route_admission)
+        runtime.latencies.add(latency)
+        return
+    state.observe(latency, now, failed=True, penalty=FAILURE_PENALTY)
+    if kind == CONNECT_FAILURE:
+        # the endpoint's own failure, uncapped; it says nothing about the route
+        breaker.record(False, now, admission)
+        health.release(route_admission)
+        return
+    if not health.peers_succeed(state.address):
+        # every endpoint fails alike on this route: not this endpoint's fault. A trial
+        # of an ejected endpoint that fails like its peers proves it no worse than them.
+        if admission == TRIAL:
+            breaker.record(True, now, admission)
+        else:
+            breaker.release(admission)
+    elif admission != TRIAL and breaker.would_open():
+        if runtime.reserve_ejection(state):  # within max_ejection_percent
+            breaker.record(False, now, admission)
+            runtime.settle_ejection(state)
+    else:
+        breaker.record(False, now, admission)
+    health.failed(state.address, now, runtime.available_count(now), route_admission)
