@@ -110,4 +110,5 @@ def record(call: Call, state: EndpointState, attempt: Launch, kind: int, latency
             runtime.settle_ejection(state)
     else:
         breaker.record(False, now, admission)
-    health.failed(state.address, now, runtime.available_count(now), route_admission)
+    health.failed(state.address, now, runtime.available_count(now),
+                  lambda address: runtime.usable(address, now), route_admission)

@@ -80,9 +80,9 @@ class RouteHealth:
             self.breaker.record(True, now, admission)
 
     def failed(self, address: str, now: float, available: int,
-               admission: int = ADMITTED) -> None:
+               usable: Callable[[str], bool], admission: int = ADMITTED) -> None:
         """An attempt on this route failed at ``address``; ``available`` endpoints of the
-        cluster could have been tried."""
+        cluster could have been tried, ``usable(address)`` says whether one still can."""
         self._remember(address, False)
         self._streak += 1
         if len(self._failing) < _SPREAD:
@@ -91,9 +91,12 @@ class RouteHealth:
         if admission != ADMITTED:
             breaker.record(False, now, admission)  # a failed trial reopens the route
             return
-        if breaker.closed and self._streak >= self.failures \
-                and len(self._failing) >= min(max(available, 1), _SPREAD):
-            breaker.record(False, now, admission)
+        if breaker.closed and self._streak >= self.failures:
+            # failed everywhere: every endpoint that can still be tried (up to 8) failed
+            # in this streak; an endpoint ejected meanwhile proves nothing about the rest
+            spread = sum(1 for a in self._failing if usable(a))
+            if spread >= min(max(available, 1), _SPREAD):
+                breaker.record(False, now, admission)
 
     def release(self, admission: int) -> None:
         """A call admitted on the route ended with no outcome to judge it by."""

@@ -220,6 +220,12 @@ class ServiceRuntime:
                 if state.breaker.closed:
                     self._unhealthy.discard(state.address)
 
+    def usable(self, address: str, now: float) -> bool:
+        """Whether ``address`` is a live endpoint that may be tried now (breaker closed, or
+        its trial due)."""
+        state = self.states.get(address)
+        return state is not None and state.breaker.available(now)
+
     def available_count(self, now: float) -> int:
         """Endpoints a failing route can still be tried on: breaker closed, or its trial
         due (an ejected endpoint that may be tried again has not failed the route yet)."""
