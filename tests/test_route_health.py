@@ -9,12 +9,9 @@ import asyncio
 import contextlib
 import json
 import os
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
@@ -24,6 +21,7 @@ from conftest import BackendFactory
 from meshlib import Backoff, Breaker, Match, Policy, Route
 from meshlib._discovery._file import FileDiscovery
 from meshlib.wsgi import MeshMiddleware
+from test_wsgi import serve_wsgi
 
 FAST = Policy(backoff=Backoff(base=0.001, max=0.005))
 
@@ -114,25 +112,6 @@ def test_a_callers_short_limit_opens_no_breaker(backends: BackendFactory, limit:
         assert len([n for n in b.counts.values() if n]) == 4
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-
-@contextlib.contextmanager
-def _serve_wsgi(app: Any) -> Iterator[str]:
-    server: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 def test_an_inherited_deadline_header_opens_no_breaker(backends: BackendFactory) -> None:
     """A real WSGI server behind `meshlib.wsgi.MeshMiddleware` relays to 30 ms upstreams;
     its callers send `x-mesh-timeout-ms: 5`: every relayed call runs out of time, and no
@@ -152,7 +131,7 @@ def test_an_inherited_deadline_header_opens_no_breaker(backends: BackendFactory)
         return [body]
 
     try:
-        with _serve_wsgi(MeshMiddleware(relay)) as url, httpx.Client(timeout=10) as caller:
+        with serve_wsgi(MeshMiddleware(relay)) as url, httpx.Client(timeout=10) as caller:
             for _ in range(20):
                 r = caller.get(url + "/", headers={"x-mesh-timeout-ms": "5"})
                 assert r.status_code == 504, r.text
