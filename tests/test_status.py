@@ -75,20 +75,48 @@ def test_status_prints_a_table(snapshot_url: tuple[str, list[str]],
     lines = out.splitlines()
     assert lines[0].startswith("service users")
     assert "retry budget balance" in out
-    header = next(line for line in lines if "endpoint" in line and "ewma_ms" in line)
-    assert header.split() == ["endpoint", "ewma_ms", "latency_ms", "inflight", "breaker",
-                              "requests", "failures"]
+    header = next(line for line in lines if "endpoint" in line and "score_ms" in line)
+    assert header.split() == ["endpoint", "req_60s", "success", "rps", "p50_ms", "p95_ms",
+                              "p99_ms", "score_ms", "inflight", "breaker", "requests",
+                              "failures"]
     rows = {address: next(line for line in lines if line.startswith(f"  {address} ")).split()
             for address in addresses}
-    assert all(row[4] == "closed" for row in rows.values())
-    requests = {address: (int(row[5]), int(row[6])) for address, row in rows.items()}
+    assert all(row[9] == "closed" for row in rows.values())
+    requests = {address: (int(row[10]), int(row[11])) for address, row in rows.items()}
     assert sum(r for r, _ in requests.values()) == 3
     assert requests[addresses[0]][1] == 0 and requests[addresses[1]][1] >= 1
-    # the endpoint answering 503 fast: a ~1000 ms penalty score, no latency of its own
     healthy, failing = rows[addresses[0]], rows[addresses[1]]
-    assert float(failing[1]) >= 900 and failing[2] == "-"
-    assert float(healthy[2]) < 900
+    # the last 60 s: the healthy endpoint answered every request, the other none well
+    assert healthy[2] == "100.00%" and failing[2] == "0.00%"
+    assert int(healthy[1]) + int(failing[1]) == 3
+    assert float(healthy[4]) > 0 and failing[4] == "-"  # no successful answer, no latency
+    # the endpoint answering 503 fast: a ~1000 ms penalty score
+    assert float(failing[7]) >= 900 and float(healthy[7]) < 900
     assert "a penalty, not a latency" in out
+    # the route table: the service's requests and its one implicit route
+    route_header = next(line for line in lines if line.split()[:1] == ["route"])
+    assert route_header.split() == ["route", "req_60s", "success", "rps", "p50_ms", "p95_ms",
+                                    "p99_ms", "breaker"]
+    everything = next(line for line in lines if line.startswith("  (all) ")).split()
+    get_x = next(line for line in lines if line.startswith("  GET /x ")).split()
+    assert everything[1] == "3" and get_x[2] == "3" and get_x[-1] == "closed"
+
+
+def test_status_watch_refreshes(snapshot_url: tuple[str, list[str]],
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`--watch` fetches again each round (three rounds here, then it returns)."""
+    from meshlib._tools.status import run_status
+
+    url, _ = snapshot_url
+    assert run_status(url, watch=0.05, rounds=3) == 0
+    out = capsys.readouterr().out
+    assert out.count("service users") == 3 and out.count("Ctrl-C stops") == 3
+
+
+def test_status_watch_interval_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["status", "http://127.0.0.1:1/_mesh", "--watch", "0"])
+    assert "--watch needs 0.1 to 3600 seconds" in capsys.readouterr().err
 
 
 def test_status_json(snapshot_url: tuple[str, list[str]],

@@ -61,6 +61,8 @@ def admit_route(call: Call, now: float) -> None:
         return
     admission = health.admit(now)
     if admission == REFUSED:
+        call.runtime.window.record(now, False, None)
+        health.window.record(now, False, None)
         raise telemetry.not_sent(call, CircuitOpenError(route_open_message(call, now),
                                                         request=call.request))
     call.route_admission = admission
@@ -209,6 +211,10 @@ def finish(call: Call, outcome: Outcome, now: float) -> httpx.Response:
     release_route(call)
     telemetry.finish(call, outcome)
     response = outcome.response
+    ok = response is not None and response.status_code < 500
+    latency = None if response is None else now - call.started
+    call.runtime.window.record(now, ok, latency)
+    call.health.window.record(now, ok, latency)
     if response is None:
         if call.remaining(now) <= 0.001:
             telemetry.deadline_expired(call)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ConfigError
+from ._window import Window
 
 __all__ = [
     "DECAY_SECONDS",
@@ -99,7 +100,7 @@ class EndpointState:
     __slots__ = (
         "_ewma", "_lock", "_ok", "_ok_stamp", "_penalty", "_penalty_stamp", "_stamp", "address",
         "breaker", "endpoint", "failures", "inflight", "pool", "ramp_from", "requests",
-        "retired", "rr_current",
+        "retired", "rr_current", "window",
     )
 
     def __init__(self, endpoint: Endpoint, breaker: Any = None) -> None:
@@ -121,6 +122,8 @@ class EndpointState:
         self._ok: float | None = None  # peak EWMA of successful answers only
         self._ok_stamp = 0.0
         self._lock = threading.Lock()
+        #: golden signals of its attempts, made at its first judged attempt
+        self.window: Window | None = None
 
     def ewma(self, now: float) -> float | None:
         """The balancer's cost basis at ``now``: the decayed peak-EWMA latency plus the

@@ -34,6 +34,7 @@ import httpx
 from ._balancer import FAILURE_PENALTY
 from ._breaker import ADMITTED, TRIAL
 from ._gate import sent_before_failure
+from ._window import Window
 
 if TYPE_CHECKING:
     from ._attempts import Launch
@@ -85,6 +86,10 @@ def record(call: Call, state: EndpointState, attempt: Launch, kind: int, latency
         breaker.release(admission)
         health.release(route_admission)
         return
+    window = state.window
+    if window is None:
+        window = state.window = Window(now)
+    window.record(now, kind == SUCCESS, latency if kind == SUCCESS else None)
     if kind == SUCCESS:
         state.observe(latency, now, failed=False, penalty=FAILURE_PENALTY)
         breaker.record(True, now, admission)

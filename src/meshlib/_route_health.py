@@ -27,6 +27,7 @@ from typing import Any
 
 from ._breaker import ADMITTED, CLOSED, EndpointBreaker
 from ._policy import Breaker
+from ._window import Window
 
 __all__ = ["MAX_IMPLICIT_ROUTES", "RouteHealth", "RouteHealthTable"]
 
@@ -43,7 +44,7 @@ RouteTransition = Callable[[str, str, str], None]  # (route key, old state, new 
 class RouteHealth:
     """The breaker and the per-endpoint last outcomes of one route of one cluster."""
 
-    __slots__ = ("_failing", "_last", "_streak", "breaker", "failures", "key")
+    __slots__ = ("_failing", "_last", "_streak", "breaker", "failures", "key", "window")
 
     def __init__(self, key: str | int, config: Breaker, now: float,
                  on_transition: RouteTransition | None = None) -> None:
@@ -58,6 +59,8 @@ class RouteHealth:
         self._streak = 0
         self._failing: set[str] = set()
         self._last: dict[str, bool] = {}
+        #: golden signals of the route's logical requests
+        self.window = Window(now)
 
     def admit(self, now: float) -> int:
         """``ADMITTED`` while closed; the single ``TRIAL`` when due; else ``REFUSED``."""
@@ -124,6 +127,7 @@ class RouteHealth:
         entry: dict[str, Any] = {"breaker": state, "consecutive_failures": self._streak}
         if state != CLOSED:
             entry["next_trial_s"] = round(self.next_trial(now), 3)
+        entry["window"] = self.window.snapshot(now)
         return entry
 
 
@@ -189,7 +193,8 @@ class RouteHealthTable:
         return len(self._configured) + len(self._implicit)
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """JSON-ready: each route's breaker; implicit routes only when not healthy."""
+        """JSON-ready: each route's breaker and window; implicit routes only when not
+        healthy or with requests in the last 60 s."""
         with self._lock:
             configured = list(self._configured.items())
             implicit = list(self._implicit.items())
@@ -197,6 +202,6 @@ class RouteHealthTable:
         for (host, key), health in configured:
             out[f"{host}#{key}"] = health.snapshot(now)
         for key, health in implicit:
-            if not health.breaker.closed or health._streak:
+            if not health.breaker.closed or health._streak or health.window.requests(now):
                 out[key] = health.snapshot(now)
         return out

@@ -25,6 +25,7 @@ from ._errors import CircuitOpenError, ConfigError, NoEndpointsError, TooSlow, r
 from ._latency import LatencyWindow
 from ._policy import Policy
 from ._route_health import RouteHealthTable
+from ._window import Window
 
 __all__ = ["Service", "ServiceRuntime"]
 
@@ -69,6 +70,9 @@ def _sanitize(endpoint: Endpoint) -> Endpoint:
     return Endpoint(endpoint.host, endpoint.port, 0.01, endpoint.zone, endpoint.priority)
 
 
+#: the window of an endpoint that has had no judged attempt yet
+_EMPTY = Window(0.0)
+
 class ServiceRuntime:
     """Live state of one service inside one transport."""
 
@@ -84,6 +88,8 @@ class ServiceRuntime:
         self.sni = service.tls_server_name
         self.budget = BudgetLedger(policy.retry_budget)
         self.latencies = LatencyWindow()
+        #: golden signals of the service's logical requests
+        self.window = Window(clock())
         self.states: dict[str, EndpointState] = {}
         self._groups: tuple[tuple[EndpointState, ...], ...] = ()
         #: per priority group, its endpoints whose breaker is closed; rebuilt on discovery
@@ -445,6 +451,7 @@ class ServiceRuntime:
                 "weight": state.endpoint.weight,
                 "zone": state.endpoint.zone,
                 "priority": state.endpoint.priority,
+                "window": (state.window or _EMPTY).snapshot(now),
             })
         return {
             "discovery": self.discovery.url,
@@ -453,6 +460,7 @@ class ServiceRuntime:
             "endpoints": endpoints,
             "retry_budget": {"balance": round(self.budget.balance(now), 3)},
             "routes": self.routes.snapshot(now),
+            "window": self.window.snapshot(now),
         }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -166,8 +167,11 @@ did not answer in time, 2 on a malformed URL or an unknown service name."""
 
 _STATUS_HELP = """Fetch the JSON snapshot a running service exposes through
 meshlib.asgi.MeshMiddleware or meshlib.wsgi.MeshMiddleware (their snapshot_path)
-and print one table per service: endpoints, latency score (ewma_ms; a failure
-counts as 1000 ms), requests in flight, breaker state, requests and failures.
+and print, per service, its routes and endpoints with their golden signals
+over the last 60 s (requests, success rate, requests per second, p50/p95/p99
+latency), the balancer's score (score_ms; a failure counts as 1000 ms),
+requests in flight, breaker states and attempt counts, as `linkerd viz stat`
+does. --watch refreshes the tables until Ctrl-C.
 Exit status: 0 when the snapshot lists at least one service, 1 otherwise (not
 reachable, not a snapshot, or no services: the middleware sees no client)."""
 
@@ -216,7 +220,20 @@ def _parser() -> argparse.ArgumentParser:
                                     "e.g. http://127.0.0.1:8000/_mesh")
     status.add_argument("--json", action="store_true",
                         help="print the snapshot as JSON instead of tables")
+    status.add_argument("--watch", metavar="SECONDS", nargs="?", type=_positive_seconds,
+                        const=2.0, default=None,
+                        help="refresh every SECONDS (default 2) until Ctrl-C")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0.1 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"--watch needs 0.1 to 3600 seconds, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             from ._tools.status import run_status
 
-            return run_status(args.url, as_json=args.json)
+            return run_status(args.url, as_json=args.json, watch=args.watch)
     except ConfigError as exc:
         print(f"meshlib: {exc}", file=sys.stderr)
         return 2

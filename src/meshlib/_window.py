@@ -1,0 +1,123 @@
+"""Golden signals over the last 60 seconds, in fixed memory.
+
+A :class:`Window` is a ring of 12 buckets of 5 seconds. Each bucket counts
+requests and successes and keeps a latency histogram with logarithmic bins
+(about 9% wide, from 0.1 ms to about 100 s), allocated the first time the
+bucket sees a latency. Recording is a few integer operations and one
+logarithm, with no lock: under threads a count may rarely be lost, which a
+60-second rate can afford. Percentiles are read from the merged bins, so
+they are accurate to a bin's width; nothing keeps a list of samples.
+
+``snapshot()`` (per service, per route and per endpoint) reports ``requests``,
+``rps`` (over the time the window covers, at most 60 s), ``success_rate`` and
+``latency_ms`` (``p50``, ``p95``, ``p99``) of the requests that got an answer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["BUCKETS", "BUCKET_SECONDS", "Window"]
+
+#: the window covers BUCKETS x BUCKET_SECONDS = 60 s
+BUCKETS = 12
+BUCKET_SECONDS = 5.0
+_MIN_MS = 0.1
+#: bins per doubling of latency (each about 9% wide)
+_PER_DOUBLING = 8
+_BINS = 20 * _PER_DOUBLING  # 0.1 ms * 2**20: about 105 s; slower lands in the last bin
+_SCALE = _PER_DOUBLING / math.log(2.0)
+
+
+def _bin(latency_s: float) -> int:
+    ms = latency_s * 1000.0
+    if ms <= _MIN_MS:
+        return 0
+    index = int(math.log(ms / _MIN_MS) * _SCALE)
+    return index if index < _BINS else _BINS - 1
+
+
+def _bin_ms(index: int) -> float:
+    """The middle of bin ``index`` (geometric), in milliseconds."""
+    return float(_MIN_MS * 2.0 ** ((index + 0.5) / _PER_DOUBLING))
+
+
+class Window:
+    """Requests, successes and latencies of the last 60 s (see the module docstring)."""
+
+    __slots__ = ("_bins", "_epochs", "_ok", "_requests", "_since")
+
+    def __init__(self, now: float) -> None:
+        self._epochs = [-1] * BUCKETS
+        self._requests = [0] * BUCKETS
+        self._ok = [0] * BUCKETS
+        self._bins: list[list[int] | None] = [None] * BUCKETS
+        #: when the window started counting (rps over less than 60 s when younger)
+        self._since = now
+
+    def record(self, now: float, ok: bool, latency_s: float | None) -> None:
+        """One request ended at ``now``: ``ok`` or not; ``latency_s`` if it got an answer."""
+        epoch = int(now // BUCKET_SECONDS)
+        slot = epoch % BUCKETS
+        if self._epochs[slot] != epoch:
+            self._epochs[slot] = epoch
+            self._requests[slot] = 0
+            self._ok[slot] = 0
+            bins = self._bins[slot]
+            if bins is not None:
+                bins[:] = [0] * _BINS
+        self._requests[slot] += 1
+        if ok:
+            self._ok[slot] += 1
+        if latency_s is not None:
+            bins = self._bins[slot]
+            if bins is None:
+                bins = self._bins[slot] = [0] * _BINS
+            bins[_bin(latency_s)] += 1
+
+    def _live(self, now: float) -> list[int]:
+        epoch = int(now // BUCKET_SECONDS)
+        oldest = epoch - BUCKETS + 1
+        return [slot for slot, seen in enumerate(self._epochs) if oldest <= seen <= epoch]
+
+    def requests(self, now: float) -> int:
+        """Requests in the window."""
+        return sum(self._requests[slot] for slot in self._live(now))
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """JSON-ready golden signals: requests, rps, success_rate, latency_ms p50/p95/p99."""
+        live = self._live(now)
+        requests = sum(self._requests[slot] for slot in live)
+        ok = sum(self._ok[slot] for slot in live)
+        oldest = (int(now // BUCKET_SECONDS) - BUCKETS + 1) * BUCKET_SECONDS
+        span = max(now - max(self._since, oldest), 1.0)
+        merged = [0] * _BINS
+        samples = 0
+        for slot in live:
+            bins = self._bins[slot]
+            if bins is not None:
+                for index, count in enumerate(bins):
+                    if count:
+                        merged[index] += count
+                        samples += count
+        latency: dict[str, float | None] = {"p50": None, "p95": None, "p99": None}
+        if samples:
+            for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+                latency[name] = round(_quantile(merged, samples, q), 3)
+        return {
+            "requests": requests,
+            "rps": round(requests / span, 3),
+            "success_rate": round(ok / requests, 4) if requests else None,
+            "latency_ms": latency,
+        }
+
+
+def _quantile(bins: list[int], total: int, q: float) -> float:
+    rank = max(math.ceil(q * total), 1)
+    seen = 0
+    for index, count in enumerate(bins):
+        seen += count
+        if seen >= rank:
+            return _bin_ms(index)
+    return _bin_ms(len(bins) - 1)
