@@ -126,6 +126,8 @@ def test_retried_request_yields_one_client_span_per_attempt(backends: BackendFac
         assert attrs["network.peer.address"] == host
         assert attrs["network.peer.port"] == int(port)
         assert attrs["meshlib.service"] == "tel-retry"
+        assert attrs["meshlib.route"] == "GET /items"  # no routes: method + first segment
+        assert "http.route" not in attrs
         assert attrs["meshlib.balancer"] == "p2c-ewma"
         assert "meshlib.hedge" not in attrs
     assert "http.request.resend_count" not in (first.attributes or {})
@@ -426,3 +428,23 @@ def test_provider_installed_after_earlier_requests_gets_full_spans(
     assert span.name == "GET"
     assert (span.attributes or {})["server.address"] == "tel-late"
     assert (span.attributes or {})["http.response.status_code"] == 200
+
+
+def test_configured_route_names_spans_and_metrics(backends: BackendFactory) -> None:
+    """With routes configured, attempt spans and the duration histogram carry the route's
+    name as `http.route` and `meshlib.route`, and the service the route chose."""
+    b = backends(1)
+    service = "tel-route"
+    routes = {service: [meshlib.Route(meshlib.Match(path_prefix="/api"), to=service,
+                                      name="api")]}
+    before = _value("http.client.request.duration", service,
+                    **{"http.route": "api", "meshlib.route": "api"})
+    with meshlib.MeshClient(services={service: b.static_url}, routes=routes,
+                            policy=FAST) as client:
+        assert client.get(f"http://{service}/api/users/7").status_code == 200
+    (span,) = _spans(service, wait_for=1)
+    attrs = span.attributes or {}
+    assert attrs["http.route"] == "api" and attrs["meshlib.route"] == "api"
+    assert attrs["meshlib.service"] == service
+    assert _value("http.client.request.duration", service,
+                  **{"http.route": "api", "meshlib.route": "api"}) - before == 1

@@ -9,7 +9,9 @@ is installed later).
 Traces
     One CLIENT span per attempt (retries and hedges each get their own),
     named after the method and carrying the HTTP client semantic conventions
-    plus ``meshlib.*`` attributes. Spans are children of the caller's current
+    plus ``meshlib.*`` attributes: ``meshlib.service``, ``meshlib.route`` (the
+    configured route's name, or the method and first path segment, as the
+    route breaker keys it) and, for a configured route, ``http.route``. Spans are children of the caller's current
     span, and W3C trace context is injected into each attempt's headers via
     the global propagator.
 
@@ -25,7 +27,9 @@ Traces
     request finishes.
 
 Metrics
-    ``http.client.request.duration`` (seconds, per attempt), the counters
+    ``http.client.request.duration`` (seconds, per attempt; with
+    ``meshlib.service``, ``meshlib.route`` and, for configured routes,
+    ``http.route``: at most 1,024 implicit routes per service), the counters
     ``meshlib.retries``, ``meshlib.hedges``, ``meshlib.retry_budget.refusals``,
     ``meshlib.deadline.expiries``, ``meshlib.breaker.transitions`` and
     ``meshlib.requests.not_sent``, and the observable gauge ``meshlib.endpoints``
@@ -204,7 +208,10 @@ class Telemetry:
                 "server.port": url.port or (443 if url.scheme == "https" else 80),
                 "url.scheme": url.scheme,
                 "meshlib.service": call.runtime.name,
+                "meshlib.route": str(call.health.key),
             }
+            if call.route is not None:
+                attributes["http.route"] = str(call.route)
             if status is not None:
                 attributes["http.response.status_code"] = status
             if error_type is not None:
@@ -369,9 +376,12 @@ def _attempt_attributes(call: Call, state: EndpointState, request: httpx.Request
         "network.peer.address": state.endpoint.host,
         "network.peer.port": state.endpoint.port,
         "meshlib.service": call.runtime.name,
+        "meshlib.route": str(call.health.key),
         "meshlib.endpoint": state.address,
         "meshlib.balancer": call.policy.balancer,
     }
+    if call.route is not None:  # a configured route: its name is the route template
+        attributes["http.route"] = str(call.route)
     if not known:
         attributes["http.request.method_original"] = method
     if call.attempts > 1:
