@@ -12,8 +12,8 @@ Traces
     plus ``meshlib.*`` attributes: ``meshlib.service``, ``meshlib.route`` (the
     configured route's name, or the method and first path segment, as the
     route breaker keys it) and, for a configured route, ``http.route``. Spans
-    are children of the caller's current span, and W3C trace context is injected into each attempt's headers via
-    the global propagator.
+    are children of the caller's current span, and W3C trace context is
+    injected into each attempt's headers via the global propagator.
 
     Decisions become span events on the attempt they are about: the verdict
     on an attempt's outcome (``meshlib.retry`` / ``meshlib.no_retry``) goes
