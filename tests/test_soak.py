@@ -1,6 +1,6 @@
 """Fault-matrix soak (issue 8): slow, 503, refused, reset, stall, flapping, a total outage
 then recovery, and endpoint churn through ``file://`` discovery, under 32 threads
-(MeshClient) and then 1,000 tasks (AsyncMeshClient) at once.
+(MeshClient) and then 1,000 tasks (AsyncMeshClient) at once, through a route table.
 
 Asserted: no non-idempotent request (POST with a unique id) reaches a server twice,
 every POST answered 2xx reached a server exactly once, in-flight counts return to 0,
@@ -38,6 +38,10 @@ POLICY = Policy(timeout=0.6, attempt_timeout=0.3, retries=2,
 #: before their connections open: a short deadline would test only the overload
 ASYNC_POLICY = POLICY.replace(timeout=4.0, attempt_timeout=None)
 PHASE_SECONDS = 6.0
+#: the soak runs through a route table: POSTs on their own route (one retry at most)
+ROUTES = {"svc": [meshlib.Route(meshlib.Match(path_prefix="/order"), to="svc", name="orders",
+                                policy=Policy(retries=1)),
+                  meshlib.Route(to="svc", name="rest")]}
 ID_HEADER = "x-soak-id"
 
 
@@ -162,7 +166,8 @@ def test_soak_sync_32_threads(tmp_path: Path) -> None:
     lock = threading.Lock()
     ids = itertools.count()
     with _fault_matrix(tmp_path) as (backend, path, stop):
-        client = meshlib.MeshClient(services={"svc": f"file://{path}"}, policy=POLICY)
+        client = meshlib.MeshClient(services={"svc": f"file://{path}"}, policy=POLICY,
+                                    routes=ROUTES)
         end = time.monotonic() + PHASE_SECONDS
 
         def worker() -> None:
@@ -202,6 +207,8 @@ def test_soak_sync_32_threads(tmp_path: Path) -> None:
             answered[key] = client.post("http://svc/order", content=b"{}",
                                         headers={ID_HEADER: key}).status_code
         assert _inflight(client) == 0, client.snapshot()
+        routes = client.snapshot()["services"]["svc"]["routes"]
+        assert routes["svc#orders"]["window"]["requests"] > 0, routes  # the table was used
         client.close()
         _check_posts(backend, answered)
     assert errors, "no fault surfaced: the matrix was not applied"
@@ -220,7 +227,7 @@ def test_soak_async_1000_tasks(tmp_path: Path) -> None:
 
     async def run(backend: Backend, path: Path, stop: threading.Event) -> None:
         async with meshlib.AsyncMeshClient(services={"svc": f"file://{path}"},
-                                           policy=ASYNC_POLICY) as client:
+                                           policy=ASYNC_POLICY, routes=ROUTES) as client:
             end = time.monotonic() + PHASE_SECONDS
 
             async def task(t: int) -> None:
