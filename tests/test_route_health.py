@@ -105,7 +105,8 @@ def test_a_callers_short_limit_opens_no_breaker(backends: BackendFactory, limit:
                 else:
                     client.get("http://svc/users/me", timeout=0.005)
         assert set(_breakers(client).values()) == {"closed"}
-        assert client.snapshot()["services"]["svc"]["routes"] == {}
+        route = client.snapshot()["services"]["svc"]["routes"]["GET /users"]
+        assert (route["breaker"], route["consecutive_failures"]) == ("closed", 0)
         b.reset_counts()
         for _ in range(40):
             assert client.get("http://svc/users/me").status_code == 200
@@ -136,7 +137,8 @@ def test_an_inherited_deadline_header_opens_no_breaker(backends: BackendFactory)
                 r = caller.get(url + "/", headers={"x-mesh-timeout-ms": "5"})
                 assert r.status_code == 504, r.text
             assert set(_breakers(client, "down").values()) == {"closed"}
-            assert client.snapshot()["services"]["down"]["routes"] == {}
+            route = client.snapshot()["services"]["down"]["routes"]["GET /users"]
+            assert (route["breaker"], route["consecutive_failures"]) == ("closed", 0)
             for _ in range(20):
                 r = caller.get(url + "/")
                 assert (r.status_code, r.text) == (200, "200")

@@ -21,6 +21,7 @@ from ._endpoint import EndpointState
 from ._errors import CircuitOpenError, NoEndpointsError, TooSlow
 from ._feedback import classify, record
 from ._gate import sent_before_failure
+from ._hedging import choose_hedge, hedge_delay, hedge_refusal
 from ._telemetry import telemetry
 
 __all__ = [
@@ -149,7 +150,7 @@ def launch(call: Call, chosen: Admitted, start: float, *, hedge: bool,
     span = telemetry.start_attempt(call, chosen.state, request, hedge=hedge)
     attempt = Launch(request, {}, span, start, chosen.admission)
     if call.attempts == 1 and not hedge and call.policy.hedge is not None:
-        refusal = call.hedge_refusal()
+        refusal = hedge_refusal(call)
         if refusal is not None:
             telemetry.decision(call, "no_hedge", refusal)
     if not concurrent:
@@ -248,7 +249,7 @@ class HedgeRace:
     def wait_time(self, now: float) -> float:
         """How long to wait for an answer before deciding on another hedge."""
         left = max(self.call.remaining(now), 0.0)
-        return min(self.call.hedge_delay(), left) if self._may_add() else left
+        return min(hedge_delay(self.call), left) if self._may_add() else left
 
     def settle(self, outcome: Outcome) -> tuple[bool, httpx.Response | None]:
         """Take a finished attempt: whether it wins, and a superseded response to drain."""
@@ -265,7 +266,7 @@ class HedgeRace:
             return STOP
         if not self._may_add():
             return None
-        state, admission, reason = self.call.choose_hedge(now)
+        state, admission, reason = choose_hedge(self.call, now)
         if state is None:
             telemetry.decision(self.call, "no_hedge", reason)
             self.hedging = False

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
-from ._breaker import ADMITTED, REFUSED
+from ._breaker import ADMITTED
 from ._endpoint import EndpointState
-from ._errors import DeadlineExceeded, MeshError, TooSlow, redact_url
+from ._errors import DeadlineExceeded, MeshError, redact_url
 from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
 from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
+from ._hedging import hedge_refusal
 from ._policy import Policy
 from ._propagation import format_grpc_timeout
 from ._scope import current_deadline, describe_deadline
@@ -306,59 +307,10 @@ class Call:
             best = min(best, value)
         return None if math.isinf(best) else best
 
-    def hedge_delay(self) -> float:
-        """Seconds to wait for the first attempt before hedging (fixed, or the service's p95)."""
-        hedge = self.policy.hedge
-        assert hedge is not None
-        if hedge.delay == "p95":
-            p95 = self.runtime.latencies.percentile(0.95)
-            return hedge.fallback if p95 is None else p95
-        return float(hedge.delay)
-
     def can_hedge(self) -> bool:
         """Whether this request may be hedged at all: a hedge policy, and no
-        :meth:`hedge_refusal`."""
-        return self.policy.hedge is not None and self.hedge_refusal() is None
-
-    def hedge_refusal(self) -> str | None:
-        """Why a request under a hedge policy may not be hedged at all (``None``: it may).
-
-        It needs ``retries`` allowing an extra attempt (hedges and retries share
-        one limit), an idempotent request with a replayable body, and another
-        endpoint.
-        """
-        if self.policy.retries < 1:
-            return "no extra attempt allowed (retries=0)"
-        if not self.idempotent:
-            return "not idempotent"
-        if not self.replayable:
-            return "request body is a stream that cannot be replayed"
-        if len(self.runtime.states) <= 1:
-            return "only one endpoint"
-        return None
-
-    def choose_hedge(self, now: float) -> tuple[EndpointState | None, int, str]:
-        """Pick an endpoint for a hedge and draw its budget token, or say why not."""
-        left = self.remaining(now)
-        if left <= 0:
-            return None, REFUSED, "deadline passed"
-        if self.attempts > self.policy.retries:
-            return None, REFUSED, "no extra attempt left (retries)"
-        try:
-            state, admission = self.runtime.pick(self.balancer, self.tried, now, left)
-        except TooSlow:
-            return None, REFUSED, "deadline too short for a hedge"
-        except MeshError:
-            return None, REFUSED, "no available endpoint"
-        if state.address in self.tried:
-            state.breaker.release(admission)
-            return None, REFUSED, "no other endpoint to hedge to"
-        if not self.runtime.budget.try_withdraw(now):
-            state.breaker.release(admission)
-            return None, REFUSED, "retry budget exhausted"
-        self.tried.add(state.address)
-        self.hedged = True
-        return state, admission, "first attempt slower than the hedge delay"
+        :func:`meshlib._hedging.hedge_refusal`."""
+        return self.policy.hedge is not None and hedge_refusal(self) is None
 
     def result(self, outcome: Outcome, now: float) -> httpx.Response:
         """The response to return for the final outcome, or raise its error."""

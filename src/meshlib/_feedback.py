@@ -110,10 +110,13 @@ def record(call: Call, state: EndpointState, attempt: Launch, kind: int, latency
         else:
             breaker.release(admission)
     elif admission != TRIAL and breaker.would_open():
-        if runtime.reserve_ejection(state):  # within max_ejection_percent
+        ejections = runtime.ejections
+        if ejections.reserve(state, runtime.states):  # within max_ejection_percent
             breaker.record(False, now, admission)
-            runtime.settle_ejection(state)
+            ejections.settle(state)
     else:
         breaker.record(False, now, admission)
-    health.failed(state.address, now, runtime.available_count(now),
-                  lambda address: runtime.usable(address, now), route_admission)
+    states = runtime.states
+    health.failed(state.address, now, runtime.ejections.available(states, now),
+                  lambda address: runtime.ejections.usable(states, address, now),
+                  route_admission)

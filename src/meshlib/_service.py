@@ -20,11 +20,13 @@ from ._balancer import Balancer, make_balancer
 from ._breaker import REFUSED, EndpointBreaker
 from ._budget import BudgetLedger
 from ._discovery import Discovery, EndpointSetTracker, Update
+from ._ejection import EjectionLedger
 from ._endpoint import Endpoint, EndpointState
 from ._errors import CircuitOpenError, ConfigError, NoEndpointsError, TooSlow, redact_url
 from ._latency import LatencyWindow
 from ._policy import Policy
 from ._route_health import RouteHealthTable
+from ._service_snapshot import service_snapshot
 from ._window import Window
 
 __all__ = ["Service", "ServiceRuntime"]
@@ -70,9 +72,6 @@ def _sanitize(endpoint: Endpoint) -> Endpoint:
     return Endpoint(endpoint.host, endpoint.port, 0.01, endpoint.zone, endpoint.priority)
 
 
-#: the window of an endpoint that has had no judged attempt yet
-_EMPTY = Window(0.0)
-
 class ServiceRuntime:
     """Live state of one service inside one transport."""
 
@@ -104,8 +103,10 @@ class ServiceRuntime:
         self.ready = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.draining: set[EndpointState] = set()
-        #: endpoints whose breaker is not closed; while empty, every endpoint is available
-        self._unhealthy: set[str] = set()
+        #: which endpoints are out, and the ejection cap
+        self.ejections = EjectionLedger(policy.breaker.max_ejection_percent, self._lock)
+        #: endpoints whose breaker is not closed (the ledger's set; the pick reads it)
+        self._unhealthy = self.ejections.out
         #: slow start: no endpoint ramps up after this time (the hot path's one check)
         self._ramp_end = -1.0
         self.rng = random.Random()
@@ -157,7 +158,7 @@ class ServiceRuntime:
             self.draining = {s for s in self.draining if s.inflight > 0}
             for state in gone:
                 state.retired = True
-                self._unhealthy.discard(state.address)  # its ejection slot is free again
+                self.ejections.forget(state.address)  # its ejection slot is free again
                 self.routes.forget(state.address)
                 if state.inflight == 0:
                     idle.append(state)
@@ -172,14 +173,14 @@ class ServiceRuntime:
             with self._lock:
                 self._rebuild_healthy()
             if new == "closed":
-                self._unhealthy.discard(name)
+                self.ejections.forget(name)
                 # it proved healthy: drop its failure penalty at once (else the 10 s
                 # EWMA starves it for many seconds), and ramp it up if configured
                 owner.forgive()
                 if self.policy.slow_start is not None:
                     self._start_ramp(owner, self.clock())
             else:
-                self._unhealthy.add(name)
+                self.ejections.opened(name)
             if self._on_transition is not None:
                 self._on_transition(self.name, name, old, new)
 
@@ -199,50 +200,6 @@ class ServiceRuntime:
         assert slow is not None
         state.ramp_from = now
         self._ramp_end = max(self._ramp_end, now + slow.window)
-
-    # -- outlier ejection cap ---------------------------------------------------------
-
-    def reserve_ejection(self, state: EndpointState) -> bool:
-        """Whether ``state``'s breaker may open for a failed *answer* (5xx, timeout):
-        at most ``Breaker.max_ejection_percent`` of the endpoints may be out at once
-        (Envoy's ``max_ejection_percent``). A granted slot is held until the breaker
-        closes, or given back by :meth:`settle_ejection` if it did not open."""
-        percent = self.policy.breaker.max_ejection_percent
-        with self._lock:
-            if self.states.get(state.address) is not state:
-                return False  # retired: only live endpoints hold ejection slots
-            if state.address in self._unhealthy or percent >= 100.0:
-                self._unhealthy.add(state.address)
-                return True
-            if (len(self._unhealthy) + 1) * 100.0 > len(self.states) * percent:
-                return False
-            self._unhealthy.add(state.address)
-            return True
-
-    def settle_ejection(self, state: EndpointState) -> None:
-        """Give back the slot of :meth:`reserve_ejection` if the breaker stayed closed."""
-        if state.breaker.closed:
-            with self._lock:
-                if state.breaker.closed:
-                    self._unhealthy.discard(state.address)
-
-    def usable(self, address: str, now: float) -> bool:
-        """Whether ``address`` is a live endpoint that may be tried now (breaker closed, or
-        its trial due)."""
-        state = self.states.get(address)
-        return state is not None and state.breaker.available(now)
-
-    def available_count(self, now: float) -> int:
-        """Endpoints a failing route can still be tried on: breaker closed, or its trial
-        due (an ejected endpoint that may be tried again has not failed the route yet)."""
-        states = self.states
-        unhealthy = list(self._unhealthy)  # small: read on a failure only
-        out = len(states) - len(unhealthy)
-        for address in unhealthy:
-            state = states.get(address)
-            if state is not None and state.breaker.available(now):
-                out += 1
-        return max(out, 0)
 
     def _route_transition(self, route: str, old: str, new: str) -> None:
         if self._on_route_transition is not None:
@@ -429,39 +386,8 @@ class ServiceRuntime:
         return local or candidates
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """JSON-ready state: endpoints with EWMA, in-flight, breaker, counters; budget balance.
-
-        ``ewma_ms`` is the balancer's score, in which a failure counts as a sample
-        of at least ``FAILURE_PENALTY`` (1 s): a fast-failing endpoint reads about
-        1000 ms. ``latency_ms`` is the decayed peak EWMA of successful answers
-        only, ``None`` before the first one.
-        """
-        endpoints = []
-        for state in list(self.states.values()):
-            ewma = state.ewma(now)
-            ok = state.ok_estimate(now)
-            endpoints.append({
-                "endpoint": state.address,
-                "ewma_ms": None if ewma is None else round(ewma * 1000.0, 3),
-                "latency_ms": None if ok is None else round(ok * 1000.0, 3),
-                "inflight": state.inflight,
-                "breaker": state.breaker.state(now),
-                "requests": state.requests,
-                "failures": state.failures,
-                "weight": state.endpoint.weight,
-                "zone": state.endpoint.zone,
-                "priority": state.endpoint.priority,
-                "window": (state.window or _EMPTY).snapshot(now),
-            })
-        return {
-            "discovery": self.discovery.url,
-            "ready": self.ready.is_set(),
-            "balancer": self.policy.balancer,
-            "endpoints": endpoints,
-            "retry_budget": {"balance": round(self.budget.balance(now), 3)},
-            "routes": self.routes.snapshot(now),
-            "window": self.window.snapshot(now),
-        }
+        """JSON-ready state (see :func:`meshlib._service_snapshot.service_snapshot`)."""
+        return service_snapshot(self, now)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
