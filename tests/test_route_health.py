@@ -252,3 +252,40 @@ async def test_an_outage_of_every_instance_fails_fast_and_recovers(
         assert _route(client, "GET /orders") == "closed"
         results = [(await client.get("http://svc/orders")).status_code for _ in range(20)]
         assert set(results) == {200}
+
+
+# -- a busy, partly failing route is not shut by coincidence --------------------------------
+
+def test_streak_needed_grows_with_the_routes_usual_failure_rate() -> None:
+    from meshlib._route_health import streak_needed
+
+    assert streak_needed(5, None) == 5 and streak_needed(5, 0.0) == 5
+    assert streak_needed(5, 0.01) == 5
+    assert streak_needed(5, 0.3) == 18  # 0.3 ** 18 < 1e-9
+    assert streak_needed(5, 0.9) == 197
+    assert streak_needed(5, 1.0) == 200
+
+
+def test_a_route_failing_now_and_then_is_never_shut_but_an_outage_still_is(
+        backends: BackendFactory) -> None:
+    """Two endpoints answer 30% of a route's requests with 503. Over 4,000 requests, runs
+    of five failures happen by coincidence (several expected): the route's breaker never
+    opens, because a route that usually fails 30% needs 18 in a row. When every request
+    then fails, the route still fails fast."""
+    b = backends(2)
+    policy = FAST.replace(retries=0)
+    with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client:
+        codes: dict[int, int] = {}
+        for _ in range(4000):
+            status = client.get("http://svc/search?fail_pct=30").status_code
+            codes[status] = codes.get(status, 0) + 1
+        assert 900 < codes.get(503, 0) < 1500, codes  # the route did fail about 30%
+        assert _route(client, "GET /search") == "closed"
+        for _ in range(200):
+            try:
+                client.get("http://svc/search?status=503")
+            except meshlib.CircuitOpenError:
+                break
+        else:
+            raise AssertionError("the route never failed fast")
+        assert _route(client, "GET /search") == "open"

@@ -62,8 +62,8 @@ def admit_route(call: Call, now: float) -> None:
         return
     admission = health.admit(now)
     if admission == REFUSED:
-        call.runtime.window.record(now, False, None)
-        health.window.record(now, False, None)
+        call.runtime.window.record(now, False, None, shed=True)
+        health.window.record(now, False, None, shed=True)
         raise telemetry.not_sent(call, CircuitOpenError(route_open_message(call, now),
                                                         request=call.request))
     call.route_admission = admission
@@ -74,7 +74,7 @@ def route_open_message(call: Call, now: float) -> str:
     health = call.health
     route = call.route if call.route is not None else health.key
     return (f"route {route!r} of service {call.runtime.name!r} failed on every endpoint "
-            f"({health.failures}+ consecutive failures): its circuit breaker is open; "
+            f"({health.needed}+ consecutive failures): its circuit breaker is open; "
             f"next trial in {health.next_trial(now):.1f} s; nothing was sent")
 
 

@@ -6,7 +6,13 @@ route of each cluster has a :class:`RouteHealth`:
 
 - a breaker that opens when the route fails on every endpoint: at least
   ``Breaker.failures`` consecutive failed attempts on the route, spread over
-  every available endpoint (at most 8 need to be seen). Then requests to the
+  every available endpoint (at most 8 need to be seen). A route that fails
+  now and then (a share ``p`` of its sent requests over the last 60 s, before
+  the streak began) needs a longer streak, long enough that ``p`` alone
+  would give it less than once in a billion tries (:func:`streak_needed`):
+  at ``p = 0.3``, 18; so a busy, partly failing route is never shut by
+  coincidence, while a healthy route that starts failing everywhere is shut
+  after ``failures``. Then requests to the
   route raise ``CircuitOpenError`` without sending, until after
   ``reset_timeout`` one trial request closes it again (or reopens it). A route
   failing never touches its siblings: each route has its own breaker.
@@ -20,6 +26,7 @@ Routes without configuration are kept in a bounded LRU
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -38,13 +45,30 @@ _SPREAD = 8
 #: endpoints whose last outcome a route remembers
 _MEMORY = 64
 
+#: the chance of a streak by coincidence that :func:`streak_needed` accepts
+_COINCIDENCE = 1e-9
+#: the longest streak ever required (a route failing nearly always)
+_MAX_STREAK = 200
+
 RouteTransition = Callable[[str, str, str], None]  # (route key, old state, new state)
+
+
+def streak_needed(failures: int, failure_rate: float | None) -> int:
+    """Consecutive failed attempts that prove a route fails everywhere, given its usual
+    ``failure_rate`` (``None``: not known yet)."""
+    if failure_rate is None or failure_rate <= 0.0:
+        return failures
+    if failure_rate >= 1.0:
+        return max(failures, _MAX_STREAK)
+    needed = math.ceil(math.log(_COINCIDENCE) / math.log(failure_rate))
+    return max(failures, min(needed, _MAX_STREAK))
 
 
 class RouteHealth:
     """The breaker and the per-endpoint last outcomes of one route of one cluster."""
 
-    __slots__ = ("_failing", "_last", "_streak", "breaker", "failures", "key", "window")
+    __slots__ = ("_failing", "_last", "_streak", "breaker", "failures", "key", "needed",
+                 "window")
 
     def __init__(self, key: str | int, config: Breaker, now: float,
                  on_transition: RouteTransition | None = None) -> None:
@@ -57,6 +81,8 @@ class RouteHealth:
                     max_reset_timeout=config.max_reset_timeout),
             str(key), on_transition, now)
         self._streak = 0
+        #: the streak that opens the route, fixed when the streak begins
+        self.needed = self.failures
         self._failing: set[str] = set()
         self._last: dict[str, bool] = {}
         #: golden signals of the route's logical requests
@@ -87,6 +113,8 @@ class RouteHealth:
         """An attempt on this route failed at ``address``; ``available`` endpoints of the
         cluster could have been tried, ``usable(address)`` says whether one still can."""
         self._remember(address, False)
+        if not self._streak:  # judged against how the route did before this streak
+            self.needed = streak_needed(self.failures, self.window.failure_rate(now))
         self._streak += 1
         if len(self._failing) < _SPREAD:
             self._failing.add(address)
@@ -94,7 +122,7 @@ class RouteHealth:
         if admission != ADMITTED:
             breaker.record(False, now, admission)  # a failed trial reopens the route
             return
-        if breaker.closed and self._streak >= self.failures:
+        if breaker.closed and self._streak >= self.needed:
             # failed everywhere: every endpoint that can still be tried (up to 8) failed
             # in this streak; an endpoint ejected meanwhile proves nothing about the rest
             spread = sum(1 for a in self._failing if usable(a))

@@ -46,30 +46,36 @@ def _bin_ms(index: int) -> float:
 class Window:
     """Requests, successes and latencies of the last 60 s (see the module docstring)."""
 
-    __slots__ = ("_bins", "_epochs", "_ok", "_requests", "_since")
+    __slots__ = ("_bins", "_epochs", "_ok", "_requests", "_shed", "_since")
 
     def __init__(self, now: float) -> None:
         self._epochs = [-1] * BUCKETS
         self._requests = [0] * BUCKETS
         self._ok = [0] * BUCKETS
+        self._shed = [0] * BUCKETS  # failed fast, nothing sent
         self._bins: list[list[int] | None] = [None] * BUCKETS
         #: when the window started counting (rps over less than 60 s when younger)
         self._since = now
 
-    def record(self, now: float, ok: bool, latency_s: float | None) -> None:
-        """One request ended at ``now``: ``ok`` or not; ``latency_s`` if it got an answer."""
+    def record(self, now: float, ok: bool, latency_s: float | None, *,
+               shed: bool = False) -> None:
+        """One request ended at ``now``: ``ok`` or not; ``latency_s`` if it got an answer;
+        ``shed`` if it failed fast with nothing sent."""
         epoch = int(now // BUCKET_SECONDS)
         slot = epoch % BUCKETS
         if self._epochs[slot] != epoch:
             self._epochs[slot] = epoch
             self._requests[slot] = 0
             self._ok[slot] = 0
+            self._shed[slot] = 0
             bins = self._bins[slot]
             if bins is not None:
                 bins[:] = [0] * _BINS
         self._requests[slot] += 1
         if ok:
             self._ok[slot] += 1
+        elif shed:
+            self._shed[slot] += 1
         if latency_s is not None:
             bins = self._bins[slot]
             if bins is None:
@@ -84,6 +90,16 @@ class Window:
     def requests(self, now: float) -> int:
         """Requests in the window."""
         return sum(self._requests[slot] for slot in self._live(now))
+
+    def failure_rate(self, now: float, *, minimum: int = 20) -> float | None:
+        """The share of *sent* requests in the window that failed (failed-fast ones left
+        out); ``None`` with fewer than ``minimum`` sent."""
+        live = self._live(now)
+        sent = sum(self._requests[slot] - self._shed[slot] for slot in live)
+        if sent < minimum:
+            return None
+        ok = sum(self._ok[slot] for slot in live)
+        return max(sent - ok, 0) / sent
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """JSON-ready golden signals: requests, rps, success_rate, latency_ms p50/p95/p99."""
