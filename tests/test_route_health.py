@@ -289,3 +289,24 @@ def test_a_route_failing_now_and_then_is_never_shut_but_an_outage_still_is(
         else:
             raise AssertionError("the route never failed fast")
         assert _route(client, "GET /search") == "open"
+
+
+def test_endpoints_failing_as_often_as_their_peers_are_not_ejected(
+        backends: BackendFactory) -> None:
+    """Three endpoints each answer 30% of requests with 503. Runs of five failures on one
+    endpoint happen by coincidence over 4,000 requests; none is ejected, because its
+    peers fail as often. One endpoint that then fails every request is still ejected."""
+    b = backends(3)
+    policy = FAST.replace(retries=0)
+    with meshlib.MeshClient(services={"svc": b.static_url}, policy=policy) as client, \
+            meshlib.policy(balancer="round-robin"):
+        for _ in range(4000):
+            client.get("http://svc/search?fail_pct=30")
+        assert set(_breakers(client).values()) == {"closed"}, _breakers(client)
+        b[0].status = 503
+        for _ in range(300):
+            client.get("http://svc/search")
+            if _breakers(client)[b.addresses[0]] == "open":
+                break
+        assert _breakers(client)[b.addresses[0]] == "open"
+        assert [_breakers(client)[a] for a in b.addresses[1:]] == ["closed", "closed"]

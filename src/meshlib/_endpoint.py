@@ -100,7 +100,7 @@ class EndpointState:
     __slots__ = (
         "_ewma", "_lock", "_ok", "_ok_stamp", "_penalty", "_penalty_stamp", "_stamp", "address",
         "breaker", "endpoint", "failures", "inflight", "pool", "ramp_from", "requests",
-        "retired", "rr_current", "window",
+        "retired", "rr_current", "streak", "window",
     )
 
     def __init__(self, endpoint: Endpoint, breaker: Any = None) -> None:
@@ -124,6 +124,8 @@ class EndpointState:
         self._lock = threading.Lock()
         #: golden signals of its attempts, made at its first judged attempt
         self.window: Window | None = None
+        #: consecutive failed answers (reset by a success)
+        self.streak = 0
 
     def ewma(self, now: float) -> float | None:
         """The balancer's cost basis at ``now``: the decayed peak-EWMA latency plus the

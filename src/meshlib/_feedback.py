@@ -34,12 +34,14 @@ import httpx
 from ._balancer import FAILURE_PENALTY
 from ._breaker import ADMITTED, TRIAL
 from ._gate import sent_before_failure
+from ._route_health import streak_needed
 from ._window import Window
 
 if TYPE_CHECKING:
     from ._attempts import Launch
     from ._call import Call
     from ._endpoint import EndpointState
+    from ._service import ServiceRuntime
 
 __all__ = [
     "ANSWER_FAILURE", "CALLERS_FAULT", "CONNECT_FAILURE", "KIND_NAMES", "SUCCESS", "classify",
@@ -91,6 +93,7 @@ def record(call: Call, state: EndpointState, attempt: Launch, kind: int, latency
         window = state.window = Window(now)
     window.record(now, kind == SUCCESS, latency if kind == SUCCESS else None)
     if kind == SUCCESS:
+        state.streak = 0
         state.observe(latency, now, failed=False, penalty=FAILURE_PENALTY)
         breaker.record(True, now, admission)
         health.succeeded(state.address, now, route_admission)
@@ -102,6 +105,7 @@ def record(call: Call, state: EndpointState, attempt: Launch, kind: int, latency
         breaker.record(False, now, admission)
         health.release(route_admission)
         return
+    state.streak += 1
     if not health.peers_succeed(state.address):
         # every endpoint fails alike on this route: not this endpoint's fault. A trial
         # of an ejected endpoint that fails like its peers proves it no worse than them.
@@ -110,13 +114,37 @@ def record(call: Call, state: EndpointState, attempt: Launch, kind: int, latency
         else:
             breaker.release(admission)
     elif admission != TRIAL and breaker.would_open():
-        ejections = runtime.ejections
-        if ejections.reserve(state, runtime.states):  # within max_ejection_percent
-            breaker.record(False, now, admission)
-            ejections.settle(state)
+        if state.streak < streak_needed(breaker.config.failures,
+                                        _peer_failure_rate(runtime, state, now)):
+            # its peers fail this often too: a run this long is a coincidence
+            breaker.release(admission)
+        else:
+            ejections = runtime.ejections
+            if ejections.reserve(state, runtime.states):  # within max_ejection_percent
+                breaker.record(False, now, admission)
+                ejections.settle(state)
     else:
         breaker.record(False, now, admission)
     states = runtime.states
     health.failed(state.address, now, runtime.ejections.available(states, now),
                   lambda address: runtime.ejections.usable(states, address, now),
                   route_admission)
+
+
+#: peers whose windows are read to judge an endpoint's run of failures
+_PEERS_READ = 64
+
+
+def _peer_failure_rate(runtime: ServiceRuntime, state: EndpointState, now: float) -> float | None:
+    """How often the other endpoints' sent attempts failed over the last 60 s (``None``
+    with fewer than 20): read only when a failure would eject ``state``."""
+    sent = ok = 0
+    for n, other in enumerate(runtime.states.values()):
+        if n >= _PEERS_READ:
+            break
+        window = other.window
+        if other is not state and window is not None:
+            s, k = window.sent_ok(now)
+            sent += s
+            ok += k
+    return max(sent - ok, 0) / sent if sent >= 20 else None

@@ -91,15 +91,17 @@ class Window:
         """Requests in the window."""
         return sum(self._requests[slot] for slot in self._live(now))
 
-    def failure_rate(self, now: float, *, minimum: int = 20) -> float | None:
-        """The share of *sent* requests in the window that failed (failed-fast ones left
-        out); ``None`` with fewer than ``minimum`` sent."""
+    def sent_ok(self, now: float) -> tuple[int, int]:
+        """Requests *sent* in the window (failed-fast ones left out), and how many were ok."""
         live = self._live(now)
         sent = sum(self._requests[slot] - self._shed[slot] for slot in live)
-        if sent < minimum:
-            return None
-        ok = sum(self._ok[slot] for slot in live)
-        return max(sent - ok, 0) / sent
+        return sent, sum(self._ok[slot] for slot in live)
+
+    def failure_rate(self, now: float, *, minimum: int = 20) -> float | None:
+        """The share of *sent* requests in the window that failed; ``None`` with fewer
+        than ``minimum`` sent."""
+        sent, ok = self.sent_ok(now)
+        return max(sent - ok, 0) / sent if sent >= minimum else None
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """JSON-ready golden signals: requests, rps, success_rate, latency_ms p50/p95/p99."""
