@@ -17,18 +17,28 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._balancer import Balancer, make_balancer
-from ._breaker import REFUSED, EndpointBreaker
+from ._breaker import REFUSED, EndpointBreaker, breaker_config
 from ._budget import BudgetLedger
 from ._discovery import Discovery, EndpointSetTracker, Update
 from ._endpoint import Endpoint, EndpointState
 from ._errors import CircuitOpenError, ConfigError, NoEndpointsError, TooSlow, redact_url
 from ._latency import LatencyWindow
-from ._policy import Policy
+from ._policy import Policy, not_a_policy
 from ._route_health import RouteHealthTable
 
 __all__ = ["Service", "ServiceRuntime"]
 
 Transition = Callable[[str, str, str, str], None]  # service, endpoint, old, new
+
+
+def static_hint(value: object) -> str:
+    """``"; did you mean 'static://127.0.0.1:8001'?"`` for a bare ``host:port`` list."""
+    if not isinstance(value, str) or not value or "://" in value:
+        return ""
+    parts = [p.strip() for p in value.split(",")]
+    if all(p.rpartition(":")[2].isdigit() and p.rpartition(":")[0] for p in parts):
+        return f"; did you mean 'static://{','.join(parts)}'?"
+    return ""
 
 
 class Service:
@@ -47,9 +57,10 @@ class Service:
     def __init__(self, discovery: str, *, policy: Policy | None = None,
                  tls_server_name: str | None = None) -> None:
         if not isinstance(discovery, str) or "://" not in discovery:
-            raise ConfigError(f"Service discovery must be a discovery URL, got {discovery!r}")
+            raise ConfigError(f"Service discovery must be a discovery URL, got {discovery!r}"
+                              f"{static_hint(discovery)}")
         if policy is not None and not isinstance(policy, Policy):
-            raise ConfigError(f"Service policy must be a meshlib.Policy, got {policy!r}")
+            raise not_a_policy("Service policy", policy)
         if tls_server_name is not None and (not isinstance(tls_server_name, str)
                                             or not tls_server_name):
             raise ConfigError(f"Service tls_server_name must be a name, got {tls_server_name!r}")
@@ -104,7 +115,7 @@ class ServiceRuntime:
         self._ramp_end = -1.0
         self.rng = random.Random()
         #: the fail-fast state of each route of this service (configured or implicit)
-        self.routes = RouteHealthTable(policy.breaker, self._route_transition)
+        self.routes = RouteHealthTable(breaker_config(policy.breaker), self._route_transition)
         initial = discovery.initial()
         if initial is not None:
             self.apply(initial, clock())
@@ -177,7 +188,8 @@ class ServiceRuntime:
             if self._on_transition is not None:
                 self._on_transition(self.name, name, old, new)
 
-        return EndpointBreaker(self.policy.breaker, owner.address, transition, now)
+        return EndpointBreaker(breaker_config(self.policy.breaker), owner.address, transition,
+                               now)
 
     def _rebuild_healthy(self) -> None:
         """Recompute the closed endpoints of each group (caller holds ``_lock``); a group
@@ -201,7 +213,7 @@ class ServiceRuntime:
         at most ``Breaker.max_ejection_percent`` of the endpoints may be out at once
         (Envoy's ``max_ejection_percent``). A granted slot is held until the breaker
         closes, or given back by :meth:`settle_ejection` if it did not open."""
-        percent = self.policy.breaker.max_ejection_percent
+        percent = breaker_config(self.policy.breaker).max_ejection_percent
         with self._lock:
             if self.states.get(state.address) is not state:
                 return False  # retired: only live endpoints hold ejection slots
@@ -345,8 +357,14 @@ class ServiceRuntime:
             raise TooSlow(f"no endpoint of service {self.name!r} usually answers within "
                           f"{within:.3f} s")
         raise CircuitOpenError(
-            f"every endpoint of service {self.name!r} has an open circuit breaker"
+            f"every endpoint of service {self.name!r} has an open circuit breaker; "
+            f"next trial in {self.next_trial(now):.1f} s; nothing was sent"
         )
+
+    def next_trial(self, now: float) -> float:
+        """Seconds until the first endpoint breaker of this service lets a trial through."""
+        waits = [s.breaker.next_trial(now) for s in self.states.values()]
+        return min(waits, default=0.0)
 
     def _due_trial(self, candidates: Sequence[EndpointState], exclude: frozenset[str] | set[str],
                    now: float, within: float | None) -> EndpointState | None:
