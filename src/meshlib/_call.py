@@ -30,6 +30,7 @@ from ._errors import DeadlineExceeded, MeshError, TooSlow
 from ._explain import explain
 from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
 from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
+from ._info import MeshInfo
 from ._policy import Policy
 from ._propagation import format_grpc_timeout
 from ._scope import current_deadline, describe_deadline
@@ -373,7 +374,7 @@ class Call:
             error = self.deadline_error(now, error)
         raise explain(self, error)
 
-    def describe(self, state: EndpointState | None) -> dict[str, Any]:
+    def describe(self, state: EndpointState | None) -> MeshInfo:
         """The ``response.extensions["meshlib"]`` dict."""
         return {
             "service": self.runtime.name,

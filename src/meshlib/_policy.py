@@ -179,13 +179,17 @@ class Hedge:
     after ``delay`` seconds, or after the service's 95th percentile latency
     with ``delay="p95"``. Only idempotent requests are hedged.
 
+    ``max_attempts`` counts the attempts in flight at once, the first included
+    (``2``: the first and one hedge); every hedge is also one of the policy's
+    ``retries``.
+
     .. versionadded:: 0.1
     """
 
     delay: float | Literal["p95"] = 0.05
     #: delay used by ``"p95"`` until enough latency samples exist
     fallback: float = 0.05
-    #: at most this many attempts in flight at once for one request
+    #: at most this many attempts in flight at once for one request, the first included
     max_attempts: int = 2
 
     def __post_init__(self) -> None:
@@ -202,6 +206,12 @@ class Hedge:
 class Policy:
     """What a mesh request may do: deadline, retries, budget, backoff, balancer,
     breaker, hedging and idempotency. Immutable; use :meth:`replace`.
+
+    ``retries`` counts the attempts after the first (retries and hedges
+    together): ``retries=2`` allows three attempts in all. Names with
+    *attempts* (``Hedge.max_attempts``, ``set_testing(attempts=...)``,
+    ``extensions["meshlib"]["attempts"]``) count every attempt, the first
+    included. ``breaker=None`` turns circuit breaking off for the service.
 
     Every duration (``timeout``, ``attempt_timeout``, and those of ``backoff``,
     ``breaker``, ``hedge`` and ``retry_budget``) must be finite and at most
