@@ -26,11 +26,13 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/meshlib demo
 
 # the sync twins (src/meshlib/_sync/{pool,transport}.py) are generated from src/meshlib/_async;
-# src/meshlib/_xds/descriptors.bin is generated from the vendored .proto files
+# src/meshlib/_xds/descriptors.bin is generated from the vendored .proto files;
+# docstrings are Markdown (scripts/docstrings_md.py converts reST markup)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples
 	$(PY) scripts/unasync.py --check
 	$(PY) scripts/xds_protos.py --check
+	$(PY) scripts/docstrings_md.py --check
 
 unasync: $(STAMP)
 	$(PY) scripts/unasync.py

@@ -19,7 +19,7 @@ Every attempt is a CLIENT span, child of the ``checkout`` span, with
 ``http.request.resend_count`` 1, 2 on the later ones, and the backends
 receive a ``traceparent`` of the ``checkout`` trace.
 
-Needs ``opentelemetry-sdk`` (``pip install meshlib[dev]`` or
+Needs ``opentelemetry-sdk`` (``pip install 'httpx-mesh[dev]'`` or
 ``pip install opentelemetry-sdk``); meshlib itself only uses the API.
 """
 

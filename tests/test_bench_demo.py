@@ -42,7 +42,7 @@ def _require_matplotlib() -> None:
     """Skip without matplotlib, except in CI (it comes with the dev extra there): fail."""
     if _have_matplotlib():
         return
-    message = "matplotlib is not installed (pip install 'meshlib[plot]')"
+    message = "matplotlib is not installed (pip install 'httpx-mesh[plot]')"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -107,7 +107,7 @@ def test_quick_bench_throughput(quick_run: tuple[dict[str, Any], Path | None]) -
     assert set(cells) == {(c, n) for c in CLIENTS for n in (1, 16, 64)}
     for (client, n), row in cells.items():
         if "skipped" in row:  # only aiohttp may be missing, and the row says so
-            assert client == "mesh-aiohttp" and "meshlib[aiohttp]" in row["skipped"]
+            assert client == "mesh-aiohttp" and "httpx-mesh[aiohttp]" in row["skipped"]
             continue
         assert _finite_positive(float(row["rps"])), (client, n)
         assert row["errors"] == 0 and row["requests"] > 0
@@ -129,7 +129,7 @@ def test_quick_bench_pick_memory_large_set(
     assert set(memory) == set(POOLS)
     for name, row in memory.items():
         if "skipped" in row:
-            assert name == "async-aiohttp" and "meshlib[aiohttp]" in row["skipped"]
+            assert name == "async-aiohttp" and "httpx-mesh[aiohttp]" in row["skipped"]
             continue
         assert row["bytes_per_endpoint"] > 0 and row["total_kib"] > 0
         assert row["goal_kib"] == 20.0 and isinstance(row["ok"], bool)
@@ -185,7 +185,7 @@ def test_plot_without_matplotlib_names_the_extra(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert cli.main(["bench", "--quick", "--plot", str(tmp_path / "plots")]) == 2
     err = capsys.readouterr().err
-    assert "matplotlib" in err and "meshlib[plot]" in err
+    assert "matplotlib" in err and "httpx-mesh[plot]" in err
     assert not (tmp_path / "plots").exists()
 
 
@@ -228,12 +228,12 @@ def test_without_aiohttp_its_rows_say_so(monkeypatch: pytest.MonkeyPatch) -> Non
     skipped = [r for r in rows if "skipped" in r]
     assert [(r["client"], r["concurrency"]) for r in skipped] == [("mesh-aiohttp", 1),
                                                                    ("mesh-aiohttp", 4)]
-    assert all("meshlib[aiohttp]" in r["skipped"] for r in skipped)
+    assert all("httpx-mesh[aiohttp]" in r["skipped"] for r in skipped)
     measured = {(r["client"], r["concurrency"]) for r in rows if "rps" in r}
     assert measured == {(c, n) for c in ("httpx", "mesh-httpcore") for n in (1, 4)}
     table = format_throughput(rows)
-    assert "skipped" in table and "meshlib[aiohttp]" in table
+    assert "skipped" in table and "httpx-mesh[aiohttp]" in table
     memory = {r["pool"]: r for r in run_memory(12, small=2)}
-    assert "meshlib[aiohttp]" in memory["async-aiohttp"]["skipped"]
+    assert "httpx-mesh[aiohttp]" in memory["async-aiohttp"]["skipped"]
     assert memory["async-httpcore"]["bytes_per_endpoint"] > 0
     assert "skipped" in format_memory(list(memory.values()))

@@ -730,10 +730,10 @@ def test_missing_aiohttp_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     """Without aiohttp installed, pool="aiohttp" says which extra to install."""
     monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp -> ImportError
     monkeypatch.delitem(sys.modules, "meshlib._aiohttp_pool", raising=False)
-    with pytest.raises(meshlib.ConfigError, match=r"meshlib\[aiohttp\]"):
+    with pytest.raises(meshlib.ConfigError, match=r"httpx-mesh\[aiohttp\]"):
         meshlib.AsyncMeshClient(services={"svc": "static://127.0.0.1:1"}, pool="aiohttp")
     monkeypatch.setenv("MESHLIB_POOL", "aiohttp")
-    with pytest.raises(meshlib.ConfigError, match=r"MESHLIB_POOL='aiohttp'.*meshlib\[aiohttp\]"):
+    with pytest.raises(meshlib.ConfigError, match=r"MESHLIB_POOL='aiohttp'.*httpx-mesh\[aiohttp\]"):
         meshlib.AsyncMeshClient(services={"svc": "static://127.0.0.1:1"})
     # the default pool does not need aiohttp
     meshlib.AsyncMeshClient(services={"svc": "static://127.0.0.1:1"}, pool="httpcore")

@@ -32,10 +32,12 @@ def sync_usage() -> int:
             return -1
         except (meshlib.NoEndpointsError, meshlib.CircuitOpenError, meshlib.MeshError):
             return -2
-        info = response.extensions["meshlib"]
+        info: meshlib.MeshInfo = response.extensions["meshlib"]
+        endpoint: str | None = info["endpoint"]
+        attempts: int = info["attempts"]
         snapshot: dict[str, object] = client.snapshot()
         left: float = meshlib.time_left()
-        _ = (info, snapshot, left, meshlib.current_deadline())
+        _ = (info, endpoint, attempts, snapshot, left, meshlib.current_deadline())
         return response.status_code
 
 
@@ -83,3 +85,20 @@ def outlier_knobs() -> meshlib.Policy:
         slow_start=meshlib.SlowStart(window=30.0, aggression=1.0, min_weight_percent=10.0),
         propagate_grpc_timeout=True,
     )
+
+
+def flask_lines() -> None:
+    """The Flask lines docs/deploying.md shows: assigning to Flask's ``wsgi_app`` method
+    needs the ignore under mypy --strict; serving ``MeshMiddleware(app)`` needs none."""
+    import flask
+
+    app = flask.Flask(__name__)
+    app.wsgi_app = WsgiMiddleware(app.wsgi_app)  # type: ignore[method-assign]
+    application = WsgiMiddleware(app)
+    _ = application
+
+
+def breaker_off_and_errors() -> meshlib.Policy:
+    """Plain httpx behaviour for one service, and the middleware's map_errors switch."""
+    _ = AsgiMiddleware(lambda scope, receive, send: send({}), map_errors=False)
+    return meshlib.Policy(retries=0, breaker=None)

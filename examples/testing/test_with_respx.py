@@ -39,3 +39,12 @@ def test_one_attempt_sees_the_mocked_failure() -> None:
                 pytest.raises(httpx.HTTPStatusError):
             user_name(client)
         assert route.call_count == 1
+
+
+def test_production_discovery_does_not_wait() -> None:
+    # the service's real discovery never answers here; the mock answers at once
+    users = "dns+srv://_http._tcp.users.example.com?nameserver=127.0.0.1:9"
+    with respx.mock() as mock:
+        mock.get("http://users/v1/me").respond(json={"name": "ada"})
+        with meshlib.MeshClient(services={"users": users}) as client:
+            assert user_name(client) == "ada"

@@ -19,6 +19,7 @@ from ._errors import (
     NoEndpointsError,
     NoRouteError,
 )
+from ._info import MeshInfo
 from ._policy import Backoff, Breaker, Hedge, Policy, RetryBudget, SlowStart
 from ._routes import Match, Route, Split
 from ._scope import current_deadline, deadline, policy, time_left
@@ -40,6 +41,7 @@ __all__ = [
     "Match",
     "MeshClient",
     "MeshError",
+    "MeshInfo",
     "MeshTransport",
     "NoEndpointsError",
     "NoRouteError",

@@ -19,6 +19,7 @@ from ._breaker import ADMITTED, REFUSED
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
 from ._errors import CircuitOpenError, NoEndpointsError, TooSlow
+from ._explain import explain
 from ._feedback import classify, record
 from ._gate import sent_before_failure
 from ._hedging import choose_hedge, hedge_delay, hedge_refusal
@@ -64,8 +65,8 @@ def admit_route(call: Call, now: float) -> None:
     if admission == REFUSED:
         call.runtime.window.record(now, False, None, shed=True)
         health.window.record(now, False, None, shed=True)
-        raise telemetry.not_sent(call, CircuitOpenError(route_open_message(call, now),
-                                                        request=call.request))
+        raise telemetry.not_sent(call, explain(call, CircuitOpenError(
+            route_open_message(call, now), request=call.request)))
     call.route_admission = admission
 
 
@@ -106,7 +107,7 @@ def pick(call: Call, now: float) -> Admitted | Outcome:
         state, admission = call.choose(now, within=left if extra else None)
     except TooSlow as exc:
         telemetry.decision(call, "no_retry", f"deadline too short: {exc}")
-        return call.abandoned_retry(call.deadline_error(now, str(exc)))
+        return call.abandoned_retry(call.deadline_error(now, exc))
     except httpx.TransportError as exc:  # NoEndpointsError, CircuitOpenError: nothing sent
         exc.request = call.request
         if extra:
@@ -203,8 +204,8 @@ def undiscovered(call: Call, now: float) -> BaseException:
     (docs/discovery.md).
     """
     waited = max(now - call.started, 0.0)
-    return telemetry.not_sent(call, NoEndpointsError(
-        call.runtime.unready_message(waited), request=call.request))
+    return telemetry.not_sent(call, explain(call, NoEndpointsError(
+        call.runtime.unready_message(waited), request=call.request)))
 
 
 def finish(call: Call, outcome: Outcome, now: float) -> httpx.Response:
@@ -279,8 +280,7 @@ class HedgeRace:
         """The outcome when no attempt won: the last failure, or a deadline error."""
         if self.last is not None:
             return self.last
-        return Outcome(None, error=self.call.deadline_error(now, "no attempt answered"),
-                       sent=True, final=True)
+        return Outcome(None, error=self.call.deadline_error(now), sent=True, final=True)
 
 
 class Retries:

@@ -27,7 +27,8 @@ import pybreaker
 
 from ._policy import Breaker
 
-__all__ = ["ADMITTED", "CLOSED", "HALF_OPEN", "OPEN", "REFUSED", "TRIAL", "EndpointBreaker"]
+__all__ = ["ADMITTED", "BREAKER_OFF", "CLOSED", "HALF_OPEN", "OPEN", "REFUSED", "TRIAL",
+           "EndpointBreaker", "breaker_config"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 #: what :meth:`EndpointBreaker.admit` grants an attempt
@@ -58,18 +59,31 @@ class _Listener(pybreaker.CircuitBreakerListener):
         )
 
 
+#: the configuration of a breaker that never opens (``Policy(breaker=None)``)
+BREAKER_OFF = Breaker(failures=1_000_000, max_ejection_percent=0.0)
+
+
+def breaker_config(config: Breaker | None) -> Breaker:
+    """The configuration breakers are built from: ``None`` is :data:`BREAKER_OFF`."""
+    return BREAKER_OFF if config is None else config
+
+
 class EndpointBreaker:
-    """The breaker of one endpoint. Time is ``time.monotonic()`` seconds, passed in."""
+    """The breaker of one endpoint. Time is ``time.monotonic()`` seconds, passed in.
+
+    Built from :data:`BREAKER_OFF`, it never opens: it counts nothing.
+    """
 
     __slots__ = (
-        "_cb", "_lock", "_now", "_on_transition", "_opened_at", "_probation", "_state", "_trial",
-        "config", "name",
+        "_cb", "_lock", "_now", "_off", "_on_transition", "_opened_at", "_probation", "_state",
+        "_trial", "config", "name",
     )
 
     def __init__(self, config: Breaker, name: str, on_transition: Transition | None = None,
                  now: float = 0.0) -> None:
         self.config = config
         self.name = name
+        self._off = config is BREAKER_OFF
         self._on_transition = on_transition
         self._state = CLOSED
         self._opened_at = now
@@ -106,6 +120,13 @@ class EndpointBreaker:
             return HALF_OPEN
         return self._state
 
+    def next_trial(self, now: float) -> float:
+        """Seconds until this breaker lets its next trial request through (0 when due,
+        or when it is closed)."""
+        if self._state != OPEN:
+            return 0.0
+        return max(self._opened_at + self._probation - now, 0.0)
+
     def available(self, now: float) -> bool:
         """Whether a request may be sent now (closed, or a trial is due and none is running)."""
         if self._state == CLOSED:
@@ -130,6 +151,8 @@ class EndpointBreaker:
         Only the trial decides a half-open breaker; outcomes of attempts admitted
         before the breaker opened are not counted again.
         """
+        if self._off:
+            return
         self._now = now
         if admission == TRIAL:
             self._trial = False
@@ -150,7 +173,8 @@ class EndpointBreaker:
 
     def would_open(self) -> bool:
         """Whether one more counted failure would open this (closed) breaker."""
-        return self._state == CLOSED and self._cb.fail_counter + 1 >= self.config.failures
+        return (not self._off and self._state == CLOSED
+                and self._cb.fail_counter + 1 >= self.config.failures)
 
     @property
     def closed(self) -> bool:

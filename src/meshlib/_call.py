@@ -26,10 +26,12 @@ from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from ._breaker import ADMITTED
 from ._endpoint import EndpointState
-from ._errors import DeadlineExceeded, MeshError, redact_url
+from ._errors import DeadlineExceeded, MeshError
+from ._explain import explain
 from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
 from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
 from ._hedging import hedge_refusal
+from ._info import MeshInfo
 from ._policy import Policy
 from ._propagation import format_grpc_timeout
 from ._scope import current_deadline, describe_deadline
@@ -119,14 +121,15 @@ class Call:
         """Seconds left before the deadline (may be negative)."""
         return self.deadline - now
 
-    def deadline_error(self, now: float, cause: str = "") -> DeadlineExceeded:
-        """The error for a deadline that has passed."""
-        detail = f": {cause}" if cause else ""
-        return DeadlineExceeded(
-            f"deadline for {self.request.method} {redact_url(self.request.url)} passed after "
-            f"{self.attempts} attempt(s) ({describe_deadline(self.deadline, self.policy.timeout)})"
-            f"{detail}", request=self.request,
-        )
+    def deadline_error(self, now: float, cause: BaseException | None = None) -> DeadlineExceeded:
+        """The error for a deadline that has passed, ``cause`` (what ran out of time, if
+        anything did) as its ``__cause__``; :func:`~meshlib._explain.explain` adds the
+        request, service and attempts when the call ends."""
+        error = DeadlineExceeded(
+            f"deadline passed ({describe_deadline(self.deadline, self.policy.timeout)})",
+            request=self.request)
+        error.__cause__ = cause
+        return error
 
     # -- attempts ---------------------------------------------------------------------
 
@@ -320,10 +323,10 @@ class Call:
         assert error is not None
         if isinstance(error, httpx.TimeoutException) and not isinstance(error, DeadlineExceeded) \
                 and self.remaining(now) <= 0.001:
-            raise self.deadline_error(now, str(error)) from error
-        raise error
+            error = self.deadline_error(now, error)
+        raise explain(self, error)
 
-    def describe(self, state: EndpointState | None) -> dict[str, Any]:
+    def describe(self, state: EndpointState | None) -> MeshInfo:
         """The ``response.extensions["meshlib"]`` dict."""
         return {
             "service": self.runtime.name,

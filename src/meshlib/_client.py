@@ -103,7 +103,7 @@ class AsyncMeshClient(httpx.AsyncClient):
 
     Same arguments as :class:`MeshClient`, plus ``pool``: what carries the endpoints'
     connections, ``"httpcore"`` (default) or ``"aiohttp"`` (faster; HTTP/1.1 only;
-    ``pip install "meshlib[aiohttp]"``); ``None`` reads ``MESHLIB_POOL``.
+    ``pip install "httpx-mesh[aiohttp]"``); ``None`` reads ``MESHLIB_POOL``.
 
     .. versionadded:: 0.1
     """

@@ -28,13 +28,13 @@ from . import _testmode
 from ._config import SERVICE_NAME, EnvConfig, read_env, warn_if_host_like, warn_no_services
 from ._discovery import DiscoveryOptions, discovery_from_url
 from ._errors import ConfigError, NoRouteError, redact_url
-from ._policy import Policy, layered
+from ._policy import Policy, layered, not_a_policy
 from ._route_health import RouteHealth
 from ._routes import Route, RoutesArg, compile_routes
 from ._routes_file import RoutesFile, RoutesFollower, load_routes_file
 from ._routing import RouteRule, RouteTable, VirtualHost, implicit_route_key, uniform
 from ._scope import current_overrides
-from ._service import Service, ServiceRuntime
+from ._service import Service, ServiceRuntime, static_hint
 from ._telemetry import register_mesh, telemetry
 
 __all__ = ["Mesh", "ServicesArg", "Target"]
@@ -69,7 +69,7 @@ class Mesh:
                  clock: Callable[[], float] = time.monotonic) -> None:
         env: EnvConfig = read_env(environ)  # always validated, even when overridden
         if policy is not None and not isinstance(policy, Policy):
-            raise ConfigError(f"policy must be a meshlib.Policy, got {policy!r}")
+            raise not_a_policy("policy", policy)
         self.env = env
         self.clock = clock
         #: the client's layer over the environment's (each field from the first that gave it)
@@ -90,10 +90,14 @@ class Mesh:
                     f"service name {name!r} is not a host name (letters, digits, '.', '-', '_')")
             if name.lower() in self.runtimes:
                 raise ConfigError(f"service {name!r} is configured twice (names ignore case)")
-            service = Service(spec) if isinstance(spec, str) else spec
+            try:
+                service = Service(spec) if isinstance(spec, str) else spec
+            except ConfigError as exc:
+                raise ConfigError(f"service {name!r}: {exc}") from None
             if not isinstance(service, Service):
                 raise ConfigError(
-                    f"service {name!r} must be a discovery URL or meshlib.Service, got {spec!r}")
+                    f"service {name!r} must be a discovery URL or meshlib.Service, got {spec!r}"
+                    f"{static_hint(spec)}")
             discovery = discovery_from_url(service.discovery, options)
             warn_if_host_like(name)
             self.runtimes[name.lower()] = ServiceRuntime(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +41,20 @@ def _check_number(
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise ConfigError(
             f"{owner}.{name} must be finite, {bound} and <= {maximum:g}, got {value!r}")
+
+
+def not_a_policy(where: str, value: object) -> ConfigError:
+    """The error for ``where`` (``"policy"``, ``"Service policy"``...) given something
+    that is not a :class:`Policy`; the scoped ``meshlib.policy(...)`` (lower case) gets
+    a pointer to ``meshlib.Policy``."""
+    changes = getattr(value, "changes", None)
+    if type(value).__name__ == "policy" and isinstance(changes, Mapping):
+        fields = ", ".join(f"{k}={v!r}" for k, v in changes.items())
+        return ConfigError(
+            f"{where} must be a meshlib.Policy, got meshlib.policy({fields}), the scoped "
+            f"override (a decorator or context manager); use meshlib.Policy({fields}) "
+            "(capital P) here")
+    return ConfigError(f"{where} must be a meshlib.Policy, got {value!r}")
 
 
 def _check_int(owner: str, name: str, value: object, minimum: int, maximum: int) -> None:
@@ -164,17 +179,24 @@ class Hedge:
     after ``delay`` seconds, or after the service's 95th percentile latency
     with ``delay="p95"``. Only idempotent requests are hedged.
 
+    ``max_attempts`` counts the attempts in flight at once, the first included
+    (``2``: the first and one hedge); every hedge is also one of the policy's
+    ``retries``.
+
     .. versionadded:: 0.1
     """
 
     delay: float | Literal["p95"] = 0.05
     #: delay used by ``"p95"`` until enough latency samples exist
     fallback: float = 0.05
-    #: at most this many attempts in flight at once for one request
+    #: at most this many attempts in flight at once for one request, the first included
     max_attempts: int = 2
 
     def __post_init__(self) -> None:
         if self.delay != "p95":
+            if isinstance(self.delay, str):
+                raise ConfigError(f'Hedge.delay must be a number of seconds or "p95" (the '
+                                  f"service's 95th percentile latency), got {self.delay!r}")
             _check_number("Hedge", "delay", self.delay)
         _check_number("Hedge", "fallback", self.fallback)
         _check_int("Hedge", "max_attempts", self.max_attempts, 2, 10)
@@ -184,6 +206,12 @@ class Hedge:
 class Policy:
     """What a mesh request may do: deadline, retries, budget, backoff, balancer,
     breaker, hedging and idempotency. Immutable; use :meth:`replace`.
+
+    ``retries`` counts the attempts after the first (retries and hedges
+    together): ``retries=2`` allows three attempts in all. Names with
+    *attempts* (``Hedge.max_attempts``, ``set_testing(attempts=...)``,
+    ``extensions["meshlib"]["attempts"]``) count every attempt, the first
+    included. ``breaker=None`` turns circuit breaking off for the service.
 
     Every duration (``timeout``, ``attempt_timeout``, and those of ``backoff``,
     ``breaker``, ``hedge`` and ``retry_budget``) must be finite and at most
@@ -200,7 +228,8 @@ class Policy:
     retry_budget: RetryBudget = field(default_factory=RetryBudget)
     backoff: Backoff = field(default_factory=Backoff)
     balancer: BalancerName = "p2c-ewma"
-    breaker: Breaker = field(default_factory=Breaker)
+    #: ``None``: no circuit breaking at all (no endpoint ejected, no route failing fast)
+    breaker: Breaker | None = field(default_factory=Breaker)
     hedge: Hedge | None = None
     idempotent: bool | None = None
     #: ramp new and recovered endpoints up over a window (opt-in); see :class:`SlowStart`
@@ -237,6 +266,8 @@ class Policy:
             )
         for name, kind in (("retry_budget", RetryBudget), ("backoff", Backoff),
                            ("breaker", Breaker)):
+            if name == "breaker" and self.breaker is None:
+                continue
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(
                     f"Policy.{name} must be a meshlib.{kind.__name__}, got {getattr(self, name)!r}"

@@ -1,7 +1,7 @@
 """Which connection pool carries an AsyncMeshClient's endpoint connections.
 
 ``pool="httpcore"`` (the default) or ``pool="aiohttp"`` (extra
-``meshlib[aiohttp]``), from the ``pool=`` argument or else ``MESHLIB_POOL``.
+``httpx-mesh[aiohttp]``), from the ``pool=`` argument or else ``MESHLIB_POOL``.
 aiohttp is imported only when it is chosen. The sync transport always uses
 httpcore: ``MESHLIB_POOL`` does not concern it, and ``pool="aiohttp"`` is a
 ``ConfigError`` there.
@@ -52,5 +52,5 @@ def choose_pool(httpcore_pool: PoolFactory, pool: str | None, env_pool: str,
         from ._aiohttp_pool import AiohttpEndpointPool
     except ImportError as exc:
         raise ConfigError(f"{what} needs aiohttp, which is not installed ({exc}): "
-                          "pip install 'meshlib[aiohttp]'") from None
+                          "pip install 'httpx-mesh[aiohttp]'") from None
     return AiohttpEndpointPool

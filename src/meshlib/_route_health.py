@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ._breaker import ADMITTED, CLOSED, EndpointBreaker
+from ._breaker import ADMITTED, BREAKER_OFF, CLOSED, EndpointBreaker
 from ._policy import Breaker
 from ._window import Window
 
@@ -77,8 +77,9 @@ class RouteHealth:
         self.failures = config.failures
         # pybreaker opens on the one failure this records: the rule above decides when
         self.breaker = EndpointBreaker(
-            Breaker(failures=1, reset_timeout=config.reset_timeout,
-                    max_reset_timeout=config.max_reset_timeout),
+            config if config is BREAKER_OFF else Breaker(
+                failures=1, reset_timeout=config.reset_timeout,
+                max_reset_timeout=config.max_reset_timeout),
             str(key), on_transition, now)
         self._streak = 0
         #: the streak that opens the route, fixed when the streak begins
@@ -94,8 +95,7 @@ class RouteHealth:
 
     def next_trial(self, now: float) -> float:
         """Seconds until the route's next trial request is due (0 when due)."""
-        breaker = self.breaker
-        return max(breaker._opened_at + breaker._probation - now, 0.0)
+        return self.breaker.next_trial(now)
 
     def succeeded(self, address: str, now: float, admission: int = ADMITTED) -> None:
         """An attempt on this route got a good answer from ``address``."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from ._config import SERVICE_NAME
 from ._errors import ConfigError
-from ._policy import Policy
+from ._policy import Policy, not_a_policy
 from ._routing import Backend, PathMatcher, RouteRule, ValueMatcher, compile_pattern
 
 __all__ = ["Match", "Route", "RoutesArg", "Split", "compile_routes"]
@@ -143,7 +143,7 @@ class Route:
         if not isinstance(to, (str, Split)) or (isinstance(to, str) and not to):
             raise ConfigError(f"Route to must be a service name or a meshlib.Split, got {to!r}")
         if policy is not None and not isinstance(policy, Policy):
-            raise ConfigError(f"Route policy must be a meshlib.Policy, got {policy!r}")
+            raise not_a_policy("Route policy", policy)
         if name is not None and (not isinstance(name, str) or not name or len(name) > 200):
             raise ConfigError(f"Route name must be a non-empty string of at most 200 "
                               f"characters, got {name!r}")

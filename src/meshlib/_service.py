@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._balancer import Balancer, make_balancer
-from ._breaker import REFUSED, EndpointBreaker
+from ._breaker import REFUSED, EndpointBreaker, breaker_config
 from ._budget import BudgetLedger
 from ._discovery import Discovery, EndpointSetTracker, Update
 from ._ejection import EjectionLedger
 from ._endpoint import Endpoint, EndpointState
 from ._errors import CircuitOpenError, ConfigError, NoEndpointsError, TooSlow, redact_url
 from ._latency import LatencyWindow
-from ._policy import Policy
+from ._policy import Policy, not_a_policy
 from ._route_health import RouteHealthTable
 from ._service_snapshot import service_snapshot
 from ._window import Window
@@ -32,6 +32,16 @@ from ._window import Window
 __all__ = ["Service", "ServiceRuntime"]
 
 Transition = Callable[[str, str, str, str], None]  # service, endpoint, old, new
+
+
+def static_hint(value: object) -> str:
+    """``"; did you mean 'static://127.0.0.1:8001'?"`` for a bare ``host:port`` list."""
+    if not isinstance(value, str) or not value or "://" in value:
+        return ""
+    parts = [p.strip() for p in value.split(",")]
+    if all(p.rpartition(":")[2].isdigit() and p.rpartition(":")[0] for p in parts):
+        return f"; did you mean 'static://{','.join(parts)}'?"
+    return ""
 
 
 class Service:
@@ -50,9 +60,10 @@ class Service:
     def __init__(self, discovery: str, *, policy: Policy | None = None,
                  tls_server_name: str | None = None) -> None:
         if not isinstance(discovery, str) or "://" not in discovery:
-            raise ConfigError(f"Service discovery must be a discovery URL, got {discovery!r}")
+            raise ConfigError(f"Service discovery must be a discovery URL, got {discovery!r}"
+                              f"{static_hint(discovery)}")
         if policy is not None and not isinstance(policy, Policy):
-            raise ConfigError(f"Service policy must be a meshlib.Policy, got {policy!r}")
+            raise not_a_policy("Service policy", policy)
         if tls_server_name is not None and (not isinstance(tls_server_name, str)
                                             or not tls_server_name):
             raise ConfigError(f"Service tls_server_name must be a name, got {tls_server_name!r}")
@@ -104,14 +115,15 @@ class ServiceRuntime:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.draining: set[EndpointState] = set()
         #: which endpoints are out, and the ejection cap
-        self.ejections = EjectionLedger(policy.breaker.max_ejection_percent, self._lock)
+        self.ejections = EjectionLedger(breaker_config(policy.breaker).max_ejection_percent,
+                                        self._lock)
         #: endpoints whose breaker is not closed (the ledger's set; the pick reads it)
         self._unhealthy = self.ejections.out
         #: slow start: no endpoint ramps up after this time (the hot path's one check)
         self._ramp_end = -1.0
         self.rng = random.Random()
         #: the fail-fast state of each route of this service (configured or implicit)
-        self.routes = RouteHealthTable(policy.breaker, self._route_transition)
+        self.routes = RouteHealthTable(breaker_config(policy.breaker), self._route_transition)
         initial = discovery.initial()
         if initial is not None:
             self.apply(initial, clock())
@@ -184,7 +196,8 @@ class ServiceRuntime:
             if self._on_transition is not None:
                 self._on_transition(self.name, name, old, new)
 
-        return EndpointBreaker(self.policy.breaker, owner.address, transition, now)
+        return EndpointBreaker(breaker_config(self.policy.breaker), owner.address, transition,
+                               now)
 
     def _rebuild_healthy(self) -> None:
         """Recompute the closed endpoints of each group (caller holds ``_lock``); a group
@@ -314,8 +327,14 @@ class ServiceRuntime:
             raise TooSlow(f"no endpoint of service {self.name!r} usually answers within "
                           f"{within:.3f} s")
         raise CircuitOpenError(
-            f"every endpoint of service {self.name!r} has an open circuit breaker"
+            f"every endpoint of service {self.name!r} has an open circuit breaker; "
+            f"next trial in {self.next_trial(now):.1f} s; nothing was sent"
         )
+
+    def next_trial(self, now: float) -> float:
+        """Seconds until the first endpoint breaker of this service lets a trial through."""
+        waits = [s.breaker.next_trial(now) for s in self.states.values()]
+        return min(waits, default=0.0)
 
     def _due_trial(self, candidates: Sequence[EndpointState], exclude: frozenset[str] | set[str],
                    now: float, within: float | None) -> EndpointState | None:

@@ -212,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="a short run (fewer requests; noisier numbers)")
     bench.add_argument("--plot", metavar="DIR", default=None,
                        help="also write PNG plots (latency CDFs, throughput, pick cost) "
-                            "into DIR; needs matplotlib: pip install 'meshlib[plot]'")
+                            "into DIR; needs matplotlib: pip install 'httpx-mesh[plot]'")
     status = sub.add_parser("status", help="show the mesh snapshot of a running service",
                             description=_STATUS_HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)

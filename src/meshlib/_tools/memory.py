@@ -125,7 +125,7 @@ def run_memory(n: int = 1000, *, small: int = 10) -> list[dict[str, Any]]:
     for name in POOLS:
         if name == "async-aiohttp" and not _aiohttp_installed():
             rows.append({"pool": name, "endpoints": n, "goal_kib": MEMORY_GOAL_KIB,
-                         "skipped": "aiohttp is not installed (pip install 'meshlib[aiohttp]')"})
+                         "skipped": "aiohttp is not installed (pip install 'httpx-mesh[aiohttp]')"})
             continue
         if name == "sync-httpcore":
             large, little = _sync_bytes(n), _sync_bytes(small)

@@ -6,7 +6,7 @@
   per client (bare httpx, AsyncMeshClient on each pool);
 * ``pick-cost.png``: microseconds per balancer pick against endpoint count.
 
-matplotlib is an optional extra (``pip install 'meshlib[plot]'``); it is
+matplotlib is an optional extra (``pip install 'httpx-mesh[plot]'``); it is
 imported only here, with the non-interactive ``Agg`` backend.
 """
 
@@ -32,12 +32,12 @@ _CLIENT_LABELS = {"httpx": "bare httpx.AsyncClient",
 
 
 def require_matplotlib() -> None:
-    """Raise ``ConfigError`` naming ``meshlib[plot]`` if matplotlib cannot be imported."""
+    """Raise ``ConfigError`` naming ``httpx-mesh[plot]`` if matplotlib cannot be imported."""
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
         raise ConfigError(f"--plot needs matplotlib, which is not installed ({exc}): "
-                          "pip install 'meshlib[plot]'") from None
+                          "pip install 'httpx-mesh[plot]'") from None
 
 
 def _pyplot() -> Any:
@@ -133,7 +133,7 @@ def write_plots(directory: str | Path, latencies: Mapping[str, Mapping[str, Sequ
     ``latencies`` maps a scenario name to its series (``"baseline"``, ``"mesh"``)
     of per-request latencies in seconds; ``throughput`` and ``pick`` are the rows
     of :func:`~.throughput.run_throughput` and :func:`~.pick.run_pick_cost`.
-    Raises ``ConfigError`` naming ``meshlib[plot]`` when matplotlib is missing.
+    Raises ``ConfigError`` naming ``httpx-mesh[plot]`` when matplotlib is missing.
     """
     plt = _pyplot()
     out = Path(directory)

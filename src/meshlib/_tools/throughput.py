@@ -146,7 +146,7 @@ def run_throughput(concurrency: Sequence[int] = (1, 16, 64), requests: int = 300
         except ImportError:
             clients = CLIENTS[:2]
             missing = [{"concurrency": c, "client": "mesh-aiohttp",
-                        "skipped": "aiohttp is not installed (pip install 'meshlib[aiohttp]')"}
+                        "skipped": "aiohttp is not installed (pip install 'httpx-mesh[aiohttp]')"}
                        for c in concurrency]
         else:
             clients = CLIENTS
