@@ -19,6 +19,7 @@ from typing import Any
 from ._balancer import Balancer, make_balancer
 from ._breaker import REFUSED, EndpointBreaker
 from ._budget import BudgetLedger
+from ._cap import RequestCap
 from ._discovery import Discovery, EndpointSetTracker, Update
 from ._endpoint import Endpoint, EndpointState
 from ._errors import CircuitOpenError, ConfigError, NoEndpointsError, TooSlow, redact_url
@@ -105,6 +106,8 @@ class ServiceRuntime:
         self.rng = random.Random()
         #: the fail-fast state of each route of this service (configured or implicit)
         self.routes = RouteHealthTable(policy.breaker, self._route_transition)
+        #: the cap on logical requests in flight (an xDS cluster's max_requests), if any
+        self.cap: RequestCap | None = None
         initial = discovery.initial()
         if initial is not None:
             self.apply(initial, clock())
@@ -121,6 +124,14 @@ class ServiceRuntime:
         if self._tracker.current is not None:  # a failure is no answer: requests keep waiting
             self._mark_ready()
         return retired
+
+    def retire_all(self, now: float) -> list[EndpointState]:
+        """The service is gone (a control plane dropped its cluster): retire every endpoint
+        at once; return the idle ones (busy ones drain as their responses end)."""
+        with self._tracker_lock:
+            self._tracker.current = ()
+            self._tracker.empty_since = None
+        return self._replace((), now)
 
     def _replace(self, endpoints: tuple[Endpoint, ...], now: float) -> list[EndpointState]:
         with self._lock:
