@@ -314,3 +314,35 @@ def test_a_removed_cluster_is_retired_and_a_kept_one_keeps_its_state(
         assert mesh.runtimes["xds:v1"] is kept
         assert set(client.snapshot()["services"]) == {"xds:v1", "users"}
         assert which(client.get("http://users/two")) == "xds:v1"
+
+
+def test_meshlib_services_may_name_an_xds_service(
+        server: XdsServer, mesh_fleet: Callable[..., Fleet],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MESHLIB_SERVICES=users=xds:///LISTENER works like services= (sync client)."""
+    v1 = mesh_fleet()
+    publish(server, route_config(to("v1")), [cluster("v1")], [eds("v1", v1)])
+    monkeypatch.setenv("MESHLIB_SERVICES", f"users={URL}")
+    with meshlib.MeshClient() as client:
+        assert which(client.get("http://users/")) == "xds:v1"
+
+
+@pytest.mark.parametrize(("url", "bootstrap", "message"), [
+    ("xds://", True, "expected xds:///TARGET"),
+    (URL, False, "bootstrap"),
+])
+def test_a_bad_xds_service_raises_config_error_when_built(
+        url: str, bootstrap: bool, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed xds:// URL, or no bootstrap, is a ConfigError when the client is built."""
+    for name in ("GRPC_XDS_BOOTSTRAP", "GRPC_XDS_BOOTSTRAP_CONFIG", "MESHLIB_XDS_BOOTSTRAP"):
+        monkeypatch.delenv(name, raising=False)
+    if bootstrap:
+        monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", '{"xds_servers": [{"server_uri": '
+                           '"127.0.0.1:1", "channel_creds": [{"type": "insecure"}]}], '
+                           '"node": {"id": "n"}}')
+    with pytest.raises(meshlib.ConfigError, match=message):
+        meshlib.MeshClient(services={"users": url})
+    monkeypatch.setenv("MESHLIB_SERVICES", f"users={url}")
+    if url == "xds://":
+        with pytest.raises(meshlib.ConfigError, match="MESHLIB_SERVICES"):
+            meshlib.MeshClient(services={})

@@ -132,7 +132,7 @@ class ControlPlane:
         if self._failing is not None and self.gate.ready.is_set():
             logger.warning("control plane of %r (%s): good again", self.name, self.source.url)
         self._failing = None
-        self.gate.apply((), now)  # ready: waiting requests are routed now
+        self.gate._mark_ready()  # waiting requests are routed now
         logger.info("control plane of %r: %d routes, clusters %s", self.name,
                     len(latest.rules), ", ".join(latest.clusters) or "(none)")
         return retired
