@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ pytest.importorskip("grpc")
 import meshlib
 from meshlib._xds.resources import EndpointSpec, EndpointsSpec, ListenerSpec
 from meshlib.testing import Fleet, XdsServer
+from servers import wait_until
 
 LISTENER = "users.shop.svc.cluster.local:80"
 URL = f"xds:///{LISTENER}"
@@ -50,16 +50,6 @@ def split(weights: dict[str, int]) -> dict[str, Any]:
 def which(response: httpx.Response) -> str:
     service: str = response.extensions["meshlib"]["service"]
     return service
-
-
-def until(check: Callable[[], Any], *, timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 @pytest.fixture
@@ -183,8 +173,9 @@ def test_a_nack_keeps_the_last_good_config(server: XdsServer,
         server.wait_for("nack", type="cds")
         for _ in range(20):
             assert which(client.get("http://users/")) == "xds:v1"
-        state = until(lambda: client.snapshot()["services"]["users"]["xds"]["last_nack"],
-                      what="the NACK in snapshot()")
+        wait_until(lambda: client.snapshot()["services"]["users"]["xds"]["last_nack"],
+                   timeout=10, what="the NACK in snapshot()")
+        state = client.snapshot()["services"]["users"]["xds"]["last_nack"]
         assert "RING_HASH" in state["error"] or "ring" in state["error"].lower()
         xds = client.snapshot()["services"]["users"]["xds"]
         assert xds["connected"] and xds["types"]["lds"]["version"] == "1"
@@ -200,14 +191,14 @@ def test_control_plane_gone_traffic_continues_and_reconnect_resumes(
     with meshlib.MeshClient(services={"users": URL}) as client:
         assert which(client.get("http://users/")) == "xds:v1"
         server.stop()
-        until(lambda: not client.snapshot()["services"]["users"]["xds"]["connected"],
-              what="the stream to end")
+        wait_until(lambda: not client.snapshot()["services"]["users"]["xds"]["connected"],
+                   timeout=10, what="the stream to end")
         for _ in range(20):
             assert which(client.get("http://users/")) == "xds:v1"
         server.set(routes=[route_config(to("v2"))])
         server.start()
-        until(lambda: which(client.get("http://users/")) == "xds:v2", timeout=15,
-              what="the new routes after reconnecting")
+        wait_until(lambda: which(client.get("http://users/")) == "xds:v2", timeout=15,
+                   what="the new routes after reconnecting")
         assert client.snapshot()["services"]["users"]["xds"]["streams"] >= 2
 
 
@@ -243,7 +234,8 @@ def test_no_matching_virtual_host_or_route_raises_no_route_error(
         with pytest.raises(meshlib.NoRouteError, match="nothing was sent"):
             client.get("http://users/other")
         server.set(routes=[route_config(to("v1"), domains=("orders.shop",))])
-        until(lambda: not client.snapshot()["routes"]["users"], what="no virtual host")
+        wait_until(lambda: not client.snapshot()["routes"]["users"], timeout=10,
+                   what="no virtual host")
         with pytest.raises(meshlib.NoRouteError):
             client.get("http://users/api/x")
     assert sum(len(h) for h in v1.hits()) == 1
@@ -310,7 +302,7 @@ def test_a_removed_cluster_is_retired_and_a_kept_one_keeps_its_state(
         mesh = client.mesh_transport.mesh
         kept = mesh.runtimes["xds:v1"]
         server.set(routes=[route_config(to("v1"))])
-        until(lambda: "xds:v2" not in mesh.runtimes, what="v2 retired")
+        wait_until(lambda: "xds:v2" not in mesh.runtimes, timeout=10, what="v2 retired")
         assert mesh.runtimes["xds:v1"] is kept
         assert set(client.snapshot()["services"]) == {"xds:v1", "users"}
         assert which(client.get("http://users/two")) == "xds:v1"

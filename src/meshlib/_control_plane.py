@@ -21,12 +21,14 @@ configuration refused) keeps the last good configuration.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._cap import RequestCap
-from ._discovery import Discovery, DiscoveryFailure, Update
+from ._discovery import Discovery, DiscoveryFailure, DiscoveryOptions, Update
+from ._discovery._runner import follow
 from ._endpoint import EndpointState
 from ._policy import Policy, layered
 from ._route_source import RouteSource, RouteUpdate
@@ -36,7 +38,8 @@ from ._service import Service, ServiceRuntime
 if TYPE_CHECKING:
     from ._mesh import Mesh
 
-__all__ = ["ControlPlane", "RouteSourceDiscovery", "is_control_plane_url", "route_source"]
+__all__ = ["ControlPlane", "RouteSourceDiscovery", "is_control_plane_url", "route_source",
+           "service_routes"]
 
 logger = logging.getLogger("meshlib.routes")
 
@@ -65,15 +68,30 @@ def route_source(url: str, environ: Mapping[str, str] | None) -> RouteSource:
     return XdsRouteSource(url, environ)
 
 
+def service_routes(url: str, options: DiscoveryOptions) -> RouteSource | None:
+    """The routes that come with a service's own discovery, if its kind has them: the
+    Gateway API HTTPRoutes attached to a ``k8s://`` Service."""
+    if url.partition("://")[0].lower() != "k8s":
+        return None
+    from ._k8s_routes import HttpRouteSource
+
+    return HttpRouteSource(url, options)
+
+
 class RouteSourceDiscovery(Discovery):
     """A RouteSource as the runners see a discovery: ``()`` when a new update is ready
     in :attr:`latest`, failures as they come."""
 
-    def __init__(self, source: RouteSource) -> None:
+    def __init__(self, source: RouteSource, on_close: Callable[[], None]) -> None:
         super().__init__(source.url)
         self.source = source
+        self._on_close = on_close
         #: the newest update not yet taken by the follower
         self.latest: RouteUpdate | None = None
+
+    async def aclose(self) -> None:
+        """The follower stopped: stop following the clusters too."""
+        self._on_close()
 
     def initial(self) -> None:
         """Never known without I/O."""
@@ -99,7 +117,7 @@ class ControlPlane:
         self.host = host.lower()
         self.service = service
         self.source = source
-        self.discovery = RouteSourceDiscovery(source)
+        self.discovery = RouteSourceDiscovery(source, self._stop_clusters)
         self._mesh = mesh
         self._new_runtime = new_runtime
         #: the policy under each cluster's own settings: the Service's over the client's
@@ -113,6 +131,36 @@ class ControlPlane:
         #: whether a configuration was installed (the host is in the mesh's route table)
         self.installed = False
         self._failing: str | None = None
+        #: what the runner gave: how to close retired endpoints' pools, and the clock
+        self._retire: Callable[[list[EndpointState]], Awaitable[None] | None] | None = None
+        self._clock: Callable[[], float] | None = None
+        #: the background followers of clusters whose endpoints need I/O (by key)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def bind(self, retire: Callable[[list[EndpointState]], Awaitable[None] | None],
+             clock: Callable[[], float]) -> None:
+        """Take the runner's retire callback and clock (to follow clusters' discovery)."""
+        self._retire, self._clock = retire, clock
+
+    def _follow_cluster(self, key: str, runtime: ServiceRuntime) -> None:
+        """Follow a cluster's discovery on this loop, unless it needs none or runs."""
+        if runtime.discovery.initial() is not None or self._retire is None \
+                or self._clock is None:
+            return
+        task = self._tasks.get(key)
+        if task is not None and not task.done():
+            return
+        self._tasks[key] = asyncio.get_running_loop().create_task(
+            follow(runtime, self._retire, self._clock), name=f"meshlib-discovery-{key}")
+
+    def _unfollow_cluster(self, key: str) -> None:
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    def _stop_clusters(self) -> None:
+        for key in list(self._tasks):
+            self._unfollow_cluster(key)
 
     def apply(self, update: Update, now: float) -> list[EndpointState]:
         """Install the newest update (or log why the last good configuration stays);
@@ -152,12 +200,14 @@ class ControlPlane:
                 runtime = current
             else:
                 if current is not None:
+                    self._unfollow_cluster(key)
                     retired.extend(current.retire_all(now))
                 runtime = self._new_runtime(
                     key, Service(source.discovery_url,
                                  tls_server_name=self.service.tls_server_name or self.name),
                     source.discovery, policy)
                 runtimes[key] = runtime
+            self._follow_cluster(key, runtime)  # again after a restart on a new loop
             limit = getattr(source, "max_requests", None)
             if limit is None:
                 runtime.cap = None
@@ -172,6 +222,7 @@ class ControlPlane:
         if gone:
             remaining = dict(mesh.runtimes)
             for key in gone:
+                self._unfollow_cluster(key)
                 if key in remaining:
                     retired.extend(remaining.pop(key).retire_all(now))
             mesh.runtimes = remaining
@@ -182,12 +233,17 @@ class ControlPlane:
         """Whether no configuration has come yet."""
         return not self.gate.ready.is_set()
 
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """JSON-ready: the host's readiness, its clusters and its control plane's state."""
-        out = self.gate.snapshot(now)
-        out.pop("routes", None)
+    def snapshot(self, now: float, service: dict[str, Any] | None = None) -> dict[str, Any]:
+        """JSON-ready: the host's readiness, its clusters and its control plane's state
+        (added to ``service``, the snapshot of the host's own service, when it has one)."""
+        if service is None:
+            out = self.gate.snapshot(now)
+            out.pop("routes", None)
+        else:
+            out = service
         status = getattr(self.source, "status", None)
         out["clusters"] = list(self.clusters)
-        out["xds"] = status() if callable(status) else dict(self.status)
+        out[getattr(self.source, "kind", "control_plane")] = (
+            status() if callable(status) else dict(self.status))
         out["config"] = dict(self.status)
         return out

@@ -26,7 +26,13 @@ import httpx
 
 from . import _testmode
 from ._config import SERVICE_NAME, EnvConfig, read_env, warn_if_host_like, warn_no_services
-from ._control_plane import ControlPlane, check_url, is_control_plane_url, route_source
+from ._control_plane import (
+    ControlPlane,
+    check_url,
+    is_control_plane_url,
+    route_source,
+    service_routes,
+)
 from ._discovery import Discovery, DiscoveryOptions, discovery_from_url
 from ._errors import ConfigError, NoRouteError, redact_url
 from ._policy import Policy, layered
@@ -114,6 +120,10 @@ class Mesh:
             warn_if_host_like(name)
             self.runtimes[name.lower()] = self._new_runtime(
                 name, service, discovery, layered(service.policy, self.policy))
+            extra = service_routes(service.discovery, options)
+            if extra is not None:  # HTTPRoutes attached to a k8s Service
+                self.planes[name.lower()] = ControlPlane(self, name, service, extra,
+                                                         self._new_runtime)
         #: the routes of code and the routes file; ``table`` adds the control planes' hosts
         self._own_table = RouteTable()
         self.table = RouteTable()
@@ -252,7 +262,7 @@ class Mesh:
         now = self.clock()
         services = {rt.name: rt.snapshot(now) for rt in self.runtimes.values()}
         for plane in self.planes.values():
-            services[plane.name] = plane.snapshot(now)
+            services[plane.name] = plane.snapshot(now, services.get(plane.name))
         return {
             "services": services,
             "routes": {host: vhost.snapshot() for host, vhost in self.table.hosts.items()},

@@ -273,6 +273,9 @@ class XdsRouteSource:
     bootstrap, or grpcio missing, raises ``ConfigError`` then.
     """
 
+    #: the key of its state in snapshot()
+    kind = "xds"
+
     def __init__(self, url: str, environ: Mapping[str, str] | None = None) -> None:
         self.url = url
         authority, self.target = parse_xds_url(url)
