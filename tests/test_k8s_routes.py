@@ -191,3 +191,24 @@ def test_no_crd_or_no_permission_means_no_routes_said_once(
         assert f"HTTP {answer}" in error
     said = [r for r in caplog.records if "cannot read HTTPRoutes" in r.getMessage()]
     assert len(said) == 1
+
+
+def test_a_rule_with_a_redirect_filter_raises_no_route_error_and_does_not_fall_through(
+        api: FakeKubeAPI, mesh_fleet: Callable[..., Fleet]) -> None:
+    """A rule whose filters would redirect is kept in its place: requests it matches
+    raise NoRouteError (nothing sent) instead of reaching the next rule or the Service."""
+    users, v1 = mesh_fleet(), mesh_fleet()
+    deploy(api, "users", users)
+    deploy(api, "users-v1", v1)
+    api.put(http_route("r", "users", [
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+         "filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 301}}],
+         "backendRefs": [backend("users-v1")]},
+        {"backendRefs": [backend("users-v1")]}]))
+    with meshlib.MeshClient(services={"users": "k8s://users.default:http"}) as client:
+        wait_until(lambda: client.snapshot()["routes"].get("users"), timeout=10,
+                   what="the routes")
+        with pytest.raises(meshlib.NoRouteError, match="nothing was sent"):
+            client.get("http://users/old/x")
+        assert service_of(client.get("http://users/new")) == "k8s:users-v1.default:80"
+    assert sum(len(h) for h in users.hits()) == 0

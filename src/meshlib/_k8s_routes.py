@@ -63,6 +63,9 @@ _PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 #: Linkerd's retry.linkerd.io/http conditions that are not status ranges
 _LINKERD_CONDITIONS = {"5xx": (500, 599), "gateway-error": (502, 504)}
+#: rule filters that change headers only (ignored); any other filter changes where a
+#: request goes (a redirect, a rewrite, a mirror), which meshlib does not carry out
+_HEADER_FILTERS = frozenset({"RequestHeaderModifier", "ResponseHeaderModifier"})
 
 
 class RouteError(ValueError):
@@ -95,6 +98,8 @@ class HttpRule:
     matches: tuple[Mapping[str, Any], ...]
     backends: tuple[BackendRef, ...]
     policy: Mapping[str, Any] = field(default_factory=dict)
+    #: the filter types of the rule that change where a request goes (not carried out)
+    refused: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +219,10 @@ def parse_httproute(obj: Any) -> HttpRoute:
                     policy[fname] = seconds
                 else:
                     policy.pop(fname, None)
+        refused = tuple(str(f.get("type")) for f in _list(rule.get("filters"), f"{at}: filters")
+                        if isinstance(f, dict) and f.get("type") not in _HEADER_FILTERS)
         rules.append(HttpRule(index, rule.get("name") if isinstance(rule.get("name"), str)
-                              else None, matches, tuple(backends), policy))
+                              else None, matches, tuple(backends), policy, refused))
     return HttpRoute(name, namespace, str(metadata.get("creationTimestamp") or ""),
                      tuple(parents), tuple(rules))
 
@@ -266,7 +273,10 @@ def compile_httproutes(routes: list[HttpRoute], service: str, namespace: str,
         for rule in route.rules:
             key = f"{route.name}/{rule.name if rule.name else rule.index}"
             where = f"HTTPRoute {route.namespace}/{route.name} rule {rule.index}"
-            usable = [b for b in rule.backends if b.weight > 0]
+            usable = [b for b in rule.backends if b.weight > 0] if not rule.refused else []
+            if rule.refused:
+                logger.warning("%s has filters meshlib does not carry out (%s): requests it "
+                               "matches raise NoRouteError", where, ", ".join(rule.refused))
             targets = tuple(Backend(backend_key(b), b.weight) for b in usable) or (
                 Backend(NO_BACKENDS),)
             try:

@@ -203,8 +203,9 @@ class Mesh:
                     raise NoRouteError(
                         f"route {rule.key!r} of host {host!r} matches {request.method} "
                         f"{redact_url(request.url.raw_path.decode('ascii', 'replace'))} but "
-                        "does not forward to a cluster (a redirect or direct response, which "
-                        "meshlib does not carry out); nothing was sent", request=request)
+                        "forwards to no cluster meshlib can reach (a redirect, a direct "
+                        "response or rewrite, which meshlib does not carry out, or no usable "
+                        "backend); nothing was sent", request=request)
                 return Target(cluster, cluster.routes.configured(rule.key, host, self.clock()),
                               rule.key, self._route_policy(rule, cluster))
         runtime = self.runtimes.get(host)
