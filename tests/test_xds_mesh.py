@@ -306,6 +306,31 @@ def test_a_removed_cluster_is_retired_and_a_kept_one_keeps_its_state(
         assert mesh.runtimes["xds:v1"] is kept
         assert set(client.snapshot()["services"]) == {"xds:v1", "users"}
         assert which(client.get("http://users/two")) == "xds:v1"
+        server.set(clusters=[cluster("v1", lb_policy="RANDOM")])  # new settings: rebuilt
+        wait_until(lambda: mesh.runtimes["xds:v1"] is not kept, timeout=10,
+                   what="v1 rebuilt")
+        assert mesh.runtimes["xds:v1"].policy.balancer == "random"
+        assert which(client.get("http://users/")) == "xds:v1"
+
+
+def test_a_configuration_meshlib_cannot_carry_out_keeps_the_last_good_one(
+        server: XdsServer, mesh_fleet: Callable[..., Fleet],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A route matching on :authority (valid xDS, not carried out by meshlib) leaves the
+    last good configuration in use, and the log says why."""
+    v1, v2 = mesh_fleet(), mesh_fleet()
+    publish(server, route_config(to("v1")), [cluster("v1"), cluster("v2")],
+            [eds("v1", v1), eds("v2", v2)])
+    with meshlib.MeshClient(services={"users": URL}) as client:
+        assert which(client.get("http://users/")) == "xds:v1"
+        server.set(routes=[route_config({"match": {"prefix": "/", "headers": [
+            {"name": ":authority", "string_match": {"exact": "users"}}]},
+            "route": {"cluster": "v2"}})])
+        server.wait_for("ack", type="rds", version=server.versions()["rds"])
+        wait_until(lambda: any(":authority" in r.getMessage() for r in caplog.records),
+                   timeout=10, what="the refusal logged")
+        for _ in range(10):
+            assert which(client.get("http://users/")) == "xds:v1"
 
 
 def test_meshlib_services_may_name_an_xds_service(
