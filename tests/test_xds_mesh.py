@@ -363,3 +363,22 @@ def test_a_bad_xds_service_raises_config_error_when_built(
     if url == "xds://":
         with pytest.raises(meshlib.ConfigError, match="MESHLIB_SERVICES"):
             meshlib.MeshClient(services={})
+
+
+def test_resolve_prints_the_routes_clusters_and_endpoints(
+        server: XdsServer, mesh_fleet: Callable[..., Fleet],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """meshlib resolve xds:///... prints what the control plane gives, as meshlib reads it."""
+    from meshlib.cli import main
+
+    v1, v2 = mesh_fleet(), mesh_fleet()
+    publish(server, route_config(split({"v1": 90, "v2": 10})),
+            [cluster("v1", lb_policy="LEAST_REQUEST"), cluster("v2")],
+            [eds("v1", v1), eds("v2", v2)])
+    assert main(["resolve", URL]) == 0
+    out = capsys.readouterr().out
+    assert "xds:v1 (90), xds:v2 (10)" in out
+    assert "xds:v1: balancer=least-request" in out
+    assert f"{v2.endpoints[0]}  weight=1 priority=0" in out
+    assert main(["resolve", "--json", URL]) == 0
+    assert '"xds:v2"' in capsys.readouterr().out
