@@ -381,9 +381,11 @@ class HttpRouteSource:
                     if not missing:
                         yield item
                         continue
-                    if self._said is None:
-                        logger.warning("routes %s: cannot read HTTPRoutes (%s); requests go "
-                                       "to the Service itself", self.url, item.reason)
+                    if self._said is None:  # no CRD is common (INFO); a refusal is not
+                        logger.log(logging.WARNING if "HTTP 403" in item.reason
+                                   else logging.INFO,
+                                   "routes %s: cannot read HTTPRoutes (%s); requests go to "
+                                   "the Service itself", self.url, item.reason)
                     self._said = item.reason
                     self.state["attached"] = []
                     yield RouteUpdate((), {}, self.status())
