@@ -382,3 +382,25 @@ def test_resolve_prints_the_routes_clusters_and_endpoints(
     assert f"{v2.endpoints[0]}  weight=1 priority=0" in out
     assert main(["resolve", "--json", URL]) == 0
     assert '"xds:v2"' in capsys.readouterr().out
+
+
+def test_priorities_fail_over_as_grpc_does(server: XdsServer,
+                                           mesh_fleet: Callable[..., Fleet]) -> None:
+    """Priority 0 takes every request while it is healthy; when its endpoint refuses
+    connections, requests fail over to priority 1 (nothing lost), as in gRPC."""
+    first, second = mesh_fleet(), mesh_fleet()
+    endpoints = EndpointsSpec("v1", (
+        EndpointSpec("127.0.0.1", int(first.endpoints[0].rpartition(":")[2]),
+                     health="HEALTHY", zone="a", priority=0),
+        EndpointSpec("127.0.0.1", int(second.endpoints[0].rpartition(":")[2]),
+                     health="HEALTHY", zone="b", priority=1)))
+    publish(server, route_config(to("v1")), [cluster("v1")], [endpoints])
+    with meshlib.MeshClient(services={"users": URL}) as client:
+        landed = {client.get("http://users/").extensions["meshlib"]["endpoint"]
+                  for _ in range(20)}
+        assert landed == {first.endpoints[0]}
+        first.set(refuse=True)
+        for _ in range(20):
+            response = client.get("http://users/")
+            assert response.status_code == 200
+            assert response.extensions["meshlib"]["endpoint"] == second.endpoints[0]
