@@ -36,7 +36,9 @@ class Service:
     """A logical service: where its endpoints come from, and optionally its own policy.
 
     ``discovery`` is a discovery URL (``static://``, ``dns+srv://``, ``dns://``,
-    ``file://``, ``etcd://``, ``consul://``). ``tls_server_name`` is the name
+    ``file://``, ``etcd://``, ``consul://``, ``k8s://``), or ``xds:///LISTENER``
+    for a service whose routes and clusters an xDS control plane gives (its
+    ``policy`` then sits under each cluster's own settings). ``tls_server_name`` is the name
     the server certificate is checked against for ``https://SERVICE/...``
     (default: the service name).
 
