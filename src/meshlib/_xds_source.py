@@ -100,6 +100,7 @@ class _EnvoyHeader(ValueMatcher):
     match, a missing header matched as empty): Envoy's semantics, kept whole."""
 
     __slots__ = ("spec",)
+    spec: HeaderMatch
 
     def __init__(self, spec: HeaderMatch) -> None:
         kind = "range" if spec.range is not None else (spec.match.kind if spec.match else "")
@@ -110,8 +111,7 @@ class _EnvoyHeader(ValueMatcher):
 
     def matches(self, actual: str | None) -> bool:
         """Whether a request whose header value is ``actual`` (``None``: absent) matches."""
-        spec: HeaderMatch = self.spec  # type: ignore[attr-defined]
-        return spec.matches(actual)
+        return self.spec.matches(actual)
 
 
 def _header(spec: HeaderMatch) -> ValueMatcher:
