@@ -404,3 +404,32 @@ def test_priorities_fail_over_as_grpc_does(server: XdsServer,
             response = client.get("http://users/")
             assert response.status_code == 200
             assert response.extensions["meshlib"]["endpoint"] == second.endpoints[0]
+
+
+def test_an_async_client_waits_and_follows_again_on_a_new_event_loop(
+        server: XdsServer, mesh_fleet: Callable[..., Fleet]) -> None:
+    """AsyncMeshClient: a request waits for the first configuration; used again from a
+    new event loop, the client follows the control plane there (new routes apply)."""
+    v1, v2 = mesh_fleet(), mesh_fleet()
+    client = meshlib.AsyncMeshClient(services={"users": URL})
+
+    async def first() -> str:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, lambda: threading.Thread(target=publish, args=(
+            server, route_config(to("v1")), [cluster("v1"), cluster("v2")],
+            [eds("v1", v1), eds("v2", v2)])).start())
+        with meshlib.deadline(10):
+            return which(await client.get("http://users/"))
+
+    async def second() -> str:
+        await asyncio.to_thread(server.set, routes=[route_config(to("v2"))])
+        for _ in range(500):  # bounded: about 5 s
+            landed = which(await client.get("http://users/"))
+            if landed == "xds:v2":
+                break
+            await asyncio.sleep(0.01)
+        await client.aclose()
+        return landed
+
+    assert asyncio.run(first()) == "xds:v1"
+    assert asyncio.run(second()) == "xds:v2"
