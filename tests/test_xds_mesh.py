@@ -433,3 +433,17 @@ def test_an_async_client_waits_and_follows_again_on_a_new_event_loop(
 
     assert asyncio.run(first()) == "xds:v1"
     assert asyncio.run(second()) == "xds:v2"
+
+
+def test_routes_given_in_code_win_over_the_control_planes(
+        server: XdsServer, mesh_fleet: Callable[..., Fleet]) -> None:
+    """routes= for the xds service's host take precedence over the control plane's."""
+    v1, other = mesh_fleet(), mesh_fleet()
+    publish(server, route_config(to("v1")), [cluster("v1")], [eds("v1", v1)])
+    with meshlib.MeshClient(services={"users": URL, "other": other.url},
+                            routes={"users": [meshlib.Route(to="other")]}) as client:
+        for _ in range(5):
+            assert which(client.get("http://users/")) == "other"
+        wait_until(lambda: "xds:v1" in client.snapshot()["services"], timeout=10,
+                   what="the control plane's clusters")
+        assert which(client.get("http://users/")) == "other"

@@ -161,12 +161,15 @@ class Mesh:
     def _merge_tables(self) -> None:
         hosts = dict(self._own_table.hosts)
         for host, plane in self.planes.items():
-            if plane.installed:
+            if plane.installed and host not in hosts:  # routes given in code win
                 hosts[host] = VirtualHost(host, plane.rules)
         self.table = RouteTable(hosts)
 
     def set_control_plane_rules(self, host: str, rules: Sequence[RouteRule]) -> None:
-        """Replace a control plane host's rules at once (its clusters are in ``runtimes``)."""
+        """Replace a control plane host's rules at once (its clusters are in ``runtimes``);
+        routes given in code or the routes file for the same host win."""
+        if host in self._own_table.hosts:
+            return
         hosts = dict(self.table.hosts)
         hosts[host] = VirtualHost(host, tuple(rules))
         self.table = RouteTable(hosts)
