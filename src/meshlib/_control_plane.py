@@ -166,11 +166,12 @@ class ControlPlane:
         """Install the newest update (or log why the last good configuration stays);
         return the endpoints whose pools to close."""
         if isinstance(update, DiscoveryFailure):
-            if not self.gate.ready.is_set():
-                self.gate.apply(update, now)  # a waiting request's error names it
+            if not self.gate.ready.is_set() and self.host not in self._mesh.runtimes:
+                self.gate.apply(update, now)  # requests wait on it: their error names it
             elif update.reason != self._failing:
-                logger.warning("control plane of %r (%s): %s; keeping the last good "
-                               "configuration", self.name, self.source.url, update.reason)
+                logger.warning("control plane of %r (%s): %s; %s", self.name, self.source.url,
+                               update.reason, "keeping the last good configuration"
+                               if self.installed else "no routes from it yet")
             self._failing = update.reason
             return []
         latest, self.discovery.latest = self.discovery.latest, None
@@ -178,7 +179,7 @@ class ControlPlane:
             return []
         retired = self._install(latest, now)
         if self._failing is not None and self.gate.ready.is_set():
-            logger.warning("control plane of %r (%s): good again", self.name, self.source.url)
+            logger.info("control plane of %r (%s): good again", self.name, self.source.url)
         self._failing = None
         self.gate._mark_ready()  # waiting requests are routed now
         logger.info("control plane of %r: %d routes, clusters %s", self.name,
