@@ -447,3 +447,23 @@ def test_routes_given_in_code_win_over_the_control_planes(
         wait_until(lambda: "xds:v1" in client.snapshot()["services"], timeout=10,
                    what="the control plane's clusters")
         assert which(client.get("http://users/")) == "other"
+
+
+def test_eds_changes_move_a_kept_clusters_endpoints(
+        server: XdsServer, mesh_fleet: Callable[..., Fleet]) -> None:
+    """An EDS update adds and removes endpoints of a running cluster: its runtime stays,
+    the new endpoint takes requests, the removed one gets none."""
+    old, new = mesh_fleet(), mesh_fleet()
+    publish(server, route_config(to("v1")), [cluster("v1")], [eds("v1", old)])
+    with meshlib.MeshClient(services={"users": URL}) as client:
+        assert client.get("http://users/").extensions["meshlib"]["endpoint"] == old.endpoints[0]
+        runtime = client.mesh_transport.mesh.runtimes["xds:v1"]
+        server.set(endpoints=[eds("v1", new)])
+        wait_until(lambda: [e["endpoint"] for e in client.snapshot()["services"]["xds:v1"][
+            "endpoints"]] == new.endpoints, timeout=10, what="the new endpoint set")
+        old.reset_hits()
+        for _ in range(10):
+            assert client.get("http://users/").extensions["meshlib"]["endpoint"] == \
+                new.endpoints[0]
+        assert client.mesh_transport.mesh.runtimes["xds:v1"] is runtime
+        assert not any(old.hits())
