@@ -1,4 +1,5 @@
-"""A loopback fake of the Kubernetes API server's EndpointSlice endpoints, for the tests.
+"""A loopback fake of the Kubernetes API server's EndpointSlice, HTTPRoute and Service
+endpoints, for the tests.
 
 A real API server cannot be installed on the test machines, so this server
 follows the documented protocol of ``discovery.k8s.io/v1`` EndpointSlices as
@@ -21,7 +22,14 @@ changes") describe it:
   (``reason: Expired``) in the stream, or a ``410 Gone`` answer when
   :attr:`FakeKubeAPI.gone_as_status` is set;
 * every request must carry ``Authorization: Bearer TOKEN`` with the current
-  :attr:`FakeKubeAPI.token` (when one is set), else ``401`` with a ``Status``.
+  :attr:`FakeKubeAPI.token` (when one is set), else ``401`` with a ``Status``;
+* Gateway API ``HTTPRoute`` objects are served the same way (list and watch) at
+  ``/apis/gateway.networking.k8s.io/v1/namespaces/NS/httproutes``, as the Gateway
+  API's CRDs are served by a real API server; :attr:`FakeKubeAPI.httproutes` set
+  to ``404`` answers as a server without the CRD, ``403`` as one whose RBAC
+  forbids reading them (a ``Status`` with reason ``NotFound`` / ``Forbidden``);
+* ``GET /api/v1/namespaces/NS/services/NAME`` answers a ``Service`` put with
+  :meth:`FakeKubeAPI.put` (``404`` ``NotFound`` for another name).
 
 It serves plain HTTP, or HTTPS with a certificate a test passes in (trustme).
 """
@@ -41,7 +49,11 @@ from urllib.parse import parse_qs, urlsplit
 
 LOOPBACK = "127.0.0.1"
 PREFIX = "/apis/discovery.k8s.io/v1/namespaces/"
+ROUTES_PREFIX = "/apis/gateway.networking.k8s.io/v1/namespaces/"
+SERVICES_PREFIX = "/api/v1/namespaces/"
 SERVICE_LABEL = "kubernetes.io/service-name"
+#: the collection path's last segment -> the kind of its objects
+RESOURCES = {"endpointslices": "EndpointSlice", "httproutes": "HTTPRoute"}
 
 
 def endpoint(address: str, *, ready: bool | None = True, serving: bool | None = None,
@@ -79,6 +91,29 @@ def endpoint_slice(name: str, service: str, endpoints: list[dict[str, Any]], *,
     }
 
 
+def http_route(name: str, service: str, rules: list[dict[str, Any]], *,
+               namespace: str = "default", annotations: dict[str, str] | None = None,
+               created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
+    """A Gateway API ``HTTPRoute`` attached to ``service`` (a GAMMA parentRef)."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace,
+                                "creationTimestamp": created}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"kind": "HTTPRoute", "apiVersion": "gateway.networking.k8s.io/v1",
+            "metadata": metadata,
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": service}],
+                     "rules": rules}}
+
+
+def service_object(name: str, ports: list[tuple[str, int, int]], *,
+                   namespace: str = "default") -> dict[str, Any]:
+    """A ``Service`` with ``(name, port, targetPort)`` ports."""
+    return {"kind": "Service", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"ports": [{"name": n, "port": p, "targetPort": t, "protocol": "TCP"}
+                               for n, p, t in ports]}}
+
+
 class FakeKubeAPI:
     """The fake API server (see the module docstring); stop it with :meth:`stop`.
 
@@ -86,7 +121,8 @@ class FakeKubeAPI:
     :meth:`delete`, :meth:`expire` (forget the history so older resource
     versions get 410), :meth:`send_error` (an ``ERROR`` event to every open
     watch) and :meth:`drop_watches` (cut every open stream). ``requests`` records
-    ``(path, query, authorization)`` of every request.
+    ``(path, query, authorization)`` of every request. Objects are EndpointSlices,
+    HTTPRoutes or Services, told apart by their ``kind``.
     """
 
     def __init__(self, *, token: str | None = None, host: str = LOOPBACK,
@@ -97,12 +133,14 @@ class FakeKubeAPI:
         self.fail_next = 0
         self.garbage_next_watch: str | None = None
         self.end_watches_at_once = False  # a misbehaving proxy: every watch ends at once
+        #: how HTTPRoute requests are answered: 200 (served), 404 (no CRD), 403 (forbidden)
+        self.httproutes = 200
         self.version = 100
         self.oldest = 100  # the oldest resourceVersion a watch may still start from
-        #: (namespace, name) -> object
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        #: (version, namespace, event) in version order
-        self.history: list[tuple[int, str, dict[str, Any]]] = []
+        #: (kind, namespace, name) -> object
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        #: (version, kind, namespace, event) in version order
+        self.history: list[tuple[int, str, str, dict[str, Any]]] = []
         self.requests: list[tuple[str, dict[str, str], str | None]] = []
         self.generation = 0  # bumped by drop_watches
         self.pending_errors: list[dict[str, Any]] = []
@@ -132,33 +170,38 @@ class FakeKubeAPI:
     # -- the world -----------------------------------------------------------------------
 
     def put(self, obj: dict[str, Any]) -> None:
-        """Create (``ADDED``) or replace (``MODIFIED``) a slice; a new resourceVersion."""
+        """Create (``ADDED``) or replace (``MODIFIED``) an object; a new resourceVersion."""
         obj = json.loads(json.dumps(obj))
-        key = (obj["metadata"].get("namespace", "default"), obj["metadata"]["name"])
+        key = (obj.get("kind", "EndpointSlice"), obj["metadata"].get("namespace", "default"),
+               obj["metadata"]["name"])
         with self.changed:
             kind = "MODIFIED" if key in self.objects else "ADDED"
             self.version += 1
             obj["metadata"]["resourceVersion"] = str(self.version)
             self.objects[key] = obj
-            self.history.append((self.version, key[0], {"type": kind, "object": obj}))
+            self.history.append((self.version, key[0], key[1], {"type": kind, "object": obj}))
             self.changed.notify_all()
 
-    def put_raw(self, namespace: str, name: str, obj: Any) -> None:
+    def put_raw(self, namespace: str, name: str, obj: Any, kind: str = "EndpointSlice",
+                ) -> None:
         """Send ``obj`` as it is (garbage) in a ``MODIFIED`` event and in lists."""
         with self.changed:
             self.version += 1
-            self.objects[(namespace, name)] = obj
-            self.history.append((self.version, namespace, {"type": "MODIFIED", "object": obj}))
+            self.objects[(kind, namespace, name)] = obj
+            self.history.append((self.version, kind, namespace,
+                                 {"type": "MODIFIED", "object": obj}))
             self.changed.notify_all()
 
-    def delete(self, name: str, namespace: str = "default") -> None:
-        """Delete a slice (``DELETED`` carries its last state)."""
+    def delete(self, name: str, namespace: str = "default", kind: str = "EndpointSlice",
+               ) -> None:
+        """Delete an object (``DELETED`` carries its last state)."""
         with self.changed:
-            obj = self.objects.pop((namespace, name))
+            obj = self.objects.pop((kind, namespace, name))
             self.version += 1
             gone = json.loads(json.dumps(obj))
             gone["metadata"]["resourceVersion"] = str(self.version)
-            self.history.append((self.version, namespace, {"type": "DELETED", "object": gone}))
+            self.history.append((self.version, kind, namespace,
+                                 {"type": "DELETED", "object": gone}))
             self.changed.notify_all()
 
     def expire(self) -> None:
@@ -183,19 +226,21 @@ class FakeKubeAPI:
             self.generation += 1
             self.changed.notify_all()
 
-    def watch_count(self) -> int:
-        """How many watch requests were made so far."""
-        return sum(1 for _, q, _ in self.requests if q.get("watch") in ("1", "true"))
+    def watch_count(self, resource: str = "endpointslices") -> int:
+        """How many watch requests of ``resource`` were made so far."""
+        return sum(1 for p, q, _ in self.requests
+                   if q.get("watch") in ("1", "true") and p.endswith(f"/{resource}"))
 
-    def list_count(self) -> int:
-        """How many list requests were made so far."""
-        return sum(1 for _, q, _ in self.requests if q.get("watch") not in ("1", "true"))
+    def list_count(self, resource: str = "endpointslices") -> int:
+        """How many list requests of ``resource`` were made so far."""
+        return sum(1 for p, q, _ in self.requests
+                   if q.get("watch") not in ("1", "true") and p.endswith(f"/{resource}"))
 
     # -- protocol ------------------------------------------------------------------------
 
-    def _selected(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return [obj for (ns, _), obj in sorted(self.objects.items())
-                if ns == namespace and _matches(obj, selector)]
+    def _selected(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return [obj for (k, ns, _), obj in sorted(self.objects.items())
+                if k == kind and ns == namespace and _matches(obj, selector)]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
@@ -216,19 +261,44 @@ class FakeKubeAPI:
                     api.fail_next -= 1
                     self._status(500, "InternalError", "etcdserver: leader changed")
                     return
-                namespace, _, resource = parts.path.removeprefix(PREFIX).partition("/")
-                if not parts.path.startswith(PREFIX) or resource != "endpointslices":
+                if parts.path.startswith(SERVICES_PREFIX):
+                    self._service(parts.path.removeprefix(SERVICES_PREFIX))
+                    return
+                prefix = ROUTES_PREFIX if parts.path.startswith(ROUTES_PREFIX) else PREFIX
+                namespace, _, resource = parts.path.removeprefix(prefix).partition("/")
+                if not parts.path.startswith(prefix) or resource not in RESOURCES or (
+                        prefix == ROUTES_PREFIX) != (resource == "httproutes"):
                     self._status(404, "NotFound", "the server could not find the resource")
                     return
+                if resource == "httproutes" and api.httproutes != 200:
+                    if api.httproutes == 403:
+                        self._status(403, "Forbidden", 'httproutes.gateway.networking.k8s.io '
+                                     'is forbidden: User "system:serviceaccount:default:'
+                                     'default" cannot list resource "httproutes"')
+                    else:
+                        self._status(404, "NotFound", "the server could not find the "
+                                     "requested resource")
+                    return
+                kind = RESOURCES[resource]
                 selector = query.get("labelSelector", "")
                 if query.get("watch") in ("1", "true"):
-                    self._watch(namespace, selector, query)
+                    self._watch(kind, namespace, selector, query)
                 else:
-                    self._list(namespace, selector, query)
+                    self._list(kind, namespace, selector, query)
 
-            def _list(self, namespace: str, selector: str, query: dict[str, str]) -> None:
+            def _service(self, rest: str) -> None:
+                namespace, _, name = rest.partition("/services/")
                 with api.changed:
-                    items = api._selected(namespace, selector)
+                    obj = api.objects.get(("Service", namespace, name))
+                if obj is None:
+                    self._status(404, "NotFound", f'services "{name}" not found')
+                else:
+                    self._json(200, obj)
+
+            def _list(self, kind: str, namespace: str, selector: str,
+                      query: dict[str, str]) -> None:
+                with api.changed:
+                    items = api._selected(kind, namespace, selector)
                     version = api.version
                 start = int(query.get("continue") or 0)
                 limit = int(query.get("limit") or 0) or len(items) or 1
@@ -236,10 +306,12 @@ class FakeKubeAPI:
                 metadata: dict[str, Any] = {"resourceVersion": str(version)}
                 if start + limit < len(items):
                     metadata["continue"] = str(start + limit)
-                self._json(200, {"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1",
+                self._json(200, {"kind": f"{kind}List", "apiVersion": "discovery.k8s.io/v1"
+                                 if kind == "EndpointSlice" else "gateway.networking.k8s.io/v1",
                                  "metadata": metadata, "items": page})
 
-            def _watch(self, namespace: str, selector: str, query: dict[str, str]) -> None:
+            def _watch(self, kind: str, namespace: str, selector: str,
+                       query: dict[str, str]) -> None:
                 try:
                     since = int(query.get("resourceVersion") or 0)
                 except ValueError:
@@ -274,8 +346,8 @@ class FakeKubeAPI:
                         return
                     while True:
                         with api.changed:
-                            events = [(v, e) for v, ns, e in api.history
-                                      if v > since and ns == namespace
+                            events = [(v, e) for v, k, ns, e in api.history
+                                      if v > since and k == kind and ns == namespace
                                       and _matches(e["object"], selector)]
                             errors = api.pending_errors[errors_seen:]
                             errors_seen = len(api.pending_errors)
@@ -301,7 +373,7 @@ class FakeKubeAPI:
                             break
                         if bookmarks and now >= next_bookmark:
                             self._event({"type": "BOOKMARK", "object": {
-                                "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+                                "kind": kind, "apiVersion": "discovery.k8s.io/v1",
                                 "metadata": {"resourceVersion": str(version)}}})
                             since = max(since, version)
                             next_bookmark = now + api.bookmark_interval

@@ -137,3 +137,15 @@ def test_etcd_example_without_etcd() -> None:
     proc = _run_args(EXAMPLES / "etcd_register.py", f"etcd://127.0.0.1:{port}/mesh/hello",
                      ok=False)
     _one_line_hint(proc, f"no etcd at 127.0.0.1:{port}")
+
+
+def test_xds_canary_example() -> None:
+    """The xDS example follows each split the control plane pushes, losing no request."""
+    pytest.importorskip("grpc")
+    out = _run(EXAMPLES / "xds_canary.py")
+    assert "split 100/0: 100 requests, all successful: {'xds:users-v1': 100}" in out, out
+    assert out.count("all successful") == 3, out
+    last = re.search(r"^split 0/100: .*'xds:users-v2': (\d+)", out, re.MULTILINE)
+    assert last and int(last.group(1)) >= 90, out
+    assert "with x-canary: 1 -> xds:users-v2 route canary-header" in out, out
+    assert "servers stopped" in out

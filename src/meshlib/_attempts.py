@@ -18,7 +18,7 @@ from opentelemetry.trace import Span
 from ._breaker import ADMITTED, REFUSED
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
-from ._errors import CircuitOpenError, NoEndpointsError, TooSlow
+from ._errors import CircuitOpenError, MeshError, NoEndpointsError, TooSlow
 from ._explain import explain
 from ._feedback import classify, record
 from ._gate import sent_before_failure
@@ -57,17 +57,26 @@ class Admitted:
 def admit_route(call: Call, now: float) -> None:
     """Claim the call's right to use its route: raise ``CircuitOpenError`` (nothing
     sent) while the route's breaker is open, so a route failing on every endpoint
-    fails fast; the one trial request after ``reset_timeout`` is let through."""
+    fails fast; the one trial request after ``reset_timeout`` is let through. A
+    cluster with an in-flight cap that is full raises ``MeshError`` (nothing sent)."""
     health = call.health
-    if health.breaker.closed:
-        return
-    admission = health.admit(now)
-    if admission == REFUSED:
-        call.runtime.window.record(now, False, None, shed=True)
-        health.window.record(now, False, None, shed=True)
-        raise telemetry.not_sent(call, explain(call, CircuitOpenError(
-            route_open_message(call, now), request=call.request)))
-    call.route_admission = admission
+    if not health.breaker.closed:
+        admission = health.admit(now)
+        if admission == REFUSED:
+            call.runtime.window.record(now, False, None, shed=True)
+            health.window.record(now, False, None, shed=True)
+            raise telemetry.not_sent(call, explain(call, CircuitOpenError(
+                route_open_message(call, now), request=call.request)))
+        call.route_admission = admission
+    cap = call.runtime.cap
+    if cap is not None:
+        if not cap.acquire():
+            release_route(call)
+            route = f", route {call.route!r}" if call.route is not None else ""
+            raise telemetry.not_sent(call, MeshError(
+                f"service {call.runtime.name!r}{route}: {cap.limit} requests already in "
+                f"flight, its limit (max_requests); nothing was sent", request=call.request))
+        call.capped = cap
 
 
 def route_open_message(call: Call, now: float) -> str:
@@ -80,7 +89,12 @@ def route_open_message(call: Call, now: float) -> str:
 
 
 def release_route(call: Call) -> None:
-    """The call ends: give back a route trial it held and never judged."""
+    """The call ends: give back a route trial it held and never judged, and its slot of
+    the cluster's in-flight cap."""
+    cap = call.capped
+    if cap is not None:
+        call.capped = None
+        cap.release()
     if call.route_admission != ADMITTED:
         call.health.release(call.route_admission)
         call.route_admission = ADMITTED

@@ -25,6 +25,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from ._breaker import ADMITTED
+from ._cap import RequestCap
 from ._endpoint import EndpointState
 from ._errors import DeadlineExceeded, MeshError
 from ._explain import explain
@@ -77,7 +78,8 @@ class Call:
     """The state and decisions of one logical request to a mesh service."""
 
     __slots__ = (
-        "_waits", "attempts", "balancer", "base_timeouts", "deadline", "granted_timeouts",
+        "_waits", "attempts", "balancer", "base_timeouts", "capped", "deadline",
+        "granted_timeouts",
         "health", "hedged", "idempotent", "operator", "policy", "previous", "replayable",
         "request", "route", "route_admission", "runtime", "started", "token_at", "tried",
     )
@@ -89,6 +91,8 @@ class Call:
         #: the route's fail-fast state, and what its breaker granted this call
         self.health: RouteHealth = target.health
         self.route_admission = ADMITTED
+        #: the in-flight cap of its cluster whose slot the call holds, if any
+        self.capped: RequestCap | None = None
         #: the configured route's key (name or index), ``None`` without routes
         self.route = target.route
         #: the effective policy, and the operator's (route, service, client, environment:

@@ -19,6 +19,7 @@ from typing import Any
 from ._balancer import Balancer, make_balancer
 from ._breaker import REFUSED, EndpointBreaker, breaker_config
 from ._budget import BudgetLedger
+from ._cap import RequestCap
 from ._discovery import Discovery, EndpointSetTracker, Update
 from ._ejection import EjectionLedger
 from ._endpoint import Endpoint, EndpointState
@@ -48,7 +49,9 @@ class Service:
     """A logical service: where its endpoints come from, and optionally its own policy.
 
     ``discovery`` is a discovery URL (``static://``, ``dns+srv://``, ``dns://``,
-    ``file://``, ``etcd://``, ``consul://``). ``tls_server_name`` is the name
+    ``file://``, ``etcd://``, ``consul://``, ``k8s://``), or ``xds:///LISTENER``
+    for a service whose routes and clusters an xDS control plane gives (its
+    ``policy`` then sits under each cluster's own settings). ``tls_server_name`` is the name
     the server certificate is checked against for ``https://SERVICE/...``
     (default: the service name).
 
@@ -124,6 +127,8 @@ class ServiceRuntime:
         self.rng = random.Random()
         #: the fail-fast state of each route of this service (configured or implicit)
         self.routes = RouteHealthTable(breaker_config(policy.breaker), self._route_transition)
+        #: the cap on logical requests in flight (an xDS cluster's max_requests), if any
+        self.cap: RequestCap | None = None
         initial = discovery.initial()
         if initial is not None:
             self.apply(initial, clock())
@@ -140,6 +145,14 @@ class ServiceRuntime:
         if self._tracker.current is not None:  # a failure is no answer: requests keep waiting
             self._mark_ready()
         return retired
+
+    def retire_all(self, now: float) -> list[EndpointState]:
+        """The service is gone (a control plane dropped its cluster): retire every endpoint
+        at once; return the idle ones (busy ones drain as their responses end)."""
+        with self._tracker_lock:
+            self._tracker.current = ()
+            self._tracker.empty_since = None
+        return self._replace((), now)
 
     def _replace(self, endpoints: tuple[Endpoint, ...], now: float) -> list[EndpointState]:
         with self._lock:

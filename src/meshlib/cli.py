@@ -93,6 +93,16 @@ def _discovery_url(target: str) -> str:
                       f"MESHLIB_SERVICES (which names {', '.join(sorted(services))})")
 
 
+def _print_change(text: str, last: object, *, watch: bool, as_json: bool) -> str:
+    """Print ``text`` unless it is ``last`` (then a ``--`` line under ``--watch``);
+    return it, the new ``last``."""
+    if text != last:
+        print(text, flush=True)
+        if watch and not as_json:
+            print("--", flush=True)
+    return text
+
+
 async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
     discovery = discovery_from_url(url, _options())
     updates = discovery.updates()
@@ -124,12 +134,7 @@ async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
                      "zone": e.zone, "priority": e.priority} for e in update])
             else:
                 text = _format_set(update) if details is None else _format_details(details)
-            if text == last:
-                continue
-            last = text
-            print(text, flush=True)
-            if watch and not as_json:
-                print("--", flush=True)
+            last = _print_change(text, last, watch=watch, as_json=as_json)
             if not watch:
                 return 0
     finally:
@@ -247,6 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "resolve":
             try:
                 url = _discovery_url(args.url)
+                if url.partition("://")[0].lower() == "xds":
+                    from ._tools.resolve_routes import resolve_routes
+
+                    return asyncio.run(resolve_routes(url, args.watch, args.timeout,
+                                                      args.json))
                 return asyncio.run(_resolve(url, args.watch, args.timeout, args.json))
             except KeyboardInterrupt:
                 return 0

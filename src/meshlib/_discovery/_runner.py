@@ -52,9 +52,14 @@ async def follow(runtime: Follower[Retired],
     raises (a bug, or garbage its parser did not expect) is not allowed to end
     discovery for good: the failure is recorded like any other (the last good
     set is kept and the tracker logs the change of state) and the kind is
-    restarted after a capped, doubling delay.
+    restarted after a capped, doubling delay. A follower with a ``bind(retire,
+    clock)`` method is given both first, so that it can follow more discoveries
+    (a control plane's clusters) on the same loop.
     """
     delay = RESTART_MIN
+    bind = getattr(runtime, "bind", None)
+    if bind is not None:  # a follower that starts followers of its own (a control plane)
+        bind(retire, clock)
     try:
         while True:
             try:

@@ -119,6 +119,10 @@ class MeshTransport(httpx.BaseTransport):
                 return self._send_to_mock(call, now)
             if not runtime.wait_ready(call.remaining(now)):
                 raise undiscovered(call, self.clock())
+        if target.pending:  # a control plane's host, configured since: route it now
+            target = mesh.select(request) or target
+            call = Call(target, mesh.policy_for(target), request, now, mesh.client_timeouts)
+            runtime = call.runtime
         admit_route(call, now)  # CircuitOpenError while the route fails everywhere
         try:
             runtime.budget.deposit(now)
