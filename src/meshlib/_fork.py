@@ -1,0 +1,65 @@
+"""What a client built before ``os.fork()`` does in the child (pre-fork servers).
+
+gunicorn ``--preload`` and multiprocessing's ``fork`` start method copy a
+process that may already hold a client: its pools (sockets connected by the
+parent), its discovery (a thread or tasks that do not exist in the child,
+watch connections the parent still reads) and locks that a parent thread may
+have held at the moment of the fork. Sharing any of that with the parent
+would mix two processes' bytes on one connection.
+
+Each live transport registers here (weakly); one ``os.register_at_fork``
+hook calls, in the child only, each one's ``_after_fork_in_child()``, which
+resets its locks and counters, forgets the parent's pools and restarts
+discovery. What the child forgets is never closed: closing would act on the
+parent's connections (a TLS close, an event loop's registration shared with
+the parent) or on its event loop. It is kept here, unused, for the life of
+the child, so that no finalizer closes it later either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any, Protocol
+
+__all__ = ["Forkable", "keep", "register"]
+
+logger = logging.getLogger("meshlib")
+
+
+class Forkable(Protocol):
+    """What registers: a transport that can start over in a forked child."""
+
+    def _after_fork_in_child(self) -> None:
+        """Reset what the parent's threads may hold; forget the parent's connections."""
+
+
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+#: what the child inherited and must neither use nor close (see the module docstring)
+_kept: list[object] = []
+
+
+def register(owner: Forkable) -> None:
+    """Have ``owner._after_fork_in_child()`` called in every child forked from now on
+    (as long as ``owner`` lives)."""
+    _live.add(owner)
+
+
+def keep(*inherited: object) -> None:
+    """Hold what the child inherited from the parent (pools, a discovery thread's loop,
+    tasks) so that it is never closed or finalized in the child."""
+    _kept.extend(item for item in inherited if item is not None)
+
+
+def _in_child() -> None:
+    for owner in list(_live):
+        try:
+            owner._after_fork_in_child()
+        except Exception:  # a child must start even if one client cannot follow
+            logger.exception("meshlib: a client could not reset after fork; it may keep "
+                             "the parent's endpoints")
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_in_child)
