@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,10 +118,11 @@ def _reap(pid: int) -> int:
     raise AssertionError("the child did not exit in time")
 
 
-def _fork_and_follow(child: Callable[[_Pipe], None], path: Path, moved_to: str,
-                     meanwhile: Callable[[], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _fork_and_follow(child: Callable[[_Pipe], None], move: Callable[[], None],
+                     meanwhile: Callable[[], None] = lambda: None,
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fork; let the child make its first request; run ``meanwhile`` in the parent;
-    move the service; collect the child's reports."""
+    ``move`` the service; collect the child's reports."""
     pipe = _Pipe()
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
@@ -136,7 +138,7 @@ def _fork_and_follow(child: Callable[[_Pipe], None], path: Path, moved_to: str,
         buffer = bytearray()
         first = pipe.read(buffer)
         meanwhile()
-        _write(path, moved_to)
+        move()
         pipe.go()
         last = pipe.read(buffer)
         assert _reap(pid) == 0, (first, last)
@@ -168,7 +170,7 @@ def test_sync_client_follows_discovery_and_opens_its_own_connections(
             assert _sync_get(client) == a.address
             assert a.connection_count == 2
 
-        first, last = _fork_and_follow(child, path, b.address, meanwhile)
+        first, last = _fork_and_follow(child, lambda: _write(path, b.address), meanwhile)
         assert first == {"first": a.address}
         assert last["last"] == b.address, last
         # the parent's discovery is intact too
@@ -208,7 +210,7 @@ def test_async_client_in_a_child_uses_its_own_connections(backends: Any, tmp: Pa
             assert parent_loop.run_until_complete(get()) == a.address
             assert a.connection_count == 2
 
-        first, last = _fork_and_follow(child, path, b.address, meanwhile)
+        first, last = _fork_and_follow(child, lambda: _write(path, b.address), meanwhile)
         assert first == {"first": a.address}
         assert last["last"] == b.address, last
         deadline = time.monotonic() + CHILD_SECONDS
@@ -219,6 +221,72 @@ def test_async_client_in_a_child_uses_its_own_connections(backends: Any, tmp: Pa
     finally:
         parent_loop.run_until_complete(client.aclose())
         parent_loop.close()
+
+
+def test_routes_file_is_followed_in_the_child(backends: Any, tmp: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MESHLIB_ROUTES watch runs again in the child: a route changed after the
+    fork sends the child's requests to the new service."""
+    servers: Backend = backends(2)
+    a, b = servers.servers
+    routes = tmp / "routes.json"
+
+    def route_to(service: str) -> None:
+        temp = routes.with_suffix(".tmp")
+        temp.write_text(json.dumps({"api": [{"to": service}]}))
+        os.replace(temp, routes)
+
+    route_to("users-a")
+    monkeypatch.setenv("MESHLIB_ROUTES", str(routes))
+    services = {"users-a": f"static://{a.address}", "users-b": f"static://{b.address}"}
+    with meshlib.MeshClient(services=services) as client:
+        def get() -> str:
+            response = client.get("http://api/x")
+            response.raise_for_status()
+            return str(response.extensions["meshlib"]["endpoint"])
+
+        assert get() == a.address
+
+        def child(pipe: _Pipe) -> None:
+            _follow_in_child(get, pipe.report, pipe.wait_go, b.address)
+
+        first, last = _fork_and_follow(child, lambda: route_to("users-b"))
+        assert first == {"first": a.address}
+        assert last["last"] == b.address, last
+
+
+def test_a_lock_held_by_a_parent_thread_at_the_fork_is_not_inherited(
+        backends: Any, tmp: Path) -> None:
+    """The fork happens while another thread of the parent holds the transport's lock
+    (it builds a pool): the child's requests do not wait for a thread it does not have."""
+    servers: Backend = backends(1)
+    path = tmp / "users.json"
+    _write(path, servers.servers[0].address)
+    with meshlib.MeshClient(services={"users": f"file://{path}"}) as client:
+        assert _sync_get(client) == servers.servers[0].address
+        lock = client.mesh_transport._lock
+        held, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with lock:
+                held.set()
+                release.wait(CHILD_SECONDS)
+
+        thread = threading.Thread(target=holder, daemon=True)
+        thread.start()
+        held.wait(CHILD_SECONDS)
+        try:
+            def child(pipe: _Pipe) -> None:
+                signal.alarm(int(CHILD_SECONDS))  # a deadlocked child must end
+                _follow_in_child(lambda: _sync_get(client), pipe.report, pipe.wait_go,
+                                 servers.servers[0].address)
+
+            first, last = _fork_and_follow(child, lambda: None)
+        finally:
+            release.set()
+            thread.join(CHILD_SECONDS)
+        assert first == {"first": servers.servers[0].address}
+        assert last["last"] == servers.servers[0].address, last
 
 
 def _mp_child(client: meshlib.MeshClient, path: str, wanted: str,
