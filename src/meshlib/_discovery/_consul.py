@@ -70,11 +70,11 @@ def _parse_url(url: str) -> tuple[str, int, str, list[tuple[str, str]]]:
         )
     extra = parse_qsl(parts.query, keep_blank_values=True)
     for key, value in extra:
-        if key not in _PASSED_ON or not value:
-            raise ConfigError(
-                f"discovery URL {url!r}: unsupported parameter {key}={value!r} "
-                f"(only {', '.join(_PASSED_ON)})"
-            )
+        if key not in _PASSED_ON:  # its value is not shown: it may be a token
+            raise ConfigError(f"discovery URL {url!r}: unsupported parameter {key!r} "
+                              f"(only {', '.join(_PASSED_ON)})")
+        if not value:
+            raise ConfigError(f"discovery URL {url!r}: parameter {key!r} is empty")
     return host, port, service, extra
 
 
