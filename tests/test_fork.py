@@ -289,6 +289,46 @@ def test_a_lock_held_by_a_parent_thread_at_the_fork_is_not_inherited(
         assert last["last"] == servers.servers[0].address, last
 
 
+def test_a_client_built_in_the_child_while_a_parent_thread_held_meshlib_s_locks(
+        backends: Any, tmp: Path) -> None:
+    """The fork happens while other threads of the parent hold meshlib's process-wide
+    locks (a client being built registers itself): the child builds a client and
+    sends a request without waiting for them."""
+    servers: Backend = backends(1)
+    address = servers.servers[0].address
+    path = tmp / "users.json"
+    _write(path, address)
+    from meshlib import _registry, _telemetry
+
+    held, release = threading.Event(), threading.Event()
+    locks = [_registry._lock, _telemetry._meshes_lock]
+
+    def holder() -> None:
+        for lock in locks:
+            lock.acquire()
+        held.set()
+        release.wait(CHILD_SECONDS)
+        for lock in locks:
+            lock.release()
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    held.wait(CHILD_SECONDS)
+    try:
+        def child(pipe: _Pipe) -> None:
+            signal.alarm(int(CHILD_SECONDS))  # a deadlocked child must end
+            with meshlib.MeshClient(services={"users": f"file://{path}"}) as client:
+                _follow_in_child(lambda: _sync_get(client), pipe.report, pipe.wait_go,
+                                 address)
+
+        first, last = _fork_and_follow(child, lambda: None)
+    finally:
+        release.set()
+        thread.join(CHILD_SECONDS)
+    assert first == {"first": address}
+    assert last["last"] == address, last
+
+
 def _mp_child(client: meshlib.MeshClient, path: str, wanted: str,
               queue: Any, go: Any) -> None:
     """multiprocessing target: first request, then follow the move (bounded)."""

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import weakref
 from typing import Any, Protocol
 
@@ -52,7 +54,24 @@ def keep(*inherited: object) -> None:
     _kept.extend(item for item in inherited if item is not None)
 
 
+#: meshlib's process-wide locks, as (module, attribute): held briefly by any thread
+#: building a client (or tracing an attempt), so a fork may catch one held
+_PROCESS_LOCKS = (("meshlib._registry", "_lock"), ("meshlib._telemetry", "_meshes_lock"),
+                  ("meshlib._config", "_warned_lock"))
+
+
+def _renew_process_locks() -> None:
+    for module_name, attribute in _PROCESS_LOCKS:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            setattr(module, attribute, threading.Lock())
+    telemetry = getattr(sys.modules.get("meshlib._telemetry"), "telemetry", None)
+    if telemetry is not None:
+        telemetry._lock = threading.Lock()
+
+
 def _in_child() -> None:
+    _renew_process_locks()
     for owner in list(_live):
         try:
             owner._after_fork_in_child()
