@@ -180,6 +180,23 @@ def test_sync_client_follows_discovery_and_opens_its_own_connections(
         assert _sync_get(client) == b.address
 
 
+def test_a_client_forked_before_its_first_answer_starts_discovery_in_the_child(
+        backends: Any, tmp: Path) -> None:
+    """gunicorn --preload builds the client and forks at once, before discovery has
+    answered: each child's first request waits for its own discovery's answer."""
+    servers: Backend = backends(2)
+    a, b = servers.servers
+    path = tmp / "users.json"
+    _write(path, a.address)
+    with meshlib.MeshClient(services={"users": f"file://{path}"}) as client:
+        def child(pipe: _Pipe) -> None:
+            _follow_in_child(lambda: _sync_get(client), pipe.report, pipe.wait_go, b.address)
+
+        first, last = _fork_and_follow(child, lambda: _write(path, b.address))
+        assert first == {"first": a.address}
+        assert last["last"] == b.address, last
+
+
 def test_async_client_in_a_child_uses_its_own_connections(backends: Any, tmp: Path) -> None:
     """An AsyncMeshClient used on a loop that is still open at the fork: the child's
     own loop gets connections of its own (the parent's, bound to the parent's loop,
