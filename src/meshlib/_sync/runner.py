@@ -78,13 +78,16 @@ class Runner:
             self._forked = not self._closed
 
     def _restart(self) -> None:
-        with self._lock:
+        with self._lock:  # once, whichever request comes first
             if not self._forked:
                 return
             self._forked = False
-            owner = self._owner()
-            if owner is not None and not self._closed:
-                self._discovery = _DiscoveryThread(owner)
+        owner = self._owner()
+        if owner is None or self._closed:
+            return
+        self._discovery = _DiscoveryThread(owner)  # starts a thread: not under the lock
+        if self._closed:  # closed meanwhile: close() did not see this thread
+            self._discovery.stop()
 
     def spawn(self, send: Callable[..., Outcome], *args: Any,
               ) -> concurrent.futures.Future[Outcome]:
