@@ -392,6 +392,9 @@ class K8sDiscovery(Discovery):
                 self._take(item, into=slices, previous=self.slices)
             version = metadata.get("resourceVersion")
             token = metadata.get("continue") or ""
+            if not isinstance(token, str):
+                raise _Garbage(f"the list answer's metadata.continue is not a string: "
+                               f"{str(token)[:200]}")
             if not token:
                 if not isinstance(version, str) or not version:
                     raise _Garbage("the list answer has no metadata.resourceVersion")
