@@ -55,8 +55,9 @@ async def follow(runtime: Follower[Retired],
     set is kept and the tracker logs the change of state) and the kind is
     restarted after a capped, doubling delay.
     """
-    backoff = Reconnect(base=RESTART_MIN, cap=RESTART_MAX, multiplier=2.0, jitter=0.0)
+    delay = RESTART_MIN
     try:
+        backoff = Reconnect(base=delay, cap=RESTART_MAX, multiplier=2.0, jitter=0.0)
         while True:
             try:
                 async for update in runtime.discovery.updates():
