@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -238,6 +239,80 @@ def test_async_client_in_a_child_uses_its_own_connections(backends: Any, tmp: Pa
     finally:
         parent_loop.run_until_complete(client.aclose())
         parent_loop.close()
+
+
+def _connected_to(port: int) -> int:
+    """How many of this process's sockets are connected to ``port`` on loopback."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            copy = os.dup(int(name))
+        except OSError:  # the listing's own descriptor, closed since
+            continue
+        try:
+            probe = socket.socket(fileno=copy)
+        except OSError:  # not a socket
+            os.close(copy)
+            continue
+        with probe:
+            try:
+                peer = probe.getpeername()
+            except OSError:
+                continue
+        count += isinstance(peer, tuple) and peer[1] == port
+    return count
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_child_does_not_hold_the_parent_s_connections_open(
+        kind: str, backends: Any, tmp: Path) -> None:
+    """When the parent closes its pooled connection while the child lives, the server
+    sees it close: the child let go of its copy at the fork (and keeps its own)."""
+    servers: Backend = backends(1)
+    a = servers.servers[0]
+    path = tmp / "users.json"
+    _write(path, a.address)
+    loop = asyncio.new_event_loop()
+    if kind == "sync":
+        client: Any = meshlib.MeshClient(services={"users": f"file://{path}"})
+        get: Callable[[], str] = lambda: _sync_get(client)  # noqa: E731
+        close: Callable[[], None] = client.close
+    else:
+        client = meshlib.AsyncMeshClient(services={"users": f"file://{path}"})
+
+        async def aget() -> str:
+            return str((await client.get("http://users/x")).extensions["meshlib"]["endpoint"])
+
+        get = lambda: loop.run_until_complete(aget())  # noqa: E731
+        close = lambda: loop.run_until_complete(client.aclose())  # noqa: E731
+    try:
+        assert get() == a.address
+        assert a.connection_count == 1
+
+        def child(pipe: _Pipe) -> None:
+            own = asyncio.new_event_loop()
+            one = (lambda: _sync_get(client)) if kind == "sync" else (
+                lambda: str(own.run_until_complete(client.get("http://users/x"))
+                            .extensions["meshlib"]["endpoint"]))
+            assert one() == a.address
+            pipe.report({"first": _connected_to(a.port)})
+            pipe.wait_go()
+            pipe.report({"last": one()})
+
+        def meanwhile() -> None:
+            assert a.connection_count == 2  # the parent's and the child's own
+            close()  # the parent closes its connection, the child still lives
+            deadline = time.monotonic() + CHILD_SECONDS
+            while a.connection_count > 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert a.connection_count == 1
+
+        first, last = _fork_and_follow(child, lambda: None, meanwhile)
+        assert first == {"first": 1}  # the child's sockets to the endpoint: its own only
+        assert last["last"] == a.address, last
+    finally:
+        close()
+        loop.close()
 
 
 def test_routes_file_is_followed_in_the_child(backends: Any, tmp: Path,

@@ -13,7 +13,10 @@ resets its locks and counters, forgets the parent's pools and restarts
 discovery. What the child forgets is never closed: closing would act on the
 parent's connections (a TLS close, an event loop's registration shared with
 the parent) or on its event loop. It is kept here, unused, for the life of
-the child, so that no finalizer closes it later either.
+the child, so that no finalizer closes it later either. The child's copies
+of the pooled connections' sockets are pointed at ``/dev/null`` (:func:`let_go`):
+the parent's connections close when the parent closes them, and nothing the
+child does can write to them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import threading
 import weakref
 from typing import Any, Protocol
 
-__all__ = ["Forkable", "keep", "register"]
+__all__ = ["Forkable", "keep", "let_go", "register"]
 
 logger = logging.getLogger("meshlib")
 
@@ -68,6 +71,37 @@ def _renew_process_locks() -> None:
     telemetry = getattr(sys.modules.get("meshlib._telemetry"), "telemetry", None)
     if telemetry is not None:
         telemetry._lock = threading.Lock()
+
+
+def _pooled_sockets(pool: Any) -> list[int]:
+    """The socket descriptors of an httpcore pool's connections (an endpoint pool's, or
+    an ``httpx`` transport's); none for anything else."""
+    core = getattr(pool, "_pool", None)
+    found = []
+    for connection in getattr(core, "connections", None) or ():
+        stream = getattr(getattr(connection, "_connection", None), "_network_stream", None)
+        get = getattr(stream, "get_extra_info", None)
+        sock = get("socket") if get is not None else None
+        fileno = getattr(sock, "fileno", None)
+        number = fileno() if fileno is not None else -1
+        if isinstance(number, int) and number >= 0:
+            found.append(number)
+    return found
+
+
+def let_go(pools: list[Any]) -> None:
+    """In the child: point its copies of the pools' sockets at ``/dev/null``, keeping
+    their numbers taken (the pools still name them), so that the connections are the
+    parent's alone."""
+    numbers = [n for pool in pools for n in _pooled_sockets(pool)]
+    if not numbers:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for number in numbers:
+            os.dup2(devnull, number)
+    finally:
+        os.close(devnull)
 
 
 def _in_child() -> None:

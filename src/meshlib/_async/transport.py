@@ -39,7 +39,7 @@ from .._attempts import (
 )
 from .._call import Call, Outcome
 from .._endpoint import EndpointState
-from .._fork import keep
+from .._fork import keep, let_go
 from .._fork import register as register_fork
 from .._mesh import Mesh, ServicesArg
 from .._policy import Policy
@@ -164,6 +164,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             inherited.append(self._passthrough)
             self._passthrough = None
         keep(*inherited)
+        let_go(inherited)
         self.mesh.after_fork()
         self._runner.after_fork()
 

@@ -40,7 +40,7 @@ from .._attempts import (
 )
 from .._call import Call, Outcome
 from .._endpoint import EndpointState
-from .._fork import keep
+from .._fork import keep, let_go
 from .._fork import register as register_fork
 from .._mesh import Mesh, ServicesArg
 from .._policy import Policy
@@ -165,6 +165,7 @@ class MeshTransport(httpx.BaseTransport):
             inherited.append(self._passthrough)
             self._passthrough = None
         keep(*inherited)
+        let_go(inherited)
         self.mesh.after_fork()
         self._runner.after_fork()
 
