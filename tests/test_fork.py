@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import select
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ import pytest
 
 import meshlib
 from meshlib.testing._backend import Backend
-from servers import temp_dir
+from servers import open_sockets, temp_dir
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -243,24 +242,7 @@ def test_async_client_in_a_child_uses_its_own_connections(backends: Any, tmp: Pa
 
 def _connected_to(port: int) -> int:
     """How many of this process's sockets are connected to ``port`` on loopback."""
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            copy = os.dup(int(name))
-        except OSError:  # the listing's own descriptor, closed since
-            continue
-        try:
-            probe = socket.socket(fileno=copy)
-        except OSError:  # not a socket
-            os.close(copy)
-            continue
-        with probe:
-            try:
-                peer = probe.getpeername()
-            except OSError:
-                continue
-        count += isinstance(peer, tuple) and peer[1] == port
-    return count
+    return sum(isinstance(peer, tuple) and peer[1] == port for _, _, peer in open_sockets())
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
@@ -291,9 +273,13 @@ def test_the_child_does_not_hold_the_parent_s_connections_open(
 
         def child(pipe: _Pipe) -> None:
             own = asyncio.new_event_loop()
-            one = (lambda: _sync_get(client)) if kind == "sync" else (
-                lambda: str(own.run_until_complete(client.get("http://users/x"))
-                            .extensions["meshlib"]["endpoint"]))
+
+            def one() -> str:
+                if kind == "sync":
+                    return _sync_get(client)
+                response = own.run_until_complete(client.get("http://users/x"))
+                return str(response.extensions["meshlib"]["endpoint"])
+
             assert one() == a.address
             pipe.report({"first": _connected_to(a.port)})
             pipe.wait_go()

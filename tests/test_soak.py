@@ -18,7 +18,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import socket
 import threading
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ import pytest
 import meshlib
 from meshlib import Backoff, Breaker, Policy
 from meshlib.testing._backend import Backend
+from servers import open_sockets
 
 #: servers: 0 slow, 1 answers 503, 2 refuses, 3 resets, 4 stalls, 5 flaps, 6-7 healthy
 FAULTS = 8
@@ -330,24 +330,9 @@ def _let_go_of_servers(backend: Backend) -> None:
     its number stays taken."""
     ports = {server.port for server in backend}
     devnull = os.open(os.devnull, os.O_RDWR)
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            copy = os.dup(int(name))
-        except OSError:  # the listing's own descriptor, closed since
-            continue
-        try:
-            probe = socket.socket(fileno=copy)
-        except OSError:  # not a socket
-            os.close(copy)
-            continue
-        try:
-            local = probe.getsockname()
-        except OSError:
-            local = None
-        finally:
-            probe.close()
+    for number, local, _ in list(open_sockets()):
         if isinstance(local, tuple) and local[1] in ports:
-            os.dup2(devnull, int(name))
+            os.dup2(devnull, number)
     os.close(devnull)
 
 
