@@ -588,3 +588,26 @@ async def next_update(
         raise AssertionError("updates() ended")
 
     return await asyncio.wait_for(scan(), timeout)
+
+
+def open_sockets() -> Iterator[tuple[int, Any, Any]]:
+    """``(descriptor, local address, peer address)`` of each socket this process holds
+    (``None`` for an address a socket has not got)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            copy = os.dup(int(name))
+        except OSError:  # the listing's own descriptor, closed since
+            continue
+        try:
+            probe = socket.socket(fileno=copy)
+        except OSError:  # not a socket
+            os.close(copy)
+            continue
+        with probe:
+            addresses = []
+            for read in (probe.getsockname, probe.getpeername):
+                try:
+                    addresses.append(read())
+                except OSError:
+                    addresses.append(None)
+        yield int(name), addresses[0], addresses[1]

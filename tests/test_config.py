@@ -126,3 +126,36 @@ def test_bad_service_names_are_config_errors(services: dict[str, str]) -> None:
     """Names differing only in case, or that are not host names, are refused."""
     with pytest.raises(ConfigError, match="service"):
         meshlib.MeshClient(services=services)
+
+
+SECRET = "s3cret"
+
+
+@pytest.mark.parametrize(("environ", "services", "named"), [
+    ({"MESHLIB_K8S_API": f"http://admin:{SECRET}@127.0.0.1:8001"}, {}, "MESHLIB_K8S_API"),
+    ({"MESHLIB_K8S_API": f"https://admin:{SECRET}@127.0.0.1:99999"}, {}, "MESHLIB_K8S_API"),
+    ({"MESHLIB_K8S_API": f"ftp://admin:{SECRET}@k8s.test"}, {}, "MESHLIB_K8S_API"),
+    ({"MESHLIB_K8S_API": f"https://{SECRET}@k8s.test"}, {}, "MESHLIB_K8S_API"),
+    ({}, {"users": f"consul://127.0.0.1:8500/users?token={SECRET}"}, "consul://"),
+    ({"MESHLIB_SERVICES": f"users=consul://127.0.0.1:8500/users?dc=a&token={SECRET}"}, None,
+     "MESHLIB_SERVICES"),
+    ({}, {"users": f"etcd://admin:{SECRET}@127.0.0.1:2379/mesh/users"}, "etcd://"),
+])
+def test_no_configuration_error_shows_a_secret(environ: dict[str, str],
+                                               services: dict[str, str] | None,
+                                               named: str) -> None:
+    """A password or token in a bad setting is never echoed: the error names the
+    setting and shows the rest of the value, with the secret as ***."""
+    with pytest.raises(ConfigError) as info:
+        meshlib.MeshClient(services=services, environ=environ)
+    message = str(info.value)
+    assert SECRET not in message
+    assert named in message
+    assert "***" in message
+
+
+def test_config_error_redacts_what_it_quotes() -> None:
+    """Whatever code raises it, a ConfigError's message hides URL credentials."""
+    error = ConfigError(f"bad 'http://u:{SECRET}@h:1/x?token={SECRET}&a=1'")
+    assert SECRET not in str(error)
+    assert "http://***@h:1/x?token=***&a=1" in str(error)

@@ -406,6 +406,25 @@ async def test_errors_are_failures_and_recover(
     assert update
 
 
+async def test_a_watch_line_nested_too_deeply_is_a_named_failure_then_a_list(
+        api: FakeKubeAPI, watch: tuple[K8sDiscovery, AsyncIterator[Any]]) -> None:
+    """A watch line ``[[[[...`` 100,000 deep used to raise RecursionError out of the
+    discovery, which then never listed again. Now it is a failure that says so, the
+    slices are listed again and later changes are followed."""
+    _, updates = watch
+    api.put(users_slice("users-a", endpoint("10.0.0.1")))
+    await next_update(updates, is_set)
+    lists = api.list_count()
+    api.garbage_next_watch = "[" * 100_000
+    api.drop_watches()
+    failure = await next_update(updates, lambda u: isinstance(u, DiscoveryFailure))
+    assert "a watch line is nested too deeply to read" in failure.reason
+    api.put(users_slice("users-a", endpoint("10.0.0.2")))
+    assert await next_update(updates, lambda u: is_set(u) and
+                             addresses(u) == {"10.0.0.2:8080"})
+    assert api.list_count() > lists
+
+
 async def test_watches_that_end_at_once_back_off(api: FakeKubeAPI) -> None:
     """A server (or proxy) that ends every watch at once is a failure, retried with
     backoff, not a busy loop; the last set stays."""

@@ -507,3 +507,46 @@ def test_etcd_value_nested_too_deeply_is_skipped(
         assert client.get("http://svc/").status_code == 200
         endpoints = client.snapshot()["services"]["svc"]["endpoints"]
         assert [e["endpoint"] for e in endpoints] == [b.addresses[0]]
+
+
+@pytest.mark.parametrize("kind", ["etcd", "consul"])
+def test_a_registry_answer_nested_too_deeply_is_a_named_failure(
+        kind: str, hostile: Callable[[dict[str, Mode]], HostileRegistry]) -> None:
+    """A whole etcd or Consul answer ``[[[[...`` 100,000 deep used to raise
+    RecursionError out of the parser (caught only by the runner's last-resort
+    restart). Now it is an ordinary failure that says what is wrong."""
+    body = b"[" * 100_000
+
+    def answer(conn: socket.socket, path: str, server: HostileRegistry) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"x-consul-index: 7\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                     % len(body) + body)
+
+    server = hostile({"/": answer})
+    url = (f"etcd://{server.address}/mesh/svc" if kind == "etcd"
+           else f"consul://{server.address}/svc")
+    with meshlib.MeshClient(services={"svc": url}, policy=Policy(timeout=1)) as client:
+        with pytest.raises(meshlib.NoEndpointsError, match="nested too deeply to read"):
+            client.get("http://svc/")
+
+
+def test_a_kubernetes_list_with_a_continue_token_of_the_wrong_type_is_named(
+        hostile: Callable[[dict[str, Mode]], HostileRegistry],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list answer whose ``metadata.continue`` is an object used to raise TypeError
+    inside httpx (caught only by the runner's last-resort restart). Now it is an
+    ordinary discovery failure that says what is wrong."""
+    body = json.dumps({"items": [], "metadata": {"resourceVersion": "1",
+                                                 "continue": {"x": 1}}}).encode()
+
+    def answer(conn: socket.socket, path: str, server: HostileRegistry) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+
+    server = hostile({"/": answer})
+    monkeypatch.setenv("MESHLIB_K8S_API", f"http://{server.address}")
+    with meshlib.MeshClient(services={"svc": "k8s://svc.default:http"},
+                            policy=Policy(timeout=1)) as client:
+        with pytest.raises(meshlib.NoEndpointsError,
+                           match=r"metadata\.continue is not a string"):
+            client.get("http://svc/")

@@ -1,6 +1,8 @@
-"""Fault-matrix soak (issue 8): slow, 503, refused, reset, stall, flapping, a total outage
+"""Fault-matrix soak: slow, 503, refused, reset, stall, flapping, a total outage
 then recovery, and endpoint churn through ``file://`` discovery, under 32 threads
-(MeshClient) and then 1,000 tasks (AsyncMeshClient) at once, through a route table.
+(MeshClient) and then 1,000 tasks (AsyncMeshClient) at once, through a route table; and a
+child forked while the parent's threads send requests, serving traffic with the inherited
+client.
 
 Asserted: no non-idempotent request (POST with a unique id) reaches a server twice,
 every POST answered 2xx reached a server exactly once, in-flight counts return to 0,
@@ -15,6 +17,7 @@ import contextlib
 import gc
 import itertools
 import json
+import multiprocessing
 import os
 import threading
 import time
@@ -28,6 +31,7 @@ import pytest
 import meshlib
 from meshlib import Backoff, Breaker, Policy
 from meshlib.testing._backend import Backend
+from servers import open_sockets
 
 #: servers: 0 slow, 1 answers 503, 2 refuses, 3 resets, 4 stalls, 5 flaps, 6-7 healthy
 FAULTS = 8
@@ -291,6 +295,137 @@ def test_soak_async_1000_tasks(tmp_path: Path) -> None:
         time.sleep(0.05)
         gc.collect()
     assert _fds() <= fds_before, (fds_before, _fds())
+
+
+def _load(client: meshlib.MeshClient, prefix: str, until: float, answered: dict[str, int],
+          errors: Counter[str], threads: int = 8) -> list[threading.Thread]:
+    """Start ``threads`` workers sending GETs and POSTs (ids ``prefix``...) until ``until``."""
+    lock = threading.Lock()
+    ids = itertools.count()
+
+    def worker() -> None:
+        for n in range(5000):
+            if time.monotonic() > until:
+                return
+            post = n % 3 == 0
+            key = f"{prefix}{next(ids)}"
+            try:
+                if post:
+                    r = client.post("http://svc/order", content=b"{}", headers={ID_HEADER: key})
+                else:
+                    r = client.get("http://svc/item")
+                status = r.status_code
+            except httpx.HTTPError as exc:
+                status = 0
+                with lock:
+                    errors[type(exc).__name__] += 1
+                time.sleep(0.01)
+            if post:
+                with lock:
+                    answered[key] = status
+
+    started = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    return started
+
+
+def _let_go_of_servers(backend: Backend) -> None:
+    """In a forked child: give up its copies of the test servers' sockets (listening and
+    accepted). The servers run in a thread of the test's own process, which a real
+    pre-fork deployment does not share with its workers; a copy would keep a refused
+    port bound and a closed connection open. Each is pointed at /dev/null, so that
+    its number stays taken."""
+    ports = {server.port for server in backend}
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for number, local, _ in list(open_sockets()):
+        if isinstance(local, tuple) and local[1] in ports:
+            os.dup2(devnull, number)
+    os.close(devnull)
+
+
+def _post_when_open(client: meshlib.MeshClient, key: str) -> int:
+    """POST once the route's breaker admits it: a route that failed during the outage
+    stays open until its next trial (``CircuitOpenError``: nothing was sent)."""
+    limit = time.monotonic() + RECOVERY_SECONDS
+    while True:
+        try:
+            return client.post("http://svc/order", content=b"{}",
+                               headers={ID_HEADER: key}).status_code
+        except meshlib.CircuitOpenError:
+            if time.monotonic() > limit:
+                raise
+            time.sleep(0.05)
+
+
+def test_soak_forked_child_serves_traffic(tmp_path: Path) -> None:
+    """A child forked (multiprocessing's 'fork') while 8 parent threads send requests
+    under the fault matrix serves traffic with the inherited client: it follows the
+    churn and recovery made after the fork, sends no POST twice, leaves nothing in
+    flight; the parent's client keeps working beside it."""
+    answered: dict[str, int] = {}
+    errors: Counter[str] = Counter()
+    context = multiprocessing.get_context("fork")
+    reports = context.Queue()
+    go = context.Event()
+    with _fault_matrix(tmp_path) as (backend, path, stop):
+        client = meshlib.MeshClient(services={"svc": f"file://{path}"}, policy=POLICY)
+        phase_end = time.monotonic() + PHASE_SECONDS / 2
+        parent_threads = _load(client, "p", phase_end, answered, errors)
+        time.sleep(0.5)  # fork while the parent's requests are in flight
+
+        def child() -> None:
+            try:
+                serve()
+            except BaseException as exc:  # told to the parent, which fails the test
+                reports.put({"error": repr(exc)})
+                raise
+
+        def serve() -> None:
+            _let_go_of_servers(backend)
+            mine: dict[str, int] = {}
+            failures: Counter[str] = Counter()
+            for thread in _load(client, "c", time.monotonic() + PHASE_SECONDS / 2, mine,
+                                failures):
+                thread.join(PHASE_SECONDS + 5.0)
+            reports.put({"phase": "done"})
+            go.wait(RECOVERY_SECONDS + PHASE_SECONDS)
+            recovered = _recovers(client)
+            for i in range(20):
+                key = f"c-after-{i}"
+                mine[key] = _post_when_open(client, key)
+            reports.put({"answered": mine, "errors": dict(failures), "recovered": recovered,
+                         "inflight": _inflight(client)})
+
+        process = context.Process(target=child, daemon=True)
+        process.start()
+        try:
+            for thread in parent_threads:
+                thread.join(PHASE_SECONDS + 5.0)
+            assert not any(t.is_alive() for t in parent_threads), "a parent worker hung"
+            assert reports.get(timeout=PHASE_SECONDS + 10.0) == {"phase": "done"}
+            stop.set()
+            _settle(backend)
+            _write(path, backend.addresses)
+            go.set()
+            final = reports.get(timeout=2 * RECOVERY_SECONDS + 10.0)
+            process.join(10.0)
+            assert process.exitcode == 0
+        finally:
+            if process.is_alive():
+                process.kill()
+                process.join()
+            reports.close()
+            reports.join_thread()
+        assert final["recovered"], final
+        assert final["inflight"] == 0, final
+        assert final["errors"], "no fault surfaced in the child: the matrix was not applied"
+        assert any(k.startswith("c") and 200 <= v < 300 for k, v in final["answered"].items())
+        assert _recovers(client), client.snapshot()
+        assert _inflight(client) == 0, client.snapshot()
+        client.close()
+        _check_posts(backend, {**answered, **final["answered"]})
+    assert errors, "no fault surfaced: the matrix was not applied"
 
 
 def test_soak_helpers_see_a_duplicate() -> None:

@@ -229,15 +229,19 @@ def _k8s_api(env: Mapping[str, str]) -> str | None:
     """``MESHLIB_K8S_API`` (validated), else the in-cluster API server, else ``None``."""
     raw = env.get("MESHLIB_K8S_API", "").strip()
     if raw:
-        parts = urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
-                or parts.fragment or "@" in parts.netloc:
-            raise ConfigError(f"MESHLIB_K8S_API={raw!r}: expected http(s)://HOST[:PORT] "
-                              "(e.g. http://127.0.0.1:8001 for kubectl proxy)")
+        shown = redact_url(raw)  # a password in it must not reach logs through the error
         try:
+            parts = urlsplit(raw)
             parts.port  # noqa: B018 - validates the port
         except ValueError:
-            raise ConfigError(f"MESHLIB_K8S_API={raw!r}: bad port") from None
+            raise ConfigError(f"MESHLIB_K8S_API={shown!r}: bad host or port") from None
+        if "@" in parts.netloc:
+            raise ConfigError(f"MESHLIB_K8S_API={shown!r}: credentials in the URL are not "
+                              "used; give a token with MESHLIB_K8S_TOKEN_FILE")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+                or parts.fragment:
+            raise ConfigError(f"MESHLIB_K8S_API={shown!r}: expected http(s)://HOST[:PORT] "
+                              "(e.g. http://127.0.0.1:8001 for kubectl proxy)")
         return raw
     host = env.get("KUBERNETES_SERVICE_HOST", "").strip()
     if not host:

@@ -94,8 +94,14 @@ class DeadlineExceeded(httpx.TimeoutException):
 class ConfigError(ValueError):
     """Bad configuration: names the argument or environment variable and its value.
 
+    The message never shows a secret: credentials in any URL it quotes
+    (``user:password@``, ``?token=``...) read ``***``.
+
     .. versionadded:: 0.1
     """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(redact_url(message) if isinstance(message, str) else message, *args)
 
 
 

@@ -276,6 +276,13 @@ class Mesh:
             "routes": {host: vhost.snapshot() for host, vhost in self.table.hosts.items()},
         }
 
+    def after_fork(self) -> None:
+        """In a forked child: every service starts over from the endpoints known at the
+        fork (see ``ServiceRuntime.after_fork``); the transport restarts discovery."""
+        now = self.clock()
+        for runtime in self.runtimes.values():
+            runtime.after_fork(now)
+
     @property
     def dynamic(self) -> list[Any]:
         """What must run in the background: services' discovery, the control planes, the

@@ -288,6 +288,32 @@ class ServiceRuntime:
                     self._waiters.remove((loop, future))
         return True
 
+    def after_fork(self, now: float) -> None:
+        """In a forked child: start from the endpoints known at the fork with fresh
+        state (no pools, nothing in flight, new locks and breakers), since the parent's
+        threads and connections did not come along."""
+        current = tuple(state.endpoint for state in self.states.values())
+        self._lock = threading.Lock()
+        self._tracker_lock = threading.Lock()
+        ready, self.ready = self.ready.is_set(), threading.Event()
+        if ready:
+            self.ready.set()
+        self._waiters = []  # futures of the parent's event loops
+        self.states, self.draining = {}, set()
+        self.ejections = EjectionLedger(self.ejections.percent, self._lock)
+        self._unhealthy = self.ejections.out
+        self._groups, self._healthy = (), ()
+        self._balancers = {}
+        self.budget = BudgetLedger(self.policy.retry_budget)
+        self.latencies = LatencyWindow()
+        self.window = Window(now)
+        self.routes = RouteHealthTable(breaker_config(self.policy.breaker),
+                                       self._route_transition)
+        if self.cap is not None:  # nothing of the parent's is in flight here
+            self.cap = RequestCap(self.cap.limit)
+        if current:
+            self._replace(current, now)
+
     # -- request side -----------------------------------------------------------------
 
     def balancer(self, name: str) -> Balancer:

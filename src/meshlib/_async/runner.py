@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._call import Outcome
 from .._discovery._runner import follow
 from .._endpoint import EndpointState
+from .._fork import keep
 from .._mesh import Mesh
 
 if TYPE_CHECKING:
@@ -115,6 +116,15 @@ class Runner:
                              name=f"meshlib-discovery-{rt.name}")
             for rt in mesh.dynamic
         ]
+
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's event loop and discovery tasks, so that
+        the child's first request starts discovery on its own loop. They are kept, never
+        cancelled: cancelling would close the parent's watch connections."""
+        keep(self._loop, *self._tasks, *self._closing)
+        self._loop = None
+        self._tasks = []
+        self._closing = set()
 
     def spawn(self, send: Callable[..., Awaitable[Outcome]], *args: Any,
               ) -> asyncio.Future[Outcome]:

@@ -39,6 +39,8 @@ from .._attempts import (
 )
 from .._call import Call, Outcome
 from .._endpoint import EndpointState
+from .._fork import keep, let_go
+from .._fork import register as register_fork
 from .._mesh import Mesh, ServicesArg
 from .._mocks import mocked
 from .._policy import Policy
@@ -96,10 +98,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self.settings, self._passthrough_kwargs = PoolSettings.split(transport_kwargs)
         self._new_pool = choose_pool(AsyncEndpointPool, pool, self.mesh.env.pool, self.settings)
         self._passthrough: httpx.AsyncBaseTransport | None = passthrough
+        self._own_passthrough = passthrough is None  # built here: the child builds its own
         self._lock = threading.Lock()  # never held across I/O
         self._closed = False
         self.sleep = _testmode.asleep
         self._runner = Runner(self)
+        register_fork(self)
 
     # -- httpx transport API ------------------------------------------------------------
 
@@ -153,6 +157,23 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget."""
         return self.mesh.snapshot()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child, share nothing with the parent: its connections stay its own
+        (their pools are forgotten, never closed, which would act on the parent's
+        sockets), locks its threads may have held are new, each service starts over
+        from the endpoints known at the fork, and discovery starts again."""
+        self._lock = threading.Lock()
+        inherited: list[Any] = [
+            state.pool for runtime in self.mesh.runtimes.values()
+            for state in [*runtime.states.values(), *runtime.draining]]
+        if self._own_passthrough:
+            inherited.append(self._passthrough)
+            self._passthrough = None
+        keep(*inherited)
+        let_go(inherited)
+        self.mesh.after_fork()
+        self._runner.after_fork()
 
     # -- the request path -------------------------------------------------------------
 

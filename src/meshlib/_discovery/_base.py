@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from .._endpoint import Endpoint
 from .._errors import redact_url
+from .._reconnect import Reconnect
 
 if TYPE_CHECKING:
     from .._config import EnvConfig
@@ -81,9 +82,21 @@ class Discovery(abc.ABC):
     .. versionadded:: 0.1
     """
 
+    #: first delay after a failed refresh or a broken watch; it doubles on each
+    #: further failure
+    BACKOFF_INITIAL = 0.5
+    #: the longest delay between two attempts
+    BACKOFF_MAX = 30.0
+
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
         self.url = url
         self.options = options or DiscoveryOptions()
+
+    def reconnect(self) -> Reconnect:
+        """A fresh reconnect decision for one run of :meth:`updates`: doubling from
+        :attr:`BACKOFF_INITIAL` up to :attr:`BACKOFF_MAX`."""
+        return Reconnect(base=self.BACKOFF_INITIAL, cap=self.BACKOFF_MAX, multiplier=2.0,
+                         jitter=0.0)
 
     def initial(self) -> tuple[Endpoint, ...] | None:
         """The endpoint set if known without I/O (static lists), else ``None``."""

@@ -37,7 +37,7 @@ from .._endpoint import Endpoint, parse_host_port
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
 from ._entries import EntryError, parse_entry
-from ._http import fetch
+from ._http import fetch, json_value
 
 __all__ = ["DEFAULT_PORT", "ConsulDiscovery", "parse_instances"]
 
@@ -70,11 +70,11 @@ def _parse_url(url: str) -> tuple[str, int, str, list[tuple[str, str]]]:
         )
     extra = parse_qsl(parts.query, keep_blank_values=True)
     for key, value in extra:
-        if key not in _PASSED_ON or not value:
-            raise ConfigError(
-                f"discovery URL {url!r}: unsupported parameter {key}={value!r} "
-                f"(only {', '.join(_PASSED_ON)})"
-            )
+        if key not in _PASSED_ON:  # its value is not shown: it may be a token
+            raise ConfigError(f"discovery URL {url!r}: unsupported parameter {key!r} "
+                              f"(only {', '.join(_PASSED_ON)})")
+        if not value:
+            raise ConfigError(f"discovery URL {url!r}: parameter {key!r} is empty")
     return host, port, service, extra
 
 
@@ -141,10 +141,6 @@ class ConsulDiscovery(Discovery):
 
     #: the blocking query's ``wait``, in seconds
     WAIT = 30.0
-    #: first delay after a failure; it doubles on each further failure
-    BACKOFF_INITIAL = 0.5
-    #: the longest delay after failures
-    BACKOFF_MAX = 30.0
     #: the shortest time between two requests (Consul's advice against busy loops)
     MIN_INTERVAL = 0.1
     #: seconds to connect; reads may take ``WAIT`` plus Consul's jitter plus this
@@ -180,11 +176,8 @@ class ConsulDiscovery(Discovery):
         if response.status_code != 200:
             raise _Broken(f"HTTP {response.status_code}: {response.text[:200]}")
         index = _index(response)
-        try:
-            data = response.json()
-        except ValueError:
-            raise _Broken("answer is not JSON") from None
-        return index, parse_instances(data, url=self.url)
+        return index, parse_instances(json_value(response.content, "the health answer"),
+                                      url=self.url)
 
     def _advance(self, index: int) -> bool:
         """Take the answer's index; whether the answer is new (not a timed-out wait)."""
@@ -205,7 +198,7 @@ class ConsulDiscovery(Discovery):
 
     async def updates(self) -> AsyncIterator[Update]:
         """Yield the passing instances at once and after each change Consul reports."""
-        delay = self.BACKOFF_INITIAL
+        backoff = self.reconnect()
         last_request = -math.inf
         async with httpx.AsyncClient(base_url=self.base_url, trust_env=False) as client:
             while True:
@@ -214,14 +207,14 @@ class ConsulDiscovery(Discovery):
                 try:
                     index, endpoints = await self._fetch(client)
                 except (httpx.HTTPError, _Broken) as exc:
+                    delay = backoff.failed(time.monotonic())
                     reason = f"consul {self.base_url}: {_describe(exc)}"
                     logger.debug("discovery %s: %s; retrying in %.1f s", self.url, reason, delay)
                     self.index = 0
                     yield DiscoveryFailure(reason)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.BACKOFF_MAX)
                     continue
-                delay = self.BACKOFF_INITIAL
+                backoff.succeeded()
                 if self._advance(index):
                     logger.debug("discovery %s: index %d, %d passing instances",
                                  self.url, index, len(endpoints))

@@ -30,6 +30,7 @@ import asyncio
 import ipaddress
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,10 +130,6 @@ class DnsDiscovery(Discovery):
 
     #: the shortest time between two queries, whatever the TTL says
     TTL_FLOOR = 1.0
-    #: first delay after a failed refresh; it doubles on each further failure
-    BACKOFF_INITIAL = 0.5
-    #: the longest delay after failed refreshes
-    BACKOFF_MAX = 30.0
     #: the longest time between two queries (also for IP literals, which have no TTL)
     REFRESH_MAX = 3600.0
     #: seconds one query may take, retries to all nameservers included
@@ -209,17 +206,17 @@ class DnsDiscovery(Discovery):
 
     async def updates(self) -> AsyncIterator[Update]:
         """Yield the set after each query, re-querying when its TTL runs out."""
-        delay = self.BACKOFF_INITIAL
+        backoff = self.reconnect()
         while True:
             try:
                 answer = await self.resolve()
             except _Unresolved as exc:
+                delay = backoff.failed(time.monotonic())
                 logger.debug("discovery %s failed, retrying in %.1f s: %s", self.url, delay, exc)
                 yield DiscoveryFailure(str(exc))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.BACKOFF_MAX)
                 continue
-            delay = self.BACKOFF_INITIAL
+            backoff.succeeded()
             wait = min(max(answer.ttl, self.TTL_FLOOR), self.REFRESH_MAX)
             logger.debug("discovery %s: %d endpoints, next query in %.1f s",
                          self.url, len(answer.endpoints), wait)

@@ -20,7 +20,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -33,7 +32,7 @@ from .._endpoint import Endpoint, parse_host_port
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
 from ._entries import EntryError, parse_entry
-from ._http import fetch, lines, read_whole
+from ._http import BadAnswer, fetch, json_object, json_value, lines, read_whole
 
 __all__ = ["DEFAULT_PORT", "EtcdDiscovery", "b64", "parse_etcd_url", "prefix_range"]
 
@@ -108,10 +107,6 @@ def _revision(header: Any) -> int:
 class EtcdDiscovery(Discovery):
     """etcd v3 keys under a prefix, watched: ``etcd://127.0.0.1:2379/mesh/users``."""
 
-    #: first delay after a failure; it doubles on each further failure
-    BACKOFF_INITIAL = 0.5
-    #: the longest delay between reconnection attempts
-    BACKOFF_MAX = 30.0
     #: seconds to connect and per read of a range answer, which must be whole within twice
     #: this (the watch stream has no read limit)
     REQUEST_TIMEOUT = 5.0
@@ -139,8 +134,8 @@ class EtcdDiscovery(Discovery):
         """Record a key's value; a bad value removes the key and is logged."""
         key = _decode(kv.get("key")).decode(errors="replace")
         try:
-            self.endpoints[key] = parse_entry(json.loads(_decode(kv.get("value"))))
-        except (EntryError, ValueError, RecursionError) as exc:
+            self.endpoints[key] = parse_entry(json_value(_decode(kv.get("value")), "the value"))
+        except (EntryError, BadAnswer, ValueError) as exc:
             logger.warning("discovery %s: skipping etcd key %r: bad value: %s",
                            self.url, key, exc)
             self.endpoints.pop(key, None)
@@ -177,11 +172,7 @@ class EtcdDiscovery(Discovery):
 
     def _apply(self, line: str) -> bool:
         """Apply one watch response line; whether the set may have changed."""
-        try:
-            message = json.loads(line)
-        except ValueError:
-            raise _Broken(f"etcd sent a line that is not JSON: {line[:200]!r}") from None
-        result = message.get("result") if isinstance(message, dict) else None
+        result = json_object(line, "an etcd watch line").get("result")
         if not isinstance(result, dict):
             raise _Broken(f"watch failed: {line[:200]}")
         if result.get("canceled"):
@@ -212,28 +203,28 @@ class EtcdDiscovery(Discovery):
 
     async def updates(self) -> AsyncIterator[Update]:
         """Yield the set after the read and each change; reconnect with backoff on errors."""
-        delay = self.BACKOFF_INITIAL
+        backoff = self.reconnect()
         async with httpx.AsyncClient(base_url=self.base_url, trust_env=False,
                                      timeout=self.REQUEST_TIMEOUT) as client:
             while True:
-                opened = time.monotonic()
                 answers = 0
                 try:
                     async with contextlib.aclosing(self._follow(client)) as stream:
                         async for endpoints in stream:
                             answers += 1
                             # the backoff resets only once the watch has proved itself (an
-                            # event came, or it stayed up): a gateway that answers the
-                            # range but fails every watch must not be hammered
-                            if answers > 1 or time.monotonic() - opened > self.BACKOFF_MAX:
-                                delay = self.BACKOFF_INITIAL
+                            # event came, or it stayed up: see Reconnect): a gateway that
+                            # answers the range but fails every watch must not be hammered
+                            if answers > 1:
+                                backoff.succeeded()
                             yield endpoints
+                    delay = backoff.failed(time.monotonic())
                 except (httpx.HTTPError, _Broken) as exc:
+                    delay = backoff.failed(time.monotonic())
                     reason = f"etcd {self.base_url}: {_describe(exc)}"
                     logger.debug("discovery %s: %s; retrying in %.1f s", self.url, reason, delay)
                     yield DiscoveryFailure(reason)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.BACKOFF_MAX)
 
 
 def _json_response(response: httpx.Response) -> dict[str, Any]:
@@ -241,13 +232,7 @@ def _json_response(response: httpx.Response) -> dict[str, Any]:
     if response.status_code != 200:
         raise _Broken(f"{response.request.url.path} answered HTTP {response.status_code}: "
                       f"{response.text[:200]}")
-    try:
-        body = response.json()
-    except ValueError:
-        raise _Broken(f"{response.request.url.path} answered something not JSON") from None
-    if not isinstance(body, dict):
-        raise _Broken(f"{response.request.url.path} answered {body!r}")
-    return body
+    return json_object(response.content, f"the answer of {response.request.url.path}")
 
 
 def _describe(exc: BaseException) -> str:

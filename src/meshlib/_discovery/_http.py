@@ -6,18 +6,23 @@ hold a discovery read for ever, and one that sends an endless body would grow
 memory until ``MemoryError``. Every answer etcd, Consul and Kubernetes
 discovery read goes through :func:`fetch` (one whole answer: at most
 :data:`MAX_ANSWER_BYTES`, within a total time) or :func:`lines` (a watch
-stream: each line at most :data:`MAX_ANSWER_BYTES`).
+stream: each line at most :data:`MAX_ANSWER_BYTES`), and is decoded by
+:func:`json_value` or :func:`json_object`: whatever does not parse (not JSON,
+nested deeper than the parser goes, not the expected shape) is a
+:class:`BadAnswer` naming what was read, never another exception.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-__all__ = ["MAX_ANSWER_BYTES", "BadAnswer", "fetch", "lines", "read_whole"]
+__all__ = ["MAX_ANSWER_BYTES", "BadAnswer", "fetch", "json_object", "json_value", "lines",
+           "read_whole"]
 
 #: the largest registry answer (or watch line) read: 32 MiB holds well over
 #: 100,000 endpoints in any of the registries' formats
@@ -28,7 +33,28 @@ _BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encod
 
 
 class BadAnswer(httpx.HTTPError):
-    """A registry answer that was too large or too slow to read."""
+    """A registry answer that was too large or too slow to read, or does not parse."""
+
+
+def json_value(text: str | bytes, what: str) -> Any:
+    """The JSON value of ``text`` (``what`` names it in the error); :class:`BadAnswer`
+    for anything that does not parse, nesting too deep for the parser included."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise BadAnswer(f"{what} is nested too deeply to read") from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        shown = text[:200] if isinstance(text, str) else text[:200].decode("utf-8", "replace")
+        raise BadAnswer(f"{what} is not JSON: {shown!r}") from None
+
+
+def json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    """The JSON object of ``text``; :class:`BadAnswer` for anything else (see
+    :func:`json_value`)."""
+    value = json_value(text, what)
+    if not isinstance(value, dict):
+        raise BadAnswer(f"{what} is not a JSON object: {str(value)[:200]}")
+    return value
 
 
 def _too_large(limit: int) -> BadAnswer:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import random
@@ -56,7 +55,7 @@ import httpx
 from .._endpoint import Endpoint, format_address
 from .._errors import ConfigError
 from ._base import Discovery, DiscoveryFailure, DiscoveryOptions, Update
-from ._http import fetch, lines, read_whole
+from ._http import BadAnswer, fetch, json_object, json_value, lines, read_whole
 
 __all__ = [
     "SERVICE_ACCOUNT_DIR",
@@ -295,10 +294,6 @@ def select_endpoints(view: list[SliceEndpoint], zone: str | None) -> tuple[Endpo
 class K8sDiscovery(Discovery):
     """A Kubernetes Service's EndpointSlices, watched: ``k8s://users.shop:http``."""
 
-    #: first delay after a failure; it doubles on each further failure
-    BACKOFF_INITIAL = 0.5
-    #: the longest delay between reconnection attempts
-    BACKOFF_MAX = 30.0
     #: seconds to connect and to read a list answer
     REQUEST_TIMEOUT = 10.0
     #: the watch's ``timeoutSeconds`` (jittered up to twice this, as client-go does)
@@ -397,6 +392,9 @@ class K8sDiscovery(Discovery):
                 self._take(item, into=slices, previous=self.slices)
             version = metadata.get("resourceVersion")
             token = metadata.get("continue") or ""
+            if not isinstance(token, str):
+                raise _Garbage(f"the list answer's metadata.continue is not a string: "
+                               f"{str(token)[:200]}")
             if not token:
                 if not isinstance(version, str) or not version:
                     raise _Garbage("the list answer has no metadata.resourceVersion")
@@ -441,11 +439,8 @@ class K8sDiscovery(Discovery):
 
     def _event(self, line: str) -> bool:
         """Apply one watch event; whether the endpoint set may have changed."""
-        try:
-            event = json.loads(line)
-        except ValueError:
-            raise _Garbage(f"the watch sent a line that is not JSON: {line[:200]!r}") from None
-        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+        event = json_object(line, "a watch line")  # BadAnswer: list again
+        if not isinstance(event.get("object"), dict):
             raise _Garbage(f"the watch sent something that is not an event: {line[:200]!r}")
         kind, obj = event.get("type"), event["object"]
         if kind == "ERROR":
@@ -495,12 +490,11 @@ class K8sDiscovery(Discovery):
 
     async def updates(self) -> AsyncIterator[Update]:
         """Yield the set after the list and each change; reconnect with backoff on errors."""
-        delay = self.BACKOFF_INITIAL
+        backoff = self.reconnect()
         gone = 0  # expiries in a row: a server that expires every list must not spin us
         client: httpx.AsyncClient | None = None
         try:
             while True:
-                opened = time.monotonic()
                 answers = 0
                 self.watching = None
                 try:
@@ -511,9 +505,11 @@ class K8sDiscovery(Discovery):
                     async with contextlib.aclosing(self._follow(client)) as stream:
                         async for endpoints in stream:
                             answers += 1
-                            # the backoff resets only once the watch has proved itself
-                            if answers > 1 or time.monotonic() - opened > self.BACKOFF_MAX:
-                                delay, gone = self.BACKOFF_INITIAL, 0
+                            # the backoff resets only once the watch has proved itself (an
+                            # event came, or it stayed up: see Reconnect)
+                            if answers > 1:
+                                backoff.succeeded()
+                                gone = 0
                             yield endpoints
                 except _Gone as exc:
                     self.resource_version = ""
@@ -525,7 +521,7 @@ class K8sDiscovery(Discovery):
                     yield DiscoveryFailure(f"kubernetes {self.api}: resourceVersion expired "
                                            f"{gone} times in a row: {exc}")
                 except (httpx.HTTPError, _Broken, SliceError) as exc:
-                    if isinstance(exc, (_Garbage, SliceError)):
+                    if isinstance(exc, (_Garbage, SliceError, BadAnswer)):
                         self.resource_version = ""  # do not trust what came before: list
                     elif (self.watching is not None and self.resource_version
                           and time.monotonic() - self.watching > self.RESUME_AFTER):
@@ -535,10 +531,9 @@ class K8sDiscovery(Discovery):
                                      self.url, _describe(exc), self.resource_version)
                         continue
                     reason = f"kubernetes {self.api}: {_describe(exc)}"
-                    logger.debug("discovery %s: %s; retrying in %.1f s", self.url, reason, delay)
+                    logger.debug("discovery %s: %s; retrying", self.url, reason)
                     yield DiscoveryFailure(reason)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.BACKOFF_MAX)
+                await asyncio.sleep(backoff.failed(time.monotonic()))
         finally:
             if client is not None:
                 await client.aclose()
@@ -558,20 +553,14 @@ def _json_body(response: httpx.Response) -> dict[str, Any]:
     if response.status_code != 200:
         raise _Broken(f"{response.request.url.path} answered HTTP {response.status_code}: "
                       f"{_status_message(response)}")
-    try:
-        body = response.json()
-    except ValueError:
-        raise _Broken(f"{response.request.url.path} answered something not JSON") from None
-    if not isinstance(body, dict):
-        raise _Broken(f"{response.request.url.path} answered {str(body)[:200]}")
-    return body
+    return json_object(response.content, f"the answer of {response.request.url.path}")
 
 
 def _status_message(response: httpx.Response) -> str:
     """The ``message`` of a Kubernetes ``Status`` answer, else the start of the body."""
     try:
-        body = response.json()
-    except ValueError:
+        body = json_value(response.content, "the error answer")
+    except BadAnswer:
         return response.text[:200]
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return str(body["message"])[:200]

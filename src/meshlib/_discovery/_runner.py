@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
+from .._reconnect import Reconnect
 from ._base import Discovery, DiscoveryFailure, Update
 
 __all__ = ["Follower", "follow"]
@@ -61,6 +62,7 @@ async def follow(runtime: Follower[Retired],
     if bind is not None:  # a follower that starts followers of its own (a control plane)
         bind(retire, clock)
     try:
+        backoff = Reconnect(base=delay, cap=RESTART_MAX, multiplier=2.0, jitter=0.0)
         while True:
             try:
                 async for update in runtime.discovery.updates():
@@ -68,15 +70,15 @@ async def follow(runtime: Follower[Retired],
                     if inspect.isawaitable(result):
                         await result
                     if not isinstance(update, DiscoveryFailure):
-                        delay = RESTART_MIN
+                        backoff.succeeded()
                 return  # the kind has nothing more to say (a fixed list)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = backoff.failed(clock())
                 logger.debug("discovery for %r raised; restarting in %.1f s", runtime.name,
                              delay, exc_info=True)
                 runtime.apply(DiscoveryFailure(f"{type(exc).__name__}: {exc}"), clock())
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RESTART_MAX)
     finally:
         await runtime.discovery.aclose()

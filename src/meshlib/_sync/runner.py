@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._call import Outcome
 from .._discovery._runner import follow
 from .._endpoint import EndpointState
+from .._fork import keep
 from .._mesh import Mesh
 from .._pool import PoolSettings
 
@@ -54,9 +55,39 @@ class Runner:
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._discovery = _DiscoveryThread(transport) if transport.mesh.dynamic else None
+        self._owner = weakref.ref(transport)
+        #: a forked child whose discovery thread has not been started again yet
+        self._forked = False
+        self._closed = False
 
     def enter(self) -> None:
-        """Before each request: nothing to do (discovery started with the transport)."""
+        """Before each request: in a forked child, start discovery again (once); else
+        nothing to do (discovery started with the transport)."""
+        if self._forked:
+            self._restart()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's discovery thread and hedge workers did not
+        come along. Forget them (the thread's loop is kept, never closed: closing would
+        act on the parent's watch connections); the first request starts discovery."""
+        self._lock = threading.Lock()
+        self._executor = None
+        if self._discovery is not None:
+            self._discovery.forget()
+            self._discovery = None
+            self._forked = not self._closed
+
+    def _restart(self) -> None:
+        with self._lock:  # once, whichever request comes first
+            if not self._forked:
+                return
+            self._forked = False
+        owner = self._owner()
+        if owner is None or self._closed:
+            return
+        self._discovery = _DiscoveryThread(owner)  # starts a thread: not under the lock
+        if self._closed:  # closed meanwhile: close() did not see this thread
+            self._discovery.stop()
 
     def spawn(self, send: Callable[..., Outcome], *args: Any,
               ) -> concurrent.futures.Future[Outcome]:
@@ -82,6 +113,7 @@ class Runner:
 
     def close(self) -> None:
         """Stop discovery and the worker threads."""
+        self._closed = True
         if self._discovery is not None:
             self._discovery.stop()
         if self._executor is not None:
@@ -133,7 +165,13 @@ class _DiscoveryThread:
         self.thread = threading.Thread(target=self._run, name="meshlib-discovery", daemon=True)
         self.thread.start()
         self._started.wait(5.0)
-        weakref.finalize(transport, self.stop)
+        self._finalizer = weakref.finalize(transport, self.stop)
+
+    def forget(self) -> None:
+        """In a forked child (where this thread does not run): never stop or close it,
+        which would act on the parent's loop; keep its loop and tasks unused."""
+        self._finalizer.detach()
+        keep(self.loop, *self._tasks)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
