@@ -205,6 +205,55 @@ def _response_script(head: bytes, parts: list[bytes], pause: float = 0.0
     return script
 
 
+@pytest.mark.parametrize("head", [
+    b"X-Big: " + b"a" * 9000 + b"\r\n",
+    b"".join(b"Set-Cookie: c%d=v\r\n" % i for i in range(150)),
+], ids=["one-9000-byte-header", "150-set-cookie-lines"])
+async def test_large_response_headers_are_accepted(pool: str, scripted: Scripted,
+                                                   head: bytes) -> None:
+    """Every pool takes the response heads httpcore takes (a header of 9,000 bytes, 150
+    Set-Cookie lines): 200, the endpoint stays healthy, the route stays open."""
+    server = scripted(_response_script(b"HTTP/1.1 200 OK\r\n" + head
+                                       + b"Content-Length: 2\r\nConnection: close\r\n\r\nok",
+                                       []))
+    async with meshlib.AsyncMeshClient(services={"svc": server.static_url}, pool=pool,
+                                       policy=Policy(retries=0)) as client:
+        for _ in range(6):  # more than the breaker's 5 failures
+            response = await client.get("http://svc/")
+            assert response.status_code == 200 and response.text == "ok"
+        endpoint = client.snapshot()["services"]["svc"]["endpoints"][0]
+    assert endpoint["breaker"] == "closed" and endpoint["failures"] == 0
+    assert len(response.headers.raw) == head.count(b"\r\n") + 2
+
+
+async def test_an_oversized_response_head_is_an_answer_not_a_refusal(
+        pool: str, scripted: Scripted) -> None:
+    """A head beyond what httpcore takes fails alike on every pool, as a protocol error of
+    an answer: it never counts as a refused connection (the endpoint is not ejected)."""
+    server = scripted(_response_script(b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * 200_000
+                                       + b"\r\nContent-Length: 2\r\n\r\nok", []))
+    async with meshlib.AsyncMeshClient(services={"svc": server.static_url}, pool=pool,
+                                       policy=Policy(retries=0)) as client:
+        for _ in range(5):
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get("http://svc/")
+        endpoint = client.snapshot()["services"]["svc"]["endpoints"][0]
+    assert endpoint["breaker"] == "closed"  # a refused connection would have ejected it
+
+
+async def test_request_header_bytes_go_out_unchanged(pool: str, scripted: Scripted) -> None:
+    """Header bytes that are not UTF-8 (Latin-1 b"Zo\\xeb") and UTF-8 ones arrive as sent."""
+    server = scripted(_response_script(b"HTTP/1.1 204 No Content\r\n\r\n", []))
+    async with meshlib.AsyncMeshClient(services={"svc": server.static_url}, pool=pool,
+                                       policy=NO_RETRY) as client:
+        response = await client.get("http://svc/", headers=[
+            (b"X-Latin", b"Zo\xeb"), (b"X-Utf8", "Zoë".encode())])
+    assert response.status_code == 204
+    head = server.requests[0]
+    assert b"\r\nX-Latin: Zo\xeb\r\n" in head
+    assert b"\r\nX-Utf8: Zo\xc3\xab\r\n" in head
+
+
 async def test_streamed_response_and_repeated_response_headers(pool: str,
                                                                scripted: Scripted) -> None:
     """client.stream() yields a large body in parts; repeated response headers stay apart."""

@@ -13,7 +13,10 @@ endpoint's address (RECIPES section 11), so ``https://users/...`` connects to
 for ``users`` (or ``Service.tls_server_name``), and ``Host`` is what the
 caller's request says.
 
-HTTP/1.1 only: aiohttp's client does not speak HTTP/2.
+HTTP/1.1 only: aiohttp's client does not speak HTTP/2. It takes what the
+httpcore pool takes (a response head up to 100 KiB, lines as long and headers
+as many as fit in it) and sends request header bytes unchanged
+(:mod:`meshlib._aiohttp_wire`).
 
 What aiohttp does differently and is switched off here, so that both pools
 behave alike: cookies (httpx keeps them), redirects (httpx follows them),
@@ -38,6 +41,8 @@ import aiohttp.abc
 import httpx
 from yarl import URL
 
+from ._aiohttp_wire import RawHeaderRequest, header_text
+from ._feedback import mark_answered
 from ._pool import PoolSettings
 
 __all__ = ["AiohttpEndpointPool"]
@@ -49,6 +54,11 @@ _AUTO_NAMES = frozenset({b"user-agent", b"accept", b"accept-encoding"})
 #: never round a timeout up to a whole second (aiohttp does so above 5 s by default)
 _NO_CEIL = float("inf")
 _HTTP11 = b"HTTP/1.1"
+#: the largest response head httpcore's HTTP/1.1 parser takes (h11's event size limit);
+#: aiohttp's defaults (8190 bytes a line, 128 headers) are lifted to it
+_MAX_HEAD = 100 * 1024
+#: the most header lines that fit in it ("a:\r\n" is the shortest)
+_MAX_HEADERS = _MAX_HEAD // 4
 _HTTP10 = b"HTTP/1.0"
 
 #: whether the current attempt got its connection (set by the connector, in the
@@ -144,8 +154,9 @@ def _mapped(exc: BaseException, *, connected: bool, waited: bool) -> Exception:
         return httpx.ReadTimeout(text)
     if isinstance(exc, aiohttp.ClientConnectorError):  # refused, TLS verification, ...
         return httpx.ConnectError(text)
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError,
-                        aiohttp.ClientPayloadError)):
+    if isinstance(exc, aiohttp.ClientResponseError):  # a response arrived, and was refused
+        return mark_answered(httpx.RemoteProtocolError(text))
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
         return httpx.RemoteProtocolError(text)
     if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
         return httpx.ReadError(text) if connected else httpx.ConnectError(text)
@@ -242,6 +253,10 @@ class AiohttpEndpointPool:
             trust_env=False,
             requote_redirect_url=False,
             timeout=aiohttp.ClientTimeout(total=None),
+            request_class=RawHeaderRequest,
+            max_line_size=_MAX_HEAD,
+            max_field_size=_MAX_HEAD,
+            max_headers=_MAX_HEADERS,
         )
         # aiohttp resends an idempotent request once, silently, when a reused connection
         # fails; meshlib decides retries itself (and counts attempts), so switch it off.
@@ -260,8 +275,8 @@ class AiohttpEndpointPool:
         if url.userinfo:  # httpx has already turned it into an Authorization header
             url = url.copy_with(username=None, password=None)
         raw = request.headers.raw
-        encoding = request.headers.encoding
-        headers = [(k.decode(encoding), v.decode(encoding)) for k, v in raw]
+        # one character per byte: RawHeaderRequest writes each back as that byte
+        headers = [(header_text(k), header_text(v)) for k, v in raw]
         stream = request.stream
         data: Any
         if isinstance(stream, httpx.ByteStream):

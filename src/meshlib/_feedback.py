@@ -27,7 +27,7 @@ The rules (docs/reliability.md):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANSWER_FAILURE", "CALLERS_FAULT", "CONNECT_FAILURE", "KIND_NAMES", "SUCCESS", "classify",
-    "record",
+    "mark_answered", "record",
 ]
 
 #: how an attempt ended, as far as health is concerned
@@ -54,9 +54,27 @@ _PHASES: tuple[tuple[type[httpx.TimeoutException], str], ...] = (
     (httpx.ReadTimeout, "read"))
 
 
+#: set on an error raised after the response's head had arrived (see :func:`mark_answered`)
+_ANSWERED = "_meshlib_answered"
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def mark_answered(error: _E) -> _E:
+    """Mark ``error`` as raised after a response had arrived (a head that could not be
+    parsed, say): it is then a failed answer, never a refused connection."""
+    setattr(error, _ANSWERED, True)
+    return error
+
+
 def classify(call: Call, attempt: Launch, response: httpx.Response | None,
              error: BaseException | None) -> int:
-    """``SUCCESS``, ``ANSWER_FAILURE``, ``CONNECT_FAILURE`` or ``CALLERS_FAULT``."""
+    """``SUCCESS``, ``ANSWER_FAILURE``, ``CONNECT_FAILURE`` or ``CALLERS_FAULT``.
+
+    A response that arrived is an answer, whatever went wrong with it: an error
+    raised after its head had arrived (see :func:`mark_answered`) is an
+    ``ANSWER_FAILURE``, never counted as a refused connection.
+    """
     if response is not None:
         return ANSWER_FAILURE if response.status_code >= 500 else SUCCESS
     if isinstance(error, httpx.PoolTimeout):
@@ -66,7 +84,8 @@ def classify(call: Call, attempt: Launch, response: httpx.Response | None,
         if call.caller_imposed(phase, attempt.extensions, attempt.start):
             return CALLERS_FAULT
         return CONNECT_FAILURE if phase == "connect" else ANSWER_FAILURE
-    if error is not None and not sent_before_failure(error):
+    if error is not None and not getattr(error, _ANSWERED, False) \
+            and not sent_before_failure(error):
         return CONNECT_FAILURE
     return ANSWER_FAILURE  # dropped, reset or garbled after the request was sent
 
