@@ -139,10 +139,11 @@ def launch(call: Call, chosen: Admitted, start: float, *, hedge: bool,
     """Start an attempt: count it, open its span, and (unless it is sent from another
     thread or task, which calls :func:`stamp` when it really leaves) stamp it.
 
-    ``concurrent`` attempts (hedges, and first attempts that may be hedged) get
-    their own copy of the request so their headers never race.
+    Every attempt gets its own copy of the request (:meth:`Call.fork_request`):
+    the mesh's headers are never written into the caller's request, and
+    concurrent attempts' headers never race.
     """
-    request = call.fork_request() if concurrent else call.request
+    request = call.fork_request()
     call.begin(chosen.state)
     span = telemetry.start_attempt(call, chosen.state, request, hedge=hedge)
     attempt = Launch(request, {}, span, start, chosen.admission)

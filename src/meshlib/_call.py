@@ -27,7 +27,13 @@ from tenacity import RetryCallState, Retrying, wait_random_exponential
 from ._breaker import ADMITTED, REFUSED
 from ._endpoint import EndpointState
 from ._errors import DeadlineExceeded, MeshError, TooSlow, redact_url
-from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
+from ._gate import (
+    is_bytes_body,
+    is_idempotent,
+    is_replayable,
+    parse_retry_after,
+    sent_before_failure,
+)
 from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
 from ._policy import Policy
 from ._propagation import format_grpc_timeout
@@ -44,6 +50,8 @@ _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 _NO_TIMEOUTS: dict[str, float | None] = {}
 #: the (unused) controller a tenacity wait strategy's RetryCallState must name
 _NO_RETRYING = Retrying()
+#: a request built without ``httpx.Request.__init__`` (its attributes are copied)
+_new_request = object.__new__
 
 
 @dataclass(slots=True)
@@ -140,10 +148,18 @@ class Call:
         return state, admission
 
     def fork_request(self) -> httpx.Request:
-        """A copy of the request for a concurrent (hedged) attempt: own headers, same body."""
+        """The attempt's own copy of the request: own headers, same body and extensions.
+
+        Every attempt is stamped (deadline header, trace context) on its copy,
+        never on the caller's request: httpx copies the caller's headers into a
+        redirect, and a redirect to a host outside the mesh must carry none of
+        the mesh's. Concurrent attempts (hedges) need their own headers anyway.
+        """
         r = self.request
-        return httpx.Request(r.method, r.url, headers=r.headers.copy(), stream=r.stream,
-                             extensions=dict(r.extensions))
+        copy = _new_request(httpx.Request)
+        copy.__dict__.update(r.__dict__)  # method, url, stream, extensions, _content
+        copy.headers = r.headers.copy()
+        return copy
 
     def begin(self, state: EndpointState) -> None:
         """Count a started attempt (the endpoint's in-flight count and the call's attempts)."""
@@ -333,6 +349,8 @@ class Call:
             return "not idempotent"
         if not self.replayable:
             return "request body is a stream that cannot be replayed"
+        if not is_bytes_body(self.request):
+            return "request body is a multipart upload, read by one attempt at a time"
         if len(self.runtime.states) <= 1:
             return "only one endpoint"
         return None
