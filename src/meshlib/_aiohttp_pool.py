@@ -234,6 +234,7 @@ class AiohttpEndpointPool:
         self._session: aiohttp.ClientSession | None = None
         #: attempts holding or waiting for a connection (to tell a pool wait from a connect)
         self._busy = 0
+        self._closed = False
 
     def _open(self) -> aiohttp.ClientSession:
         settings = self._settings
@@ -269,7 +270,14 @@ class AiohttpEndpointPool:
                    on_close: Callable[[], None] | None = None,
                    limit_at: float | None = None) -> httpx.Response:
         """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
-        response headers must arrive by then (``time.monotonic()``)."""
+        response headers must arrive by then (``time.monotonic()``).
+
+        A closed pool sends nothing (``httpx.ConnectError``) and opens no session;
+        a pool closed while the request was under way releases what it got
+        (``httpx.ReadError``).
+        """
+        if self._closed:
+            raise httpx.ConnectError("the connection pool is closed")
         session = self._session or self._open()
         url = request.url
         if url.userinfo:  # httpx has already turned it into an Authorization header
@@ -325,6 +333,10 @@ class AiohttpEndpointPool:
             _CONNECTED.reset(token)
             if timer is not None:
                 timer.cancel()
+        if self._closed:  # closed under this request: let its connection go too
+            self._busy -= 1
+            response.close()
+            raise httpx.ReadError("the connection pool was closed")
         version = _HTTP10 if response.version == aiohttp.HttpVersion10 else _HTTP11
         return httpx.Response(
             status_code=response.status,
@@ -335,7 +347,8 @@ class AiohttpEndpointPool:
         )
 
     async def aclose(self) -> None:
-        """Close every connection of the pool."""
+        """Close every connection of the pool; it sends nothing more."""
+        self._closed = True
         session, self._session = self._session, None
         if session is not None:
             await session.close()

@@ -360,6 +360,8 @@ class Call:
         left = self.remaining(now)
         if left <= 0:
             return None, REFUSED, "deadline passed"
+        if self.runtime.closed:
+            return None, REFUSED, "the client was closed"
         if self.attempts > self.policy.retries:
             return None, REFUSED, "no extra attempt left (retries)"
         try:

@@ -77,6 +77,8 @@ def classify(call: Call, attempt: Launch, response: httpx.Response | None,
     """
     if response is not None:
         return ANSWER_FAILURE if response.status_code >= 500 else SUCCESS
+    if call.runtime.closed:
+        return CALLERS_FAULT  # the caller closed the client under its own requests
     if isinstance(error, httpx.PoolTimeout):
         return CALLERS_FAULT  # the client's own pool was full: never the endpoint's fault
     if isinstance(error, httpx.TimeoutException):

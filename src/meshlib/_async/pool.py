@@ -112,12 +112,20 @@ class AsyncEndpointPool:
     def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
         self._pool = httpcore.AsyncConnectionPool(network_backend=_AsyncPinnedBackend(host, port),
                                                   **settings.pool_kwargs())
+        self._closed = False
 
     async def send(self, request: httpx.Request, extensions: dict[str, Any],
                    on_close: Callable[[], None] | None = None,
                    limit_at: float | None = None) -> httpx.Response:
         """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
-        response headers must arrive by then (``time.monotonic()``)."""
+        response headers must arrive by then (``time.monotonic()``).
+
+        A closed pool sends nothing (``httpx.ConnectError``); a pool closed while
+        the request was under way closes the connection it used too
+        (``httpx.ReadError``): nothing stays open after :meth:`aclose`.
+        """
+        if self._closed:
+            raise httpx.ConnectError("the connection pool is closed")
         async with async_attempt_limit(limit_at):
             try:
                 resp = await self._pool.handle_async_request(core_request(request, extensions))
@@ -126,10 +134,14 @@ class AsyncEndpointPool:
                 if error is None:
                     raise
                 raise error from exc
+        if self._closed:  # closed under this request: its connection may be a new one
+            await self._pool.aclose()
+            raise httpx.ReadError("the connection pool was closed")
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_AsyncResponseStream(resp.stream, on_close),
                               extensions=resp.extensions)
 
     async def aclose(self) -> None:
-        """Close every connection of the pool."""
+        """Close every connection of the pool; it sends nothing more."""
+        self._closed = True
         await self._pool.aclose()

@@ -113,12 +113,20 @@ class EndpointPool:
     def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
         self._pool = httpcore.ConnectionPool(network_backend=_PinnedBackend(host, port),
                                                   **settings.pool_kwargs())
+        self._closed = False
 
     def send(self, request: httpx.Request, extensions: dict[str, Any],
                    on_close: Callable[[], None] | None = None,
                    limit_at: float | None = None) -> httpx.Response:
         """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
-        response headers must arrive by then (``time.monotonic()``)."""
+        response headers must arrive by then (``time.monotonic()``).
+
+        A closed pool sends nothing (``httpx.ConnectError``); a pool closed while
+        the request was under way closes the connection it used too
+        (``httpx.ReadError``): nothing stays open after :meth:`close`.
+        """
+        if self._closed:
+            raise httpx.ConnectError("the connection pool is closed")
         with attempt_limit(limit_at):
             try:
                 resp = self._pool.handle_request(core_request(request, extensions))
@@ -127,10 +135,14 @@ class EndpointPool:
                 if error is None:
                     raise
                 raise error from exc
+        if self._closed:  # closed under this request: its connection may be a new one
+            self._pool.close()
+            raise httpx.ReadError("the connection pool was closed")
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_ResponseStream(resp.stream, on_close),
                               extensions=resp.extensions)
 
     def close(self) -> None:
-        """Close every connection of the pool."""
+        """Close every connection of the pool; it sends nothing more."""
+        self._closed = True
         self._pool.close()
