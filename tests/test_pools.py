@@ -653,6 +653,118 @@ async def test_losing_hedges_are_cancelled_and_released(pool: str,
 # -- no leaks --------------------------------------------------------------------------
 
 
+# -- HTTP/1.1 and HTTP/2 (h2c and TLS) on the httpcore pool ----------------------------
+
+#: how each HTTP version is asked for: client options, the URL scheme, the version seen
+VERSIONS: dict[str, tuple[dict[str, Any], str, str]] = {
+    "http1": ({}, "http", "HTTP/1.1"),
+    "h2c": ({"http1": False, "http2": True}, "http", "HTTP/2"),
+    "h2": ({"http2": True}, "https", "HTTP/2"),
+}
+
+
+@pytest.fixture(params=list(VERSIONS))
+def version(request: pytest.FixtureRequest) -> str:
+    """The HTTP version under test (httpcore pool)."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def h2_endpoint(version: str, ca: trustme.CA, tmp_path: Any) -> Iterator[dict[str, Any]]:
+    """A real server for ``version`` (hypercorn for HTTP/2, h11 for HTTP/1.1), with the
+    client options that reach it as service ``svc``."""
+    from h2_server import H2Server
+
+    options, scheme, expected = VERSIONS[version]
+    tls = None
+    if scheme == "https":
+        cert = ca.issue_cert("svc")
+        cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        tls = (str(cert_file), str(key_file))
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        options = {**options, "verify": context}
+    with H2Server(tls=tls) as server:
+        yield {"options": options, "base": f"{scheme}://svc", "expected": expected,
+               "services": {"svc": f"static://{server.address}"}, "server": server}
+
+
+async def test_each_http_version_routes_and_carries_bodies(h2_endpoint: dict[str, Any]) -> None:
+    """GET and POST reach the endpoint over the version asked for (h2c is HTTP/2 too)."""
+    e = h2_endpoint
+    async with meshlib.AsyncMeshClient(services=e["services"], policy=NO_RETRY,
+                                       **e["options"]) as client:
+        response = await client.get(f"{e['base']}/v")
+        posted = await client.post(f"{e['base']}/p", content=b"x" * 70000)
+        assert _inflight(client) == 0
+    assert response.http_version == e["expected"]
+    assert response.json()["http_version"] == e["expected"].removeprefix("HTTP/")
+    assert posted.json()["body_bytes"] == 70000 and posted.json()["method"] == "POST"
+    assert str(response.request.url) == f"{e['base']}/v"
+
+
+async def test_a_short_deadline_ends_only_its_own_request(h2_endpoint: dict[str, Any]) -> None:
+    """A GET under meshlib.deadline(0.2) beside a POST answered in 1 s on the same
+    connection: the GET times out, the POST gets its 200, nothing counts against the
+    endpoint."""
+    e = h2_endpoint
+    async with meshlib.AsyncMeshClient(services=e["services"], policy=Policy(retries=0),
+                                       **e["options"]) as client:
+        assert (await client.get(f"{e['base']}/warm")).status_code == 200  # one connection
+
+        async def short() -> BaseException | None:
+            try:
+                with meshlib.deadline(0.2):
+                    await client.get(f"{e['base']}/slow?delay_ms=3000")
+            except httpx.TimeoutException as exc:
+                return exc
+            return None
+
+        timed_out, posted = await asyncio.wait_for(asyncio.gather(
+            short(), client.post(f"{e['base']}/post?delay_ms=1000", content=b"x")), 10)
+        endpoint = client.snapshot()["services"]["svc"]["endpoints"][0]
+    assert isinstance(timed_out, meshlib.DeadlineExceeded)
+    assert posted.status_code == 200
+    assert endpoint["failures"] == 0 and endpoint["breaker"] == "closed"
+    assert sum(1 for r in e["server"].requests if r[0] == "POST") == 1
+
+
+def test_a_short_deadline_ends_only_its_own_request_sync(h2_endpoint: dict[str, Any]) -> None:
+    """The same on the sync client, from two threads: the POST is never failed by the
+    GET's deadline, and the GET's timeout counts against nobody."""
+    e = h2_endpoint
+    results: dict[str, Any] = {}
+    with meshlib.MeshClient(services=e["services"], policy=Policy(retries=0),
+                            timeout=httpx.Timeout(1.5), **e["options"]) as client:
+        assert client.get(f"{e['base']}/warm").status_code == 200
+
+        def short() -> None:
+            try:
+                with meshlib.deadline(0.2):
+                    results["get"] = client.get(f"{e['base']}/slow?delay_ms=3000")
+            except httpx.HTTPError as exc:
+                results["get"] = exc
+
+        def post() -> None:
+            try:
+                results["post"] = client.post(f"{e['base']}/post?delay_ms=1000", content=b"x")
+            except httpx.HTTPError as exc:
+                results["post"] = exc
+
+        threads = [threading.Thread(target=short), threading.Thread(target=post)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10.0)
+        endpoint = client.snapshot()["services"]["svc"]["endpoints"][0]
+    assert isinstance(results["post"], httpx.Response) and results["post"].status_code == 200
+    assert isinstance(results["get"], httpx.TimeoutException)
+    assert endpoint["failures"] == 0
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -83,7 +83,7 @@ def classify(call: Call, attempt: Launch, response: httpx.Response | None,
         return CALLERS_FAULT  # the client's own pool was full: never the endpoint's fault
     if isinstance(error, httpx.TimeoutException):
         phase = next((p for kind, p in _PHASES if isinstance(error, kind)), "read")
-        if call.caller_imposed(phase, attempt.extensions, attempt.start):
+        if call.caller_imposed(phase, attempt.extensions, attempt.start, attempt.limit_at):
             return CALLERS_FAULT
         return CONNECT_FAILURE if phase == "connect" else ANSWER_FAILURE
     if error is not None and not getattr(error, _ANSWERED, False) \

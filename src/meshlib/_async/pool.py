@@ -60,20 +60,26 @@ class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
 
 
 class _AsyncPinnedBackend(AutoBackend):
-    """Connects to one endpoint whatever host the URL names."""
+    """Connects to one endpoint whatever host the URL names.
 
-    def __init__(self, host: str, port: int) -> None:
+    ``h2c``: every cleartext connection speaks HTTP/2 (``http1=False``), so it is
+    left unbounded, as a TLS connection that negotiated ``h2`` is.
+    """
+
+    def __init__(self, host: str, port: int, h2c: bool = False) -> None:
         super().__init__()
         self.host, self.port = host, port
+        self.h2c = h2c
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None,
                           ) -> httpcore.AsyncNetworkStream:
         timeout = bounded(timeout, httpcore.ConnectTimeout)
-        return _AsyncBoundedStream(await super().connect_tcp(
+        stream = await super().connect_tcp(
             self.host, self.port, timeout=timeout, local_address=local_address,
-            socket_options=socket_options))
+            socket_options=socket_options)
+        return stream if self.h2c else _AsyncBoundedStream(stream)
 
 
 class _AsyncResponseStream(httpx.AsyncByteStream):
@@ -110,7 +116,8 @@ class AsyncEndpointPool:
     """A connection pool to one endpoint of one service."""
 
     def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
-        self._pool = httpcore.AsyncConnectionPool(network_backend=_AsyncPinnedBackend(host, port),
+        backend = _AsyncPinnedBackend(host, port, h2c=settings.h2c)
+        self._pool = httpcore.AsyncConnectionPool(network_backend=backend,
                                                   **settings.pool_kwargs())
         self._closed = False
 

@@ -112,7 +112,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._runner.enter()
         now = self.clock()
         mesh = self.mesh
-        call = Call(target, mesh.policy_for(target), request, now, mesh.client_timeouts)
+        call = Call(target, mesh.policy_for(target), request, now, mesh.client_timeouts,
+                    multiplexed=self.settings.http2)
         runtime = call.runtime
         if runtime.closed:  # closed already: nothing is sent, no pool is built
             return finish(call, closed_outcome(call), now)

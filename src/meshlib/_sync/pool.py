@@ -61,20 +61,26 @@ class _BoundedStream(httpcore.NetworkStream):
 
 
 class _PinnedBackend(SyncBackend):
-    """Connects to one endpoint whatever host the URL names."""
+    """Connects to one endpoint whatever host the URL names.
 
-    def __init__(self, host: str, port: int) -> None:
+    ``h2c``: every cleartext connection speaks HTTP/2 (``http1=False``), so it is
+    left unbounded, as a TLS connection that negotiated ``h2`` is.
+    """
+
+    def __init__(self, host: str, port: int, h2c: bool = False) -> None:
         super().__init__()
         self.host, self.port = host, port
+        self.h2c = h2c
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None,
                           ) -> httpcore.NetworkStream:
         timeout = bounded(timeout, httpcore.ConnectTimeout)
-        return _BoundedStream(super().connect_tcp(
+        stream = super().connect_tcp(
             self.host, self.port, timeout=timeout, local_address=local_address,
-            socket_options=socket_options))
+            socket_options=socket_options)
+        return stream if self.h2c else _BoundedStream(stream)
 
 
 class _ResponseStream(httpx.SyncByteStream):
@@ -111,7 +117,8 @@ class EndpointPool:
     """A connection pool to one endpoint of one service."""
 
     def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
-        self._pool = httpcore.ConnectionPool(network_backend=_PinnedBackend(host, port),
+        backend = _PinnedBackend(host, port, h2c=settings.h2c)
+        self._pool = httpcore.ConnectionPool(network_backend=backend,
                                                   **settings.pool_kwargs())
         self._closed = False
 
