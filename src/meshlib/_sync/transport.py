@@ -84,7 +84,10 @@ class MeshTransport(httpx.BaseTransport):
     async transport also cancels the send as a whole shortly after the limit,
     which ends an attempt that never touches a socket (a respx mock whose side
     effect sleeps, say); the sync transport cannot interrupt a thread, so such
-    an attempt runs until it returns.
+    an attempt runs until it returns. On HTTP/2 a connection's reads and
+    writes serve every request on it, so they keep the client's own timeouts:
+    there the async transport's cancellation is what ends an attempt at its
+    deadline, and the sync transport's attempts are bounded by those timeouts.
 
     .. versionadded:: 0.1
     """
