@@ -5,8 +5,10 @@ Every test here runs twice, with ``pool="httpcore"`` (the default) and with
 kept, request bodies and headers, streaming, TLS verified against the service
 name, IPv6, connection limits, retries that respect the idempotency gate,
 deadlines, cancellation, the error types, and no leak of file descriptors or
-tasks after 10,000 requests with cancellations. Then the configuration of the
-pool (``pool=``, ``MESHLIB_POOL``) and how respx relates to each pool.
+tasks after 10,000 requests with cancellations. The HTTP version scenarios run
+on the httpcore pool over HTTP/1.1, h2c and HTTP/2 over TLS against a real
+HTTP/2 server (``h2_server``). Then the configuration of the pool (``pool=``,
+``MESHLIB_POOL``) and how respx relates to each pool.
 """
 
 from __future__ import annotations
