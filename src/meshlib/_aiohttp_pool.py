@@ -42,7 +42,6 @@ import httpx
 from yarl import URL
 
 from ._aiohttp_wire import RawHeaderRequest, header_text
-from ._feedback import mark_answered
 from ._pool import PoolSettings
 
 __all__ = ["AiohttpEndpointPool"]
@@ -154,9 +153,10 @@ def _mapped(exc: BaseException, *, connected: bool, waited: bool) -> Exception:
         return httpx.ReadTimeout(text)
     if isinstance(exc, aiohttp.ClientConnectorError):  # refused, TLS verification, ...
         return httpx.ConnectError(text)
-    if isinstance(exc, aiohttp.ClientResponseError):  # a response arrived, and was refused
-        return mark_answered(httpx.RemoteProtocolError(text))
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
+    # a response head that arrived but could not be parsed is one of these too: an
+    # answer (classified as a failed answer), never a refused connection
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError,
+                        aiohttp.ClientPayloadError)):
         return httpx.RemoteProtocolError(text)
     if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
         return httpx.ReadError(text) if connected else httpx.ConnectError(text)

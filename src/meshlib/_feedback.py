@@ -27,7 +27,7 @@ The rules (docs/reliability.md):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANSWER_FAILURE", "CALLERS_FAULT", "CONNECT_FAILURE", "KIND_NAMES", "SUCCESS", "classify",
-    "mark_answered", "record",
+    "record",
 ]
 
 #: how an attempt ended, as far as health is concerned
@@ -54,26 +54,15 @@ _PHASES: tuple[tuple[type[httpx.TimeoutException], str], ...] = (
     (httpx.ReadTimeout, "read"))
 
 
-#: set on an error raised after the response's head had arrived (see :func:`mark_answered`)
-_ANSWERED = "_meshlib_answered"
-
-_E = TypeVar("_E", bound=BaseException)
-
-
-def mark_answered(error: _E) -> _E:
-    """Mark ``error`` as raised after a response had arrived (a head that could not be
-    parsed, say): it is then a failed answer, never a refused connection."""
-    setattr(error, _ANSWERED, True)
-    return error
-
-
 def classify(call: Call, attempt: Launch, response: httpx.Response | None,
              error: BaseException | None) -> int:
     """``SUCCESS``, ``ANSWER_FAILURE``, ``CONNECT_FAILURE`` or ``CALLERS_FAULT``.
 
     A response that arrived is an answer, whatever went wrong with it: an error
-    raised after its head had arrived (see :func:`mark_answered`) is an
-    ``ANSWER_FAILURE``, never counted as a refused connection.
+    raised once response bytes had arrived (a head too large or malformed to
+    parse, which both pools raise as ``httpx.RemoteProtocolError``) is an
+    ``ANSWER_FAILURE``, never counted as a refused connection. Only errors that
+    prove nothing was sent (``_gate.sent_before_failure``) are connection failures.
     """
     if response is not None:
         return ANSWER_FAILURE if response.status_code >= 500 else SUCCESS
@@ -86,8 +75,7 @@ def classify(call: Call, attempt: Launch, response: httpx.Response | None,
         if call.caller_imposed(phase, attempt.extensions, attempt.start, attempt.limit_at):
             return CALLERS_FAULT
         return CONNECT_FAILURE if phase == "connect" else ANSWER_FAILURE
-    if error is not None and not getattr(error, _ANSWERED, False) \
-            and not sent_before_failure(error):
+    if error is not None and not sent_before_failure(error):
         return CONNECT_FAILURE
     return ANSWER_FAILURE  # dropped, reset or garbled after the request was sent
 
