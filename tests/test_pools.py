@@ -734,6 +734,27 @@ async def test_a_short_deadline_ends_only_its_own_request(h2_endpoint: dict[str,
     assert sum(1 for r in e["server"].requests if r[0] == "POST") == 1
 
 
+async def test_a_cancelled_request_leaves_the_connection_serving(
+        h2_endpoint: dict[str, Any]) -> None:
+    """Cancelling a slow request releases its in-flight count; the others on the same
+    connection, and the next ones, are answered; nothing counts against the endpoint."""
+    e = h2_endpoint
+    async with meshlib.AsyncMeshClient(services=e["services"], policy=NO_RETRY,
+                                       **e["options"]) as client:
+        assert (await client.get(f"{e['base']}/warm")).status_code == 200
+        slow = asyncio.ensure_future(client.get(f"{e['base']}/slow?delay_ms=3000"))
+        beside = asyncio.ensure_future(client.get(f"{e['base']}/beside?delay_ms=300"))
+        await asyncio.sleep(0.1)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert (await asyncio.wait_for(beside, 10)).status_code == 200
+        assert (await client.get(f"{e['base']}/after")).status_code == 200
+        assert _inflight(client) == 0
+        endpoint = client.snapshot()["services"]["svc"]["endpoints"][0]
+    assert endpoint["failures"] == 0 and endpoint["breaker"] == "closed"
+
+
 def test_a_short_deadline_ends_only_its_own_request_sync(h2_endpoint: dict[str, Any]) -> None:
     """The same on the sync client, from two threads: the POST is never failed by the
     GET's deadline, and the GET's timeout counts against nobody."""
