@@ -45,6 +45,16 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _assert_no_fd_left(fds_before: int) -> None:
+    """Within 3 s (and garbage collections), the process is back to ``fds_before`` fds."""
+    gc.collect()
+    limit = time.monotonic() + 3.0
+    while _fds() > fds_before and time.monotonic() < limit:
+        time.sleep(0.05)
+        gc.collect()
+    assert _fds() <= fds_before, (fds_before, _fds())
+
+
 def _write(path: Path, addresses: list[str]) -> None:
     entries = []
     for address in addresses:
@@ -105,14 +115,7 @@ def _fault_matrix(tmp_path: Path) -> Iterator[tuple[Backend, Path, threading.Eve
 
 def _check_posts(backend: Backend, answered: dict[str, int]) -> None:
     """Each POST id reached the servers at most once; each 2xx one exactly once."""
-    reached: Counter[str] = Counter()
-    for server in backend:
-        for record in server.requests:
-            if record.method == "POST":
-                reached[record.headers.get(ID_HEADER, "")] += 1
-    assert reached, "no POST reached any server: the soak did not run"
-    duplicated = {i: n for i, n in reached.items() if n > 1}
-    assert not duplicated, f"non-idempotent requests sent twice: {list(duplicated)[:5]}"
+    reached = _reached_once(backend)
     ok = [i for i, status in answered.items() if 200 <= status < 300]
     after = [i for i in answered if "-after-" in i]
     assert after and all(i in ok for i in after), "POSTs after recovery did not succeed"
@@ -205,12 +208,7 @@ def test_soak_sync_32_threads(tmp_path: Path) -> None:
         client.close()
         _check_posts(backend, answered)
     assert errors, "no fault surfaced: the matrix was not applied"
-    gc.collect()
-    limit = time.monotonic() + 3.0
-    while _fds() > fds_before and time.monotonic() < limit:
-        time.sleep(0.05)
-        gc.collect()
-    assert _fds() <= fds_before, (fds_before, _fds())
+    _assert_no_fd_left(fds_before)
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
@@ -281,12 +279,7 @@ def test_soak_async_1000_tasks(tmp_path: Path, http2: bool) -> None:
         asyncio.run(run(backend, path, stop))
         _check_posts(backend, answered)
     assert errors, "no fault surfaced: the matrix was not applied"
-    gc.collect()
-    limit = time.monotonic() + 3.0
-    while _fds() > fds_before and time.monotonic() < limit:
-        time.sleep(0.05)
-        gc.collect()
-    assert _fds() <= fds_before, (fds_before, _fds())
+    _assert_no_fd_left(fds_before)
 
 
 def test_soak_helpers_see_a_duplicate() -> None:
@@ -317,8 +310,8 @@ def _assert_nothing_sent_after_close(backend: Backend) -> None:
     assert _total_requests(backend) == landed, "requests were sent after close()"
 
 
-def _reached_once(backend: Backend) -> None:
-    """No POST id reached the servers twice."""
+def _reached_once(backend: Backend) -> Counter[str]:
+    """No POST id reached the servers twice; how often each one did."""
     reached: Counter[str] = Counter()
     for server in backend:
         for record in server.requests:
@@ -327,6 +320,7 @@ def _reached_once(backend: Backend) -> None:
     assert reached, "no POST reached any server: the soak did not run"
     duplicated = [i for i, n in reached.items() if n > 1]
     assert not duplicated, f"non-idempotent requests sent twice: {duplicated[:5]}"
+    return reached
 
 
 def test_soak_sync_close_during_load(tmp_path: Path) -> None:
@@ -375,12 +369,7 @@ def test_soak_sync_close_during_load(tmp_path: Path) -> None:
         _assert_nothing_sent_after_close(backend)
         assert _inflight(client) == 0, client.snapshot()
         _reached_once(backend)
-    gc.collect()
-    limit = time.monotonic() + 3.0
-    while _fds() > fds_before and time.monotonic() < limit:
-        time.sleep(0.05)
-        gc.collect()
-    assert _fds() <= fds_before, (fds_before, _fds())
+    _assert_no_fd_left(fds_before)
 
 
 def test_soak_async_close_during_load(tmp_path: Path) -> None:
@@ -425,12 +414,7 @@ def test_soak_async_close_during_load(tmp_path: Path) -> None:
         stop.set()
         _assert_nothing_sent_after_close(backend)
         _reached_once(backend)
-    gc.collect()
-    limit = time.monotonic() + 3.0
-    while _fds() > fds_before and time.monotonic() < limit:
-        time.sleep(0.05)
-        gc.collect()
-    assert _fds() <= fds_before, (fds_before, _fds())
+    _assert_no_fd_left(fds_before)
 
 
 # -- HTTP/2 end to end ---------------------------------------------------------------------
@@ -500,9 +484,4 @@ def test_soak_http2_short_deadlines_beside_posts() -> None:
     # a POST that failed was refused (never sent), never failed by another's deadline
     assert all(not sent_before_failure(exc) for exc in failed.values()), failed
     assert all(reached[key] == 0 for key in failed)
-    gc.collect()
-    limit = time.monotonic() + 3.0
-    while _fds() > fds_before and time.monotonic() < limit:
-        time.sleep(0.05)
-        gc.collect()
-    assert _fds() <= fds_before, (fds_before, _fds())
+    _assert_no_fd_left(fds_before)
