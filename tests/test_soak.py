@@ -372,14 +372,15 @@ def test_soak_sync_close_during_load(tmp_path: Path) -> None:
     _assert_no_fd_left(fds_before)
 
 
-def test_soak_async_close_during_load(tmp_path: Path) -> None:
-    """aclose() while 300 tasks send through the fault matrix: the same."""
+@pytest.mark.parametrize("pool", ["httpcore", "aiohttp"])
+def test_soak_async_close_during_load(tmp_path: Path, pool: str) -> None:
+    """aclose() while 300 tasks send through the fault matrix, on each pool: the same."""
     fds_before = _fds()
     outcomes: Counter[str] = Counter()
 
     async def run(backend: Backend, path: Path) -> None:
         client = meshlib.AsyncMeshClient(services={"svc": f"file://{path}"},
-                                         policy=ASYNC_POLICY)
+                                         policy=ASYNC_POLICY, pool=pool)
         end = time.monotonic() + PHASE_SECONDS
 
         async def task(t: int) -> None:
