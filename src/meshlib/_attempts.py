@@ -120,9 +120,10 @@ def pick(call: Call, now: float) -> Admitted | Outcome:
 
 def closed_error(call: Call) -> MeshError:
     """The error of a request the client was closed under, before it could be sent."""
+    sent = f"sent again after {call.attempts} attempt(s)" if call.attempts else "sent"
     return MeshError(f"the client was closed: {call.request.method} "
                      f"{redact_url(call.request.url)} to service {call.runtime.name!r} was not "
-                     f"sent again after {call.attempts} attempt(s)", request=call.request)
+                     f"{sent}", request=call.request)
 
 
 def closed_outcome(call: Call) -> Outcome:
