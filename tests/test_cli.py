@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -114,3 +115,22 @@ def test_every_command_and_option_has_help() -> None:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
     for action in parser._actions:
         assert action.help or action is sub, action
+
+
+def _run_into_closed_pipe(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m meshlib ARGV`` with a standard output nobody reads (``| head -0``)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes a line
+    try:
+        return subprocess.run([sys.executable, "-m", "meshlib", *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+
+
+def test_resolve_into_a_closed_pipe_exits_quietly() -> None:
+    """meshlib resolve URL | head: no BrokenPipeError traceback, status 141 as for SIGPIPE."""
+    endpoints = ",".join(f"127.0.0.1:{8000 + i}" for i in range(50))
+    done = _run_into_closed_pipe(["resolve", f"static://{endpoints}"])
+    assert done.stderr == ""
+    assert done.returncode == 141

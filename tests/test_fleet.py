@@ -112,6 +112,34 @@ async def test_stall_ends_at_the_deadline_async() -> None:
                 await client.get("http://svc/")
 
 
+def _sockets_in_state(port: int, state: str) -> int:
+    """TCP sockets of this machine whose local port is ``port``, in ``state`` (hex, as
+    /proc/net/tcp writes it: ``08`` is CLOSE_WAIT)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_stall_closes_connections_the_client_gave_up(process: bool) -> None:
+    """A stalled endpoint closes a connection once its client has gone: none stays in
+    CLOSE_WAIT while the fleet runs."""
+    with Fleet(1, stall=True, process=process) as fleet:
+        port = int(fleet.endpoints[0].rsplit(":", 1)[1])
+        with httpx.Client(timeout=0.05) as client:
+            for _ in range(10):
+                with pytest.raises(httpx.ReadTimeout):
+                    client.get(f"http://{fleet.endpoints[0]}/")
+        assert len(fleet.hits()[0]) == 10
+        deadline = time.monotonic() + 5.0
+        while _sockets_in_state(port, "08") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _sockets_in_state(port, "08") == 0
+
+
 def test_drop_is_retried_only_when_idempotent() -> None:
     meshlib.testing.set_testing(True)
     with Fleet(1, drop=1.0) as fleet:

@@ -5,8 +5,10 @@ Every test here runs twice, with ``pool="httpcore"`` (the default) and with
 kept, request bodies and headers, streaming, TLS verified against the service
 name, IPv6, connection limits, retries that respect the idempotency gate,
 deadlines, cancellation, the error types, and no leak of file descriptors or
-tasks after 10,000 requests with cancellations. Then the configuration of the
-pool (``pool=``, ``MESHLIB_POOL``) and how respx relates to each pool.
+tasks after 10,000 requests with cancellations. The HTTP version scenarios run
+on the httpcore pool over HTTP/1.1, h2c and HTTP/2 over TLS against a real
+HTTP/2 server (``h2_server``). Then the configuration of the pool (``pool=``,
+``MESHLIB_POOL``) and how respx relates to each pool.
 """
 
 from __future__ import annotations
@@ -203,6 +205,55 @@ def _response_script(head: bytes, parts: list[bytes], pause: float = 0.0
                 return
             conn.sendall(part)
     return script
+
+
+@pytest.mark.parametrize("head", [
+    b"X-Big: " + b"a" * 9000 + b"\r\n",
+    b"".join(b"Set-Cookie: c%d=v\r\n" % i for i in range(150)),
+], ids=["one-9000-byte-header", "150-set-cookie-lines"])
+async def test_large_response_headers_are_accepted(pool: str, scripted: Scripted,
+                                                   head: bytes) -> None:
+    """Every pool takes the response heads httpcore takes (a header of 9,000 bytes, 150
+    Set-Cookie lines): 200, the endpoint stays healthy, the route stays open."""
+    server = scripted(_response_script(b"HTTP/1.1 200 OK\r\n" + head
+                                       + b"Content-Length: 2\r\nConnection: close\r\n\r\nok",
+                                       []))
+    async with meshlib.AsyncMeshClient(services={"svc": server.static_url}, pool=pool,
+                                       policy=Policy(retries=0)) as client:
+        for _ in range(6):  # more than the breaker's 5 failures
+            response = await client.get("http://svc/")
+            assert response.status_code == 200 and response.text == "ok"
+        endpoint = client.snapshot()["services"]["svc"]["endpoints"][0]
+    assert endpoint["breaker"] == "closed" and endpoint["failures"] == 0
+    assert len(response.headers.raw) == head.count(b"\r\n") + 2
+
+
+async def test_an_oversized_response_head_is_an_answer_not_a_refusal(
+        pool: str, scripted: Scripted) -> None:
+    """A head beyond what httpcore takes fails alike on every pool, as a protocol error of
+    an answer: it never counts as a refused connection (the endpoint is not ejected)."""
+    server = scripted(_response_script(b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * 200_000
+                                       + b"\r\nContent-Length: 2\r\n\r\nok", []))
+    async with meshlib.AsyncMeshClient(services={"svc": server.static_url}, pool=pool,
+                                       policy=Policy(retries=0)) as client:
+        for _ in range(5):
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get("http://svc/")
+        endpoint = client.snapshot()["services"]["svc"]["endpoints"][0]
+    assert endpoint["breaker"] == "closed"  # a refused connection would have ejected it
+
+
+async def test_request_header_bytes_go_out_unchanged(pool: str, scripted: Scripted) -> None:
+    """Header bytes that are not UTF-8 (Latin-1 b"Zo\\xeb") and UTF-8 ones arrive as sent."""
+    server = scripted(_response_script(b"HTTP/1.1 204 No Content\r\n\r\n", []))
+    async with meshlib.AsyncMeshClient(services={"svc": server.static_url}, pool=pool,
+                                       policy=NO_RETRY) as client:
+        response = await client.get("http://svc/", headers=[
+            (b"X-Latin", b"Zo\xeb"), (b"X-Utf8", "Zoë".encode())])
+    assert response.status_code == 204
+    head = server.requests[0]
+    assert b"\r\nX-Latin: Zo\xeb\r\n" in head
+    assert b"\r\nX-Utf8: Zo\xc3\xab\r\n" in head
 
 
 async def test_streamed_response_and_repeated_response_headers(pool: str,
@@ -602,6 +653,139 @@ async def test_losing_hedges_are_cancelled_and_released(pool: str,
 
 
 # -- no leaks --------------------------------------------------------------------------
+
+
+# -- HTTP/1.1 and HTTP/2 (h2c and TLS) on the httpcore pool ----------------------------
+
+#: how each HTTP version is asked for: client options, the URL scheme, the version seen
+VERSIONS: dict[str, tuple[dict[str, Any], str, str]] = {
+    "http1": ({}, "http", "HTTP/1.1"),
+    "h2c": ({"http1": False, "http2": True}, "http", "HTTP/2"),
+    "h2": ({"http2": True}, "https", "HTTP/2"),
+}
+
+
+@pytest.fixture(params=list(VERSIONS))
+def version(request: pytest.FixtureRequest) -> str:
+    """The HTTP version under test (httpcore pool)."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def h2_endpoint(version: str, ca: trustme.CA, tmp_path: Any) -> Iterator[dict[str, Any]]:
+    """A real server for ``version`` (hypercorn for HTTP/2, h11 for HTTP/1.1), with the
+    client options that reach it as service ``svc``."""
+    from h2_server import H2Server
+
+    options, scheme, expected = VERSIONS[version]
+    tls = None
+    if scheme == "https":
+        cert = ca.issue_cert("svc")
+        cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        tls = (str(cert_file), str(key_file))
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        options = {**options, "verify": context}
+    with H2Server(tls=tls) as server:
+        yield {"options": options, "base": f"{scheme}://svc", "expected": expected,
+               "services": {"svc": f"static://{server.address}"}, "server": server}
+
+
+async def test_each_http_version_routes_and_carries_bodies(h2_endpoint: dict[str, Any]) -> None:
+    """GET and POST reach the endpoint over the version asked for (h2c is HTTP/2 too)."""
+    e = h2_endpoint
+    async with meshlib.AsyncMeshClient(services=e["services"], policy=NO_RETRY,
+                                       **e["options"]) as client:
+        response = await client.get(f"{e['base']}/v")
+        posted = await client.post(f"{e['base']}/p", content=b"x" * 70000)
+        assert _inflight(client) == 0
+    assert response.http_version == e["expected"]
+    assert response.json()["http_version"] == e["expected"].removeprefix("HTTP/")
+    assert posted.json()["body_bytes"] == 70000 and posted.json()["method"] == "POST"
+    assert str(response.request.url) == f"{e['base']}/v"
+
+
+async def test_a_short_deadline_ends_only_its_own_request(h2_endpoint: dict[str, Any]) -> None:
+    """A GET under meshlib.deadline(0.2) beside a POST answered in 1 s on the same
+    connection: the GET times out, the POST gets its 200, nothing counts against the
+    endpoint."""
+    e = h2_endpoint
+    async with meshlib.AsyncMeshClient(services=e["services"], policy=Policy(retries=0),
+                                       **e["options"]) as client:
+        assert (await client.get(f"{e['base']}/warm")).status_code == 200  # one connection
+
+        async def short() -> BaseException | None:
+            try:
+                with meshlib.deadline(0.2):
+                    await client.get(f"{e['base']}/slow?delay_ms=3000")
+            except httpx.TimeoutException as exc:
+                return exc
+            return None
+
+        timed_out, posted = await asyncio.wait_for(asyncio.gather(
+            short(), client.post(f"{e['base']}/post?delay_ms=1000", content=b"x")), 10)
+        endpoint = client.snapshot()["services"]["svc"]["endpoints"][0]
+    assert isinstance(timed_out, meshlib.DeadlineExceeded)
+    assert posted.status_code == 200
+    assert endpoint["failures"] == 0 and endpoint["breaker"] == "closed"
+    assert sum(1 for r in e["server"].requests if r[0] == "POST") == 1
+
+
+async def test_a_cancelled_request_leaves_the_connection_serving(
+        h2_endpoint: dict[str, Any]) -> None:
+    """Cancelling a slow request releases its in-flight count; the others on the same
+    connection, and the next ones, are answered; nothing counts against the endpoint."""
+    e = h2_endpoint
+    async with meshlib.AsyncMeshClient(services=e["services"], policy=NO_RETRY,
+                                       **e["options"]) as client:
+        assert (await client.get(f"{e['base']}/warm")).status_code == 200
+        slow = asyncio.ensure_future(client.get(f"{e['base']}/slow?delay_ms=3000"))
+        beside = asyncio.ensure_future(client.get(f"{e['base']}/beside?delay_ms=300"))
+        await asyncio.sleep(0.1)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert (await asyncio.wait_for(beside, 10)).status_code == 200
+        assert (await client.get(f"{e['base']}/after")).status_code == 200
+        assert _inflight(client) == 0
+        endpoint = client.snapshot()["services"]["svc"]["endpoints"][0]
+    assert endpoint["failures"] == 0 and endpoint["breaker"] == "closed"
+
+
+def test_a_short_deadline_ends_only_its_own_request_sync(h2_endpoint: dict[str, Any]) -> None:
+    """The same on the sync client, from two threads: the POST is never failed by the
+    GET's deadline, and the GET's timeout counts against nobody."""
+    e = h2_endpoint
+    results: dict[str, Any] = {}
+    with meshlib.MeshClient(services=e["services"], policy=Policy(retries=0),
+                            timeout=httpx.Timeout(1.5), **e["options"]) as client:
+        assert client.get(f"{e['base']}/warm").status_code == 200
+
+        def short() -> None:
+            try:
+                with meshlib.deadline(0.2):
+                    results["get"] = client.get(f"{e['base']}/slow?delay_ms=3000")
+            except httpx.HTTPError as exc:
+                results["get"] = exc
+
+        def post() -> None:
+            try:
+                results["post"] = client.post(f"{e['base']}/post?delay_ms=1000", content=b"x")
+            except httpx.HTTPError as exc:
+                results["post"] = exc
+
+        threads = [threading.Thread(target=short), threading.Thread(target=post)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10.0)
+        endpoint = client.snapshot()["services"]["svc"]["endpoints"][0]
+    assert isinstance(results["post"], httpx.Response) and results["post"].status_code == 200
+    assert isinstance(results["get"], httpx.TimeoutException)
+    assert endpoint["failures"] == 0
 
 
 def _open_fds() -> int:

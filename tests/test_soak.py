@@ -53,6 +53,16 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _assert_no_fd_left(fds_before: int) -> None:
+    """Within 3 s (and garbage collections), the process is back to ``fds_before`` fds."""
+    gc.collect()
+    limit = time.monotonic() + 3.0
+    while _fds() > fds_before and time.monotonic() < limit:
+        time.sleep(0.05)
+        gc.collect()
+    assert _fds() <= fds_before, (fds_before, _fds())
+
+
 def _write(path: Path, addresses: list[str]) -> None:
     entries = []
     for address in addresses:
@@ -113,14 +123,7 @@ def _fault_matrix(tmp_path: Path) -> Iterator[tuple[Backend, Path, threading.Eve
 
 def _check_posts(backend: Backend, answered: dict[str, int]) -> None:
     """Each POST id reached the servers at most once; each 2xx one exactly once."""
-    reached: Counter[str] = Counter()
-    for server in backend:
-        for record in server.requests:
-            if record.method == "POST":
-                reached[record.headers.get(ID_HEADER, "")] += 1
-    assert reached, "no POST reached any server: the soak did not run"
-    duplicated = {i: n for i, n in reached.items() if n > 1}
-    assert not duplicated, f"non-idempotent requests sent twice: {list(duplicated)[:5]}"
+    reached = _reached_once(backend)
     ok = [i for i, status in answered.items() if 200 <= status < 300]
     after = [i for i in answered if "-after-" in i]
     assert after and all(i in ok for i in after), "POSTs after recovery did not succeed"
@@ -216,22 +219,21 @@ def test_soak_sync_32_threads(tmp_path: Path) -> None:
         client.close()
         _check_posts(backend, answered)
     assert errors, "no fault surfaced: the matrix was not applied"
-    gc.collect()
-    limit = time.monotonic() + 3.0
-    while _fds() > fds_before and time.monotonic() < limit:
-        time.sleep(0.05)
-        gc.collect()
-    assert _fds() <= fds_before, (fds_before, _fds())
+    _assert_no_fd_left(fds_before)
 
 
-def test_soak_async_1000_tasks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_soak_async_1000_tasks(tmp_path: Path, http2: bool) -> None:
+    """The fault matrix under 1,000 tasks; once with ``http2=True`` (the servers speak
+    HTTP/1.1, so connections settle on it while the HTTP/2 timeout rules apply)."""
     fds_before = _fds()
     answered: dict[str, int] = {}
     errors: Counter[str] = Counter()
 
     async def run(backend: Backend, path: Path, stop: threading.Event) -> None:
         async with meshlib.AsyncMeshClient(services={"svc": f"file://{path}"},
-                                           policy=ASYNC_POLICY, routes=ROUTES) as client:
+                                           policy=ASYNC_POLICY, routes=ROUTES,
+                                           http2=http2) as client:
             end = time.monotonic() + PHASE_SECONDS
 
             async def task(t: int) -> None:
@@ -289,12 +291,7 @@ def test_soak_async_1000_tasks(tmp_path: Path) -> None:
         asyncio.run(run(backend, path, stop))
         _check_posts(backend, answered)
     assert errors, "no fault surfaced: the matrix was not applied"
-    gc.collect()
-    limit = time.monotonic() + 3.0
-    while _fds() > fds_before and time.monotonic() < limit:
-        time.sleep(0.05)
-        gc.collect()
-    assert _fds() <= fds_before, (fds_before, _fds())
+    _assert_no_fd_left(fds_before)
 
 
 def _load(client: meshlib.MeshClient, prefix: str, until: float, answered: dict[str, int],
@@ -435,3 +432,200 @@ def test_soak_helpers_see_a_duplicate() -> None:
             httpx.post(backend.servers[0].url + "/order", headers={ID_HEADER: "dup"})
         with pytest.raises(AssertionError, match="sent twice"):
             _check_posts(backend, {"dup": 200})
+
+
+# -- closing the client under load ---------------------------------------------------------
+
+
+def _total_requests(backend: Backend) -> int:
+    return sum(len(server.requests) for server in backend)
+
+
+def _posts(backend: Backend) -> int:
+    return sum(1 for server in backend for r in server.requests if r.method == "POST")
+
+
+def _assert_nothing_sent_after_close(backend: Backend) -> None:
+    """Once the requests in flight at close have landed, no server receives any more."""
+    time.sleep(0.5)  # past the slow server's 40 ms and the stalled ones' reads
+    landed = _total_requests(backend)
+    time.sleep(1.0)
+    assert _total_requests(backend) == landed, "requests were sent after close()"
+
+
+def _reached_once(backend: Backend) -> Counter[str]:
+    """No POST id reached the servers twice; how often each one did."""
+    reached: Counter[str] = Counter()
+    for server in backend:
+        for record in server.requests:
+            if record.method == "POST":
+                reached[record.headers.get(ID_HEADER, "")] += 1
+    assert reached, "no POST reached any server: the soak did not run"
+    duplicated = [i for i, n in reached.items() if n > 1]
+    assert not duplicated, f"non-idempotent requests sent twice: {duplicated[:5]}"
+    return reached
+
+
+def test_soak_sync_close_during_load(tmp_path: Path) -> None:
+    """close() while 32 threads send through the fault matrix: every worker ends, nothing
+    is sent after close, no POST twice, in-flight 0, no fd left."""
+    fds_before = _fds()
+    ids = itertools.count()
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    with _fault_matrix(tmp_path) as (backend, path, stop):
+        client = meshlib.MeshClient(services={"svc": f"file://{path}"}, policy=POLICY)
+        end = time.monotonic() + PHASE_SECONDS
+
+        def worker() -> None:
+            for n in range(5000):
+                if time.monotonic() > end:
+                    return
+                try:
+                    if n % 3 == 0:
+                        client.post("http://svc/order", content=b"{}",
+                                    headers={ID_HEADER: f"c{next(ids)}"})
+                    else:
+                        client.get("http://svc/item")
+                    outcome = "answered"
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                except RuntimeError:  # httpx: the client has been closed
+                    with lock:
+                        outcomes["closed"] += 1
+                    return
+                with lock:
+                    outcomes[outcome] += 1
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(32)]
+        for t in threads:
+            t.start()
+        limit = time.monotonic() + PHASE_SECONDS / 2
+        while _posts(backend) < 5 and time.monotonic() < limit:  # under way, then close
+            time.sleep(0.05)
+        client.close()
+        for t in threads:
+            t.join(PHASE_SECONDS + 5.0)
+        assert not any(t.is_alive() for t in threads), "a worker hung after close()"
+        assert outcomes["closed"] and outcomes["answered"], outcomes
+        stop.set()
+        _assert_nothing_sent_after_close(backend)
+        assert _inflight(client) == 0, client.snapshot()
+        _reached_once(backend)
+    _assert_no_fd_left(fds_before)
+
+
+@pytest.mark.parametrize("pool", ["httpcore", "aiohttp"])
+def test_soak_async_close_during_load(tmp_path: Path, pool: str) -> None:
+    """aclose() while 300 tasks send through the fault matrix, on each pool: the same."""
+    fds_before = _fds()
+    outcomes: Counter[str] = Counter()
+
+    async def run(backend: Backend, path: Path) -> None:
+        client = meshlib.AsyncMeshClient(services={"svc": f"file://{path}"},
+                                         policy=ASYNC_POLICY, pool=pool)
+        end = time.monotonic() + PHASE_SECONDS
+
+        async def task(t: int) -> None:
+            for n in range(1000):
+                if time.monotonic() > end:
+                    return
+                try:
+                    if (t + n) % 3 == 0:
+                        await client.post("http://svc/order", content=b"{}",
+                                          headers={ID_HEADER: f"ac{t}-{n}"})
+                    else:
+                        await client.get("http://svc/item")
+                    outcomes["answered"] += 1
+                except httpx.HTTPError as exc:
+                    outcomes[type(exc).__name__] += 1
+                    await asyncio.sleep(0.2)
+                except RuntimeError:  # httpx: the client has been closed
+                    outcomes["closed"] += 1
+                    return
+
+        tasks = [asyncio.ensure_future(task(t)) for t in range(300)]
+        limit = time.monotonic() + PHASE_SECONDS / 2
+        while _posts(backend) < 5 and time.monotonic() < limit:  # under way, then close
+            await asyncio.sleep(0.05)
+        await client.aclose()
+        await asyncio.wait_for(asyncio.gather(*tasks), PHASE_SECONDS + 15.0)
+        assert outcomes["closed"] and outcomes["answered"], outcomes
+        assert _inflight(client) == 0, client.snapshot()
+
+    with _fault_matrix(tmp_path) as (backend, path, stop):
+        asyncio.run(run(backend, path))
+        stop.set()
+        _assert_nothing_sent_after_close(backend)
+        _reached_once(backend)
+    _assert_no_fd_left(fds_before)
+
+
+# -- HTTP/2 end to end ---------------------------------------------------------------------
+
+
+def test_soak_http2_short_deadlines_beside_posts() -> None:
+    """200 tasks on h2c endpoints (one refusing): GETs under short scoped deadlines beside
+    POSTs answered slowly on the same connections. Every POST is answered 200 and reaches
+    a server once; no deadline counts against an endpoint; in-flight 0, no fd left."""
+    from h2_server import H2Server
+    from meshlib._gate import sent_before_failure
+    from servers import free_port
+
+    fds_before = _fds()
+    posts: dict[str, int] = {}
+    failed: dict[str, httpx.HTTPError] = {}
+    timeouts = Counter[str]()
+
+    async def run(servers: list[H2Server], refused: int) -> None:
+        addresses = [s.address for s in servers] + [f"127.0.0.1:{refused}"]
+        policy = Policy(timeout=5.0, retries=2, backoff=Backoff(base=0.002, max=0.02),
+                        breaker=Breaker(failures=3, reset_timeout=0.4))
+        async with meshlib.AsyncMeshClient(services={"svc": "static://" + ",".join(addresses)},
+                                           policy=policy, http1=False, http2=True) as client:
+            end = time.monotonic() + PHASE_SECONDS / 2
+
+            async def task(t: int) -> None:
+                for n in range(200):
+                    if time.monotonic() > end:
+                        return
+                    if (t + n) % 2:
+                        key = f"h{t}-{n}"
+                        try:
+                            response = await client.post(
+                                f"http://svc/order/{key}?delay_ms=300", content=b"{}")
+                            posts[key] = response.status_code
+                        except httpx.HTTPError as exc:  # only ever "not sent" (refused)
+                            failed[key] = exc
+                    else:
+                        try:
+                            with meshlib.deadline(0.05):
+                                await client.get("http://svc/item?delay_ms=500")
+                        except httpx.TimeoutException:
+                            timeouts["get"] += 1
+                        except httpx.ConnectError:  # the refusing endpoint, retries spent
+                            timeouts["refused"] += 1
+
+            await asyncio.wait_for(asyncio.gather(*(task(t) for t in range(200))),
+                                   PHASE_SECONDS + 15.0)
+            assert _inflight(client) == 0, client.snapshot()
+            endpoints = client.snapshot()["services"]["svc"]["endpoints"]
+            serving = [e for e in endpoints if e["endpoint"] != f"127.0.0.1:{refused}"]
+            assert all(e["breaker"] == "closed" for e in serving), endpoints
+
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(H2Server()) for _ in range(3)]
+        asyncio.run(run(servers, free_port()))
+        reached: Counter[str] = Counter()
+        for server in servers:
+            for method, path, version in server.requests:
+                assert version == "2"
+                if method == "POST":
+                    reached[path.rsplit("/", 1)[1]] += 1
+    assert posts and timeouts["get"], (len(posts), timeouts)
+    assert all(status == 200 for status in posts.values())
+    assert [key for key in posts if reached[key] != 1] == []
+    # a POST that failed was refused (never sent), never failed by another's deadline
+    assert all(not sent_before_failure(exc) for exc in failed.values()), failed
+    assert all(reached[key] == 0 for key in failed)
+    _assert_no_fd_left(fds_before)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -174,3 +177,17 @@ def test_format_snapshot_tolerates_odd_shapes() -> None:
         "ready": False, "endpoints": [{"endpoint": "[::1]:80", "ewma_ms": None}]}}})
     assert "service x\n  (no endpoints)" in text
     assert "discovery not ready" in text and "[::1]:80" in text
+
+
+def test_status_into_a_closed_pipe_exits_quietly(snapshot_url: tuple[str, list[str]]) -> None:
+    """meshlib status URL | head: no BrokenPipeError traceback, status 141 as for SIGPIPE."""
+    url, _ = snapshot_url
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the table is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "meshlib", "status", url],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 141

@@ -13,7 +13,10 @@ endpoint's address (RECIPES section 11), so ``https://users/...`` connects to
 for ``users`` (or ``Service.tls_server_name``), and ``Host`` is what the
 caller's request says.
 
-HTTP/1.1 only: aiohttp's client does not speak HTTP/2.
+HTTP/1.1 only: aiohttp's client does not speak HTTP/2. It takes what the
+httpcore pool takes (a response head up to 100 KiB, lines as long and headers
+as many as fit in it) and sends request header bytes unchanged
+(:mod:`meshlib._aiohttp_wire`).
 
 What aiohttp does differently and is switched off here, so that both pools
 behave alike: cookies (httpx keeps them), redirects (httpx follows them),
@@ -38,6 +41,7 @@ import aiohttp.abc
 import httpx
 from yarl import URL
 
+from ._aiohttp_wire import RawHeaderRequest, header_text
 from ._pool import PoolSettings
 
 __all__ = ["AiohttpEndpointPool"]
@@ -49,6 +53,11 @@ _AUTO_NAMES = frozenset({b"user-agent", b"accept", b"accept-encoding"})
 #: never round a timeout up to a whole second (aiohttp does so above 5 s by default)
 _NO_CEIL = float("inf")
 _HTTP11 = b"HTTP/1.1"
+#: the largest response head httpcore's HTTP/1.1 parser takes (h11's event size limit);
+#: aiohttp's defaults (8190 bytes a line, 128 headers) are lifted to it
+_MAX_HEAD = 100 * 1024
+#: the most header lines that fit in it ("a:\r\n" is the shortest)
+_MAX_HEADERS = _MAX_HEAD // 4
 _HTTP10 = b"HTTP/1.0"
 
 #: whether the current attempt got its connection (set by the connector, in the
@@ -144,6 +153,8 @@ def _mapped(exc: BaseException, *, connected: bool, waited: bool) -> Exception:
         return httpx.ReadTimeout(text)
     if isinstance(exc, aiohttp.ClientConnectorError):  # refused, TLS verification, ...
         return httpx.ConnectError(text)
+    # a response head that arrived but could not be parsed is one of these too: an
+    # answer (classified as a failed answer), never a refused connection
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError,
                         aiohttp.ClientPayloadError)):
         return httpx.RemoteProtocolError(text)
@@ -223,6 +234,7 @@ class AiohttpEndpointPool:
         self._session: aiohttp.ClientSession | None = None
         #: attempts holding or waiting for a connection (to tell a pool wait from a connect)
         self._busy = 0
+        self._closed = False
 
     def _open(self) -> aiohttp.ClientSession:
         settings = self._settings
@@ -242,6 +254,10 @@ class AiohttpEndpointPool:
             trust_env=False,
             requote_redirect_url=False,
             timeout=aiohttp.ClientTimeout(total=None),
+            request_class=RawHeaderRequest,
+            max_line_size=_MAX_HEAD,
+            max_field_size=_MAX_HEAD,
+            max_headers=_MAX_HEADERS,
         )
         # aiohttp resends an idempotent request once, silently, when a reused connection
         # fails; meshlib decides retries itself (and counts attempts), so switch it off.
@@ -254,14 +270,21 @@ class AiohttpEndpointPool:
                    on_close: Callable[[], None] | None = None,
                    limit_at: float | None = None) -> httpx.Response:
         """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
-        response headers must arrive by then (``time.monotonic()``)."""
+        response headers must arrive by then (``time.monotonic()``).
+
+        A closed pool sends nothing (``httpx.ConnectError``) and opens no session;
+        a pool closed while the request was under way releases what it got
+        (``httpx.ReadError``).
+        """
+        if self._closed:
+            raise httpx.ConnectError("the connection pool is closed")
         session = self._session or self._open()
         url = request.url
         if url.userinfo:  # httpx has already turned it into an Authorization header
             url = url.copy_with(username=None, password=None)
         raw = request.headers.raw
-        encoding = request.headers.encoding
-        headers = [(k.decode(encoding), v.decode(encoding)) for k, v in raw]
+        # one character per byte: RawHeaderRequest writes each back as that byte
+        headers = [(header_text(k), header_text(v)) for k, v in raw]
         stream = request.stream
         data: Any
         if isinstance(stream, httpx.ByteStream):
@@ -310,6 +333,10 @@ class AiohttpEndpointPool:
             _CONNECTED.reset(token)
             if timer is not None:
                 timer.cancel()
+        if self._closed:  # closed under this request: let its connection go too
+            self._busy -= 1
+            response.close()
+            raise httpx.ReadError("the connection pool was closed")
         version = _HTTP10 if response.version == aiohttp.HttpVersion10 else _HTTP11
         return httpx.Response(
             status_code=response.status,
@@ -320,7 +347,8 @@ class AiohttpEndpointPool:
         )
 
     async def aclose(self) -> None:
-        """Close every connection of the pool."""
+        """Close every connection of the pool; it sends nothing more."""
+        self._closed = True
         session, self._session = self._session, None
         if session is not None:
             await session.close()

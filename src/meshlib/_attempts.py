@@ -18,7 +18,7 @@ from opentelemetry.trace import Span
 from ._breaker import ADMITTED, REFUSED
 from ._call import Call, Outcome
 from ._endpoint import EndpointState
-from ._errors import CircuitOpenError, MeshError, NoEndpointsError, TooSlow
+from ._errors import CircuitOpenError, MeshError, NoEndpointsError, TooSlow, redact_url
 from ._explain import explain
 from ._feedback import classify, record
 from ._gate import sent_before_failure
@@ -34,6 +34,8 @@ __all__ = [
     "aborted",
     "admit_route",
     "answered",
+    "closed_error",
+    "closed_outcome",
     "failed",
     "finish",
     "launch",
@@ -41,6 +43,7 @@ __all__ = [
     "stamp",
     "superseded",
     "undiscovered",
+    "unsent",
 ]
 
 STOP: Literal["stop"] = "stop"
@@ -109,6 +112,8 @@ def pick(call: Call, now: float) -> Admitted | Outcome:
     with the answer it was meant to replace, and its budget token is given back.
     """
     extra = call.attempts > 0
+    if call.runtime.closed:  # the client was closed meanwhile: nothing more is sent
+        return closed_outcome(call)
     left = call.remaining(now)
     if left <= 0:
         error = call.deadline_error(now)
@@ -129,6 +134,32 @@ def pick(call: Call, now: float) -> Admitted | Outcome:
             return call.abandoned_retry(exc)
         return Outcome(None, error=exc, sent=False)
     return Admitted(state, admission)
+
+
+def closed_error(call: Call) -> MeshError:
+    """The error of a request the client was closed under, before it could be sent."""
+    sent = f"sent again after {call.attempts} attempt(s)" if call.attempts else "sent"
+    return MeshError(f"the client was closed: {call.request.method} "
+                     f"{redact_url(call.request.url)} to service {call.runtime.name!r} was not "
+                     f"{sent}", request=call.request)
+
+
+def closed_outcome(call: Call) -> Outcome:
+    """How a call ends when the client is closed under it: with the failure of its last
+    attempt (a connection closed under it), or, if none was sent, the closing itself."""
+    error = closed_error(call)
+    if call.attempts > 0:
+        return call.abandoned_retry(error)
+    return Outcome(None, error=error, sent=False, final=True)
+
+
+def unsent(call: Call, state: EndpointState, attempt: Launch) -> Outcome:
+    """An attempt that finds the client closed as it leaves: nothing is sent, nothing
+    counts against the endpoint, and the call ends."""
+    error = closed_error(call)
+    state.breaker.release(attempt.admission)
+    telemetry.abort_attempt(attempt.span, call, error)
+    return Outcome(state, error=error, sent=False, final=True)
 
 
 def superseded(call: Call) -> httpx.Response | None:
@@ -157,10 +188,11 @@ def launch(call: Call, chosen: Admitted, start: float, *, hedge: bool,
     """Start an attempt: count it, open its span, and (unless it is sent from another
     thread or task, which calls :func:`stamp` when it really leaves) stamp it.
 
-    ``concurrent`` attempts (hedges, and first attempts that may be hedged) get
-    their own copy of the request so their headers never race.
+    Every attempt gets its own copy of the request (:meth:`Call.fork_request`):
+    the mesh's headers are never written into the caller's request, and
+    concurrent attempts' headers never race.
     """
-    request = call.fork_request() if concurrent else call.request
+    request = call.fork_request()
     call.begin(chosen.state)
     span = telemetry.start_attempt(call, chosen.state, request, hedge=hedge)
     attempt = Launch(request, {}, span, start, chosen.admission)

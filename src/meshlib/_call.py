@@ -29,7 +29,12 @@ from ._cap import RequestCap
 from ._endpoint import EndpointState
 from ._errors import DeadlineExceeded, MeshError
 from ._explain import explain
-from ._gate import is_idempotent, is_replayable, parse_retry_after, sent_before_failure
+from ._gate import (
+    is_idempotent,
+    is_replayable,
+    parse_retry_after,
+    sent_before_failure,
+)
 from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
 from ._hedging import hedge_refusal
 from ._info import MeshInfo
@@ -45,9 +50,13 @@ if TYPE_CHECKING:
 __all__ = ["Call", "Outcome", "Verdict"]
 
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+#: the timeouts an HTTP/2 connection applies on behalf of every stream it carries
+_MULTIPLEXED_KEYS = ("read", "write")
 _NO_TIMEOUTS: dict[str, float | None] = {}
 #: the (unused) controller a tenacity wait strategy's RetryCallState must name
 _NO_RETRYING = Retrying()
+#: a request built without ``httpx.Request.__init__`` (its attributes are copied)
+_new_request = object.__new__
 
 
 @dataclass(slots=True)
@@ -79,13 +88,14 @@ class Call:
 
     __slots__ = (
         "_waits", "attempts", "balancer", "base_timeouts", "capped", "deadline",
-        "granted_timeouts",
-        "health", "hedged", "idempotent", "operator", "policy", "previous", "replayable",
-        "request", "route", "route_admission", "runtime", "started", "token_at", "tried",
+        "granted_timeouts", "health", "hedged", "idempotent", "multiplexed", "operator",
+        "policy", "previous", "replayable", "request", "route", "route_admission", "runtime",
+        "started", "token_at", "tried",
     )
 
     def __init__(self, target: Target, policy: Policy, request: httpx.Request,
-                 now: float, granted_timeouts: dict[str, float | None] | None = None) -> None:
+                 now: float, granted_timeouts: dict[str, float | None] | None = None, *,
+                 multiplexed: bool = False) -> None:
         runtime = target.runtime
         self.runtime: ServiceRuntime = runtime
         #: the route's fail-fast state, and what its breaker granted this call
@@ -117,6 +127,9 @@ class Call:
             request.extensions.get("timeout") or _NO_TIMEOUTS)
         #: the client's own httpx timeouts (``None``: unknown, the request's are taken)
         self.granted_timeouts = granted_timeouts
+        #: the attempt may share an HTTP/2 connection with other requests: its deadline
+        #: must not bound the connection's reads and writes (see :meth:`stamp`)
+        self.multiplexed = multiplexed
         self._waits: wait_random_exponential | None = None  # built on the first retry
 
     # -- time ---------------------------------------------------------------------
@@ -148,10 +161,18 @@ class Call:
         return state, admission
 
     def fork_request(self) -> httpx.Request:
-        """A copy of the request for a concurrent (hedged) attempt: own headers, same body."""
+        """The attempt's own copy of the request: own headers, same body and extensions.
+
+        Every attempt is stamped (deadline header, trace context) on its copy,
+        never on the caller's request: httpx copies the caller's headers into a
+        redirect, and a redirect to a host outside the mesh must carry none of
+        the mesh's. Concurrent attempts (hedges) need their own headers anyway.
+        """
         r = self.request
-        return httpx.Request(r.method, r.url, headers=r.headers.copy(), stream=r.stream,
-                             extensions=dict(r.extensions))
+        copy = _new_request(httpx.Request)
+        copy.__dict__.update(r.__dict__)  # method, url, stream, extensions, _content
+        copy.headers = r.headers.copy()
+        return copy
 
     def begin(self, state: EndpointState) -> None:
         """Count a started attempt (the endpoint's in-flight count and the call's attempts)."""
@@ -180,6 +201,16 @@ class Call:
         for key in _TIMEOUT_KEYS:
             value = base.get(key)
             timeouts[key] = limit if value is None or value > limit else value
+        if self.multiplexed:
+            # On HTTP/2 the request that happens to read (or write) the shared
+            # connection does so for every stream on it, with its own timeout, and a
+            # timeout there fails them all. So reads and writes keep the client's own
+            # timeouts (bounded by the service's policy); the attempt's deadline ends
+            # its own stream only (the async transport cancels the one request).
+            grant = self.operator.timeout
+            for key in _MULTIPLEXED_KEYS:
+                value = base.get(key)
+                timeouts[key] = grant if value is None or value > grant else value
         extensions = dict(request.extensions)
         extensions["timeout"] = timeouts
         sni = self.runtime.sni
@@ -187,7 +218,8 @@ class Call:
             extensions["sni_hostname"] = sni
         return extensions, deadline_bound, now + limit
 
-    def caller_imposed(self, phase: str, extensions: Mapping[str, Any], start: float) -> bool:
+    def caller_imposed(self, phase: str, extensions: Mapping[str, Any], start: float,
+                       limit_at: float | None = None) -> bool:
         """Whether a ``phase`` timeout of an attempt that left at ``start`` fired under a
         limit the caller imposed, shorter than what the service grants.
 
@@ -201,6 +233,9 @@ class Call:
         """
         timeouts = extensions.get("timeout")
         imposed = timeouts.get(phase) if isinstance(timeouts, Mapping) else None
+        if limit_at:  # the attempt's own limit (what ends an HTTP/2 stream)
+            limit = limit_at - start
+            imposed = limit if imposed is None or imposed > limit else imposed
         if imposed is None:
             return False
         operator = self.operator

@@ -59,14 +59,23 @@ _PHASES: tuple[tuple[type[httpx.TimeoutException], str], ...] = (
 
 def classify(call: Call, attempt: Launch, response: httpx.Response | None,
              error: BaseException | None) -> int:
-    """``SUCCESS``, ``ANSWER_FAILURE``, ``CONNECT_FAILURE`` or ``CALLERS_FAULT``."""
+    """``SUCCESS``, ``ANSWER_FAILURE``, ``CONNECT_FAILURE`` or ``CALLERS_FAULT``.
+
+    A response that arrived is an answer, whatever went wrong with it: an error
+    raised once response bytes had arrived (a head too large or malformed to
+    parse, which both pools raise as ``httpx.RemoteProtocolError``) is an
+    ``ANSWER_FAILURE``, never counted as a refused connection. Only errors that
+    prove nothing was sent (``_gate.sent_before_failure``) are connection failures.
+    """
     if response is not None:
         return ANSWER_FAILURE if response.status_code >= 500 else SUCCESS
+    if call.runtime.closed:
+        return CALLERS_FAULT  # the caller closed the client under its own requests
     if isinstance(error, httpx.PoolTimeout):
         return CALLERS_FAULT  # the client's own pool was full: never the endpoint's fault
     if isinstance(error, httpx.TimeoutException):
         phase = next((p for kind, p in _PHASES if isinstance(error, kind)), "read")
-        if call.caller_imposed(phase, attempt.extensions, attempt.start):
+        if call.caller_imposed(phase, attempt.extensions, attempt.start, attempt.limit_at):
             return CALLERS_FAULT
         return CONNECT_FAILURE if phase == "connect" else ANSWER_FAILURE
     if error is not None and not sent_before_failure(error):

@@ -14,12 +14,14 @@ import re
 import time
 
 import httpx
+from httpx._multipart import MultipartStream  # what files= gives; httpx exports no name
 
 from ._errors import CircuitOpenError
 
 __all__ = [
     "IDEMPOTENT_METHODS",
     "RETRY_AFTER_MAX",
+    "is_bytes_body",
     "is_idempotent",
     "is_replayable",
     "parse_retry_after",
@@ -43,7 +45,14 @@ def is_idempotent(request: httpx.Request, override: bool | None) -> bool:
 
 
 def is_replayable(request: httpx.Request) -> bool:
-    """Whether the body can be sent again: bytes are, a one-shot stream is not."""
+    """Whether the body can be sent again: bytes and multipart uploads (``files=``,
+    which httpx renders anew each time, as for a redirect) are, a one-shot stream is not."""
+    return isinstance(request.stream, (httpx.ByteStream, MultipartStream))
+
+
+def is_bytes_body(request: httpx.Request) -> bool:
+    """Whether the body is bytes in memory, which concurrent attempts (hedges) may share;
+    a multipart upload reads its files, one attempt at a time."""
     return isinstance(request.stream, httpx.ByteStream)
 
 

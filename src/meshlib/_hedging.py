@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ._breaker import REFUSED
 from ._errors import MeshError, TooSlow
+from ._gate import is_bytes_body
 
 if TYPE_CHECKING:
     from ._call import Call
@@ -37,6 +38,8 @@ def hedge_refusal(call: Call) -> str | None:
         return "not idempotent"
     if not call.replayable:
         return "request body is a stream that cannot be replayed"
+    if not is_bytes_body(call.request):
+        return "request body is a multipart upload, read by one attempt at a time"
     if len(call.runtime.states) <= 1:
         return "only one endpoint"
     return None
@@ -47,6 +50,8 @@ def choose_hedge(call: Call, now: float) -> tuple[EndpointState | None, int, str
     left = call.remaining(now)
     if left <= 0:
         return None, REFUSED, "deadline passed"
+    if call.runtime.closed:
+        return None, REFUSED, "the client was closed"
     if call.attempts > call.policy.retries:
         return None, REFUSED, "no extra attempt left (retries)"
     try:

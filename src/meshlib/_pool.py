@@ -100,6 +100,8 @@ class PoolSettings:
         self.ssl_context = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
         self.http1 = http1
         self.http2 = http2
+        #: cleartext connections speak HTTP/2 with prior knowledge (httpcore's h2c)
+        self.h2c = http2 and not http1
         self.limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self.local_address = local_address
         self.socket_options = socket_options
@@ -202,7 +204,8 @@ def clamp(timeout: float | None, limit: float, exc: type[Exception]) -> float | 
 def is_http2(stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream) -> bool:
     """Whether TLS negotiated HTTP/2. Its connection multiplexes many requests, so one
     request's deadline must not end reads that serve the others: only per-operation
-    timeouts apply there."""
+    timeouts apply there (an async attempt's deadline cancels its own request). A
+    cleartext HTTP/2 connection (h2c, ``http1=False``) is never bounded either."""
     ssl_object = stream.get_extra_info("ssl_object")
     return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
 

@@ -97,6 +97,8 @@ class ServiceRuntime:
         self.discovery = discovery
         self.policy = policy
         self.zone = zone
+        #: the transport was closed: no attempt starts, nothing that fails counts
+        self.closed = False
         self.clock = clock
         self.sni = service.tls_server_name
         self.budget = BudgetLedger(policy.retry_budget)

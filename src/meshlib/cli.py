@@ -239,10 +239,37 @@ def _positive_seconds(text: str) -> float:
     if not (math.isfinite(value) and 0.1 <= value <= 3600):
         raise argparse.ArgumentTypeError(f"--watch needs 0.1 to 3600 seconds, got {text!r}")
     return value
+#: the exit status of a command whose reader went away (as a shell reports SIGPIPE)
+_EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at ``/dev/null``, so that flushing it at exit (after its
+    reader went away, as ``| head`` does) raises nothing more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (a test's capture): nothing to quiet
+        pass
+    finally:
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    When the reader of standard output goes away (``meshlib resolve URL | head -1``),
+    the command ends quietly with status 141, as Unix tools killed by ``SIGPIPE`` do.
+    """
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return _EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """Run one command; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":

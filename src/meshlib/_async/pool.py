@@ -60,20 +60,26 @@ class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
 
 
 class _AsyncPinnedBackend(AutoBackend):
-    """Connects to one endpoint whatever host the URL names."""
+    """Connects to one endpoint whatever host the URL names.
 
-    def __init__(self, host: str, port: int) -> None:
+    ``h2c``: every cleartext connection speaks HTTP/2 (``http1=False``), so it is
+    left unbounded, as a TLS connection that negotiated ``h2`` is.
+    """
+
+    def __init__(self, host: str, port: int, h2c: bool = False) -> None:
         super().__init__()
         self.host, self.port = host, port
+        self.h2c = h2c
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None,
                           ) -> httpcore.AsyncNetworkStream:
         timeout = bounded(timeout, httpcore.ConnectTimeout)
-        return _AsyncBoundedStream(await super().connect_tcp(
+        stream = await super().connect_tcp(
             self.host, self.port, timeout=timeout, local_address=local_address,
-            socket_options=socket_options))
+            socket_options=socket_options)
+        return stream if self.h2c else _AsyncBoundedStream(stream)
 
 
 class _AsyncResponseStream(httpx.AsyncByteStream):
@@ -110,14 +116,23 @@ class AsyncEndpointPool:
     """A connection pool to one endpoint of one service."""
 
     def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
-        self._pool = httpcore.AsyncConnectionPool(network_backend=_AsyncPinnedBackend(host, port),
+        backend = _AsyncPinnedBackend(host, port, h2c=settings.h2c)
+        self._pool = httpcore.AsyncConnectionPool(network_backend=backend,
                                                   **settings.pool_kwargs())
+        self._closed = False
 
     async def send(self, request: httpx.Request, extensions: dict[str, Any],
                    on_close: Callable[[], None] | None = None,
                    limit_at: float | None = None) -> httpx.Response:
         """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
-        response headers must arrive by then (``time.monotonic()``)."""
+        response headers must arrive by then (``time.monotonic()``).
+
+        A closed pool sends nothing (``httpx.ConnectError``); a pool closed while
+        the request was under way closes the connection it used too
+        (``httpx.ReadError``): nothing stays open after :meth:`aclose`.
+        """
+        if self._closed:
+            raise httpx.ConnectError("the connection pool is closed")
         async with async_attempt_limit(limit_at):
             try:
                 resp = await self._pool.handle_async_request(core_request(request, extensions))
@@ -126,10 +141,14 @@ class AsyncEndpointPool:
                 if error is None:
                     raise
                 raise error from exc
+        if self._closed:  # closed under this request: its connection may be a new one
+            await self._pool.aclose()
+            raise httpx.ReadError("the connection pool was closed")
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_AsyncResponseStream(resp.stream, on_close),
                               extensions=resp.extensions)
 
     async def aclose(self) -> None:
-        """Close every connection of the pool."""
+        """Close every connection of the pool; it sends nothing more."""
+        self._closed = True
         await self._pool.aclose()

@@ -163,6 +163,12 @@ class Runner:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    def loop_gone(self) -> bool:
+        """Whether the event loop the pools were last used on has been closed since (its
+        connections went with it)."""
+        loop = self._loop
+        return loop is not None and loop.is_closed()
+
     async def aclose(self) -> None:
         """Stop discovery."""
         self._closed = True

@@ -61,20 +61,26 @@ class _BoundedStream(httpcore.NetworkStream):
 
 
 class _PinnedBackend(SyncBackend):
-    """Connects to one endpoint whatever host the URL names."""
+    """Connects to one endpoint whatever host the URL names.
 
-    def __init__(self, host: str, port: int) -> None:
+    ``h2c``: every cleartext connection speaks HTTP/2 (``http1=False``), so it is
+    left unbounded, as a TLS connection that negotiated ``h2`` is.
+    """
+
+    def __init__(self, host: str, port: int, h2c: bool = False) -> None:
         super().__init__()
         self.host, self.port = host, port
+        self.h2c = h2c
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None,
                           ) -> httpcore.NetworkStream:
         timeout = bounded(timeout, httpcore.ConnectTimeout)
-        return _BoundedStream(super().connect_tcp(
+        stream = super().connect_tcp(
             self.host, self.port, timeout=timeout, local_address=local_address,
-            socket_options=socket_options))
+            socket_options=socket_options)
+        return stream if self.h2c else _BoundedStream(stream)
 
 
 class _ResponseStream(httpx.SyncByteStream):
@@ -111,14 +117,23 @@ class EndpointPool:
     """A connection pool to one endpoint of one service."""
 
     def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
-        self._pool = httpcore.ConnectionPool(network_backend=_PinnedBackend(host, port),
+        backend = _PinnedBackend(host, port, h2c=settings.h2c)
+        self._pool = httpcore.ConnectionPool(network_backend=backend,
                                                   **settings.pool_kwargs())
+        self._closed = False
 
     def send(self, request: httpx.Request, extensions: dict[str, Any],
                    on_close: Callable[[], None] | None = None,
                    limit_at: float | None = None) -> httpx.Response:
         """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
-        response headers must arrive by then (``time.monotonic()``)."""
+        response headers must arrive by then (``time.monotonic()``).
+
+        A closed pool sends nothing (``httpx.ConnectError``); a pool closed while
+        the request was under way closes the connection it used too
+        (``httpx.ReadError``): nothing stays open after :meth:`close`.
+        """
+        if self._closed:
+            raise httpx.ConnectError("the connection pool is closed")
         with attempt_limit(limit_at):
             try:
                 resp = self._pool.handle_request(core_request(request, extensions))
@@ -127,10 +142,14 @@ class EndpointPool:
                 if error is None:
                     raise
                 raise error from exc
+        if self._closed:  # closed under this request: its connection may be a new one
+            self._pool.close()
+            raise httpx.ReadError("the connection pool was closed")
         return httpx.Response(status_code=resp.status, headers=resp.headers,
                               stream=_ResponseStream(resp.stream, on_close),
                               extensions=resp.extensions)
 
     def close(self) -> None:
-        """Close every connection of the pool."""
+        """Close every connection of the pool; it sends nothing more."""
+        self._closed = True
         self._pool.close()

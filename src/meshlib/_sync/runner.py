@@ -111,6 +111,10 @@ class Runner:
         """Close a retired endpoint's pool from a callback (its last response ended)."""
         pool.close()
 
+    def loop_gone(self) -> bool:
+        """Whether the pools' event loop has been closed: threads have none, never."""
+        return False
+
     def close(self) -> None:
         """Stop discovery and the worker threads."""
         self._closed = True

@@ -29,6 +29,7 @@ from .._attempts import (
     aborted,
     admit_route,
     answered,
+    closed_outcome,
     failed,
     finish,
     launch,
@@ -37,6 +38,7 @@ from .._attempts import (
     stamp,
     superseded,
     undiscovered,
+    unsent,
 )
 from .._call import Call, Outcome
 from .._endpoint import EndpointState
@@ -85,7 +87,10 @@ class MeshTransport(httpx.BaseTransport):
     async transport also cancels the send as a whole shortly after the limit,
     which ends an attempt that never touches a socket (a respx mock whose side
     effect sleeps, say); the sync transport cannot interrupt a thread, so such
-    an attempt runs until it returns.
+    an attempt runs until it returns. On HTTP/2 a connection's reads and
+    writes serve every request on it, so they keep the client's own timeouts:
+    there the async transport's cancellation is what ends an attempt at its
+    deadline, and the sync transport's attempts are bounded by those timeouts.
 
     .. versionadded:: 0.1
     """
@@ -116,8 +121,11 @@ class MeshTransport(httpx.BaseTransport):
         self._runner.enter()
         now = self.clock()
         mesh = self.mesh
-        call = Call(target, mesh.policy_for(target), request, now, mesh.client_timeouts)
+        call = Call(target, mesh.policy_for(target), request, now, mesh.client_timeouts,
+                    multiplexed=self.settings.http2)
         runtime = call.runtime
+        if runtime.closed:  # closed already: nothing is sent, no pool is built
+            return finish(call, closed_outcome(call), now)
         if not runtime.ready.is_set():
             if mocked(request):  # a respx mock answers: discovery is not needed
                 return self._send_to_mock(call, now)
@@ -125,7 +133,8 @@ class MeshTransport(httpx.BaseTransport):
                 raise undiscovered(call, self.clock())
         if target.pending:  # a control plane's host, configured since: route it now
             target = mesh.select(request) or target
-            call = Call(target, mesh.policy_for(target), request, now, mesh.client_timeouts)
+            call = Call(target, mesh.policy_for(target), request, now, mesh.client_timeouts,
+                        multiplexed=call.multiplexed)
             runtime = call.runtime
         admit_route(call, now)  # CircuitOpenError while the route fails everywhere
         try:
@@ -143,17 +152,33 @@ class MeshTransport(httpx.BaseTransport):
         return finish(call, outcome, self.clock())
 
     def close(self) -> None:
-        """Stop discovery and close every pool (idempotent)."""
+        """Stop discovery and close every pool (idempotent).
+
+        Requests in flight end with an error (their connections are closed under
+        them) and are never sent again: after this no attempt starts and no pool
+        is built. Connections made on an event loop that has been closed since
+        went with it: they are let go, not closed again.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            for runtime in self.mesh.runtimes.values():
+                runtime.closed = True
+        gone = self._runner.loop_gone()
         self._runner.close()
         for runtime in self.mesh.runtimes.values():
             for state in [*runtime.states.values(), *runtime.draining]:
-                self._close_pool(state)
+                if gone:
+                    self._take_pool(state)
+                else:
+                    self._close_pool(state)
         if self._passthrough is not None:
-            self._passthrough.close()
+            try:
+                self._passthrough.close()
+            except RuntimeError:
+                if not gone:  # not a connection of a loop closed since
+                    raise
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable state of every service: endpoints, EWMA, breakers, budget."""
@@ -229,6 +254,10 @@ class MeshTransport(httpx.BaseTransport):
         if not attempt.extensions:  # sent concurrently: stamp it as it really leaves
             stamp(call, attempt, self.clock())
         pool = self._pool_for(state)
+        if pool is None:  # the client was closed meanwhile
+            outcome = unsent(call, state, attempt)
+            self._release(state)
+            return outcome
         try:
             response = pool.send(
                 attempt.request, attempt.extensions, partial(self._release, state),
@@ -294,10 +323,13 @@ class MeshTransport(httpx.BaseTransport):
 
     # -- pools and endpoints ------------------------------------------------------------
 
-    def _pool_for(self, state: EndpointState) -> EndpointPool:
+    def _pool_for(self, state: EndpointState) -> EndpointPool | None:
+        """The endpoint's pool, built on first use; ``None`` once the transport is closed."""
         pool = state.pool
-        if pool is None:
+        if pool is None or self._closed:
             with self._lock:
+                if self._closed:
+                    return None
                 pool = state.pool
                 if pool is None:
                     pool = state.pool = self._new_pool(

@@ -81,9 +81,14 @@ class HTTPProtocol(asyncio.Protocol):
             self._process()
 
     def eof_received(self) -> bool | None:
-        # Half-closed by the client: finish what is pending, then close.
+        # Half-closed by the client: finish what is pending, then close. A stalled
+        # connection has nothing pending: the client gave up, so close it now (else it
+        # would sit in CLOSE_WAIT until the server stops).
         self._eof = True
-        if not self._busy and self._transport is not None:
+        stalled = self in self._server._stalled
+        if (stalled or not self._busy) and self._transport is not None:
+            self._closing = True
+            self._server._stalled.discard(self)
             self._transport.close()
         return True
 
