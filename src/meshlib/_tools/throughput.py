@@ -35,11 +35,14 @@ import httpx
 
 from ..testing._backend import BackendProcess
 
-__all__ = ["CLIENTS", "format_throughput", "run_throughput"]
+__all__ = ["CLIENTS", "GOALS", "format_throughput", "run_throughput"]
 
 _SERVICE = "bench"
 #: the clients measured, in table order
 CLIENTS = ("httpx", "mesh-httpcore", "mesh-aiohttp")
+#: the goals, as a ratio to bare httpx at the same concurrency: (client, tasks) -> at least
+GOALS = {("mesh-httpcore", 16): 1.0, ("mesh-httpcore", 64): 1.0, ("mesh-aiohttp", 1): 1.5,
+         ("mesh-aiohttp", 16): 2.0, ("mesh-aiohttp", 64): 4.0}
 
 
 def _backend_cpu() -> int | None:
