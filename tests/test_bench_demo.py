@@ -198,10 +198,12 @@ def test_quick_bench_throughput(quick_run: tuple[dict[str, Any], Path | None]) -
         assert _finite_positive(float(row["rps"])), (client, n)
         assert row["errors"] == 0 and row["requests"] > 0
         assert _finite_positive(float(row["ratio"]))
+        assert _finite_positive(float(row["cpu_us"])) and _finite_positive(row["cpu_ratio"])
         if client == "httpx":
             assert row["ratio"] == 1.0  # the baseline of its own concurrency
     table = format_throughput(rows)
     assert "mesh-httpcore" in table and "64 tasks" in table
+    assert "client CPU per request" in table
 
 
 def test_quick_bench_pick_memory_large_set(

@@ -137,8 +137,9 @@ def _throughput(rows: list[dict[str, Any]]) -> list[Row]:
             out.append((label, _DASH, _DASH, f"skipped ({why})", f">= {goal:g}x bare",
                         mark(None)))
             continue
+        cpu = f", CPU {r['cpu_ratio']:.2f}x" if r.get("cpu_ratio") else ""
         out.append((label, f"{base['rps']:,.0f}/s", _DASH,
-                    f"{r['rps']:,.0f}/s ({r['ratio']:.2f}x)", f">= {goal:g}x bare",
+                    f"{r['rps']:,.0f}/s ({r['ratio']:.2f}x{cpu})", f">= {goal:g}x bare",
                     mark(r["ratio"] >= goal)))
     return out
 
