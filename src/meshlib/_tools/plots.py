@@ -32,6 +32,8 @@ _TITLES = {
 }
 _LABELS = {"baseline": "bare httpx", "mesh": "meshlib", "httpx": "bare httpx",
            "envoy": "Envoy sidecar", "meshlib": "meshlib"}
+_COLOURS = {"httpx": "#999999", "envoy": "#d62728", "meshlib": "#1f77b4",
+            "no routes": "#9ecae1"}
 _CLIENT_LABELS = {"httpx": "bare httpx.AsyncClient",
                   "mesh-httpcore": 'AsyncMeshClient pool="httpcore"',
                   "mesh-aiohttp": 'AsyncMeshClient pool="aiohttp"'}
@@ -134,7 +136,7 @@ def _bars(ax: Any, title: str, values: Mapping[str, float], unit: str,
           goal: float | None) -> None:
     names = [n for n, v in values.items() if v == v]  # NaN: not run
     ax.bar([_LABELS.get(n, n) for n in names], [values[n] for n in names],
-           color=["#999999", "#d62728", "#1f77b4", "#2ca02c"][:len(names)])
+           color=[_COLOURS.get(n, "#1f77b4") for n in names])
     if goal is not None:
         ax.axhline(goal, color="grey", linestyle=":", label=f"goal {goal:g} {unit}")
         ax.legend(loc="best", fontsize="small")
