@@ -80,6 +80,10 @@ def test_quick_bench_json(quick_run: tuple[dict[str, Any], Path | None]) -> None
         assert o["goal"] == 1.05 and isinstance(o["ok"], bool)
         assert o["p50_goal_us"] == 50.0 and isinstance(o["p50_ok"], bool)
         assert o["p99_goal"] == 1.05 and isinstance(o["p99_ok"], bool)
+        for side in ("baseline", "mesh"):  # the client thread's CPU per request
+            cpu, wall = o["cpu_latency"][side], o["latency"][side]
+            assert cpu["requests"] == wall["requests"]
+            assert 0 < cpu["p50_ms"] <= cpu["p99_ms"] <= cpu["p999_ms"] <= cpu["max_ms"]
     tail = scenarios["tail"]
     for side in ("baseline", "mesh"):
         t = tail[side]
@@ -141,6 +145,7 @@ def test_quick_bench_every_figure_has_a_goal_and_one_mark(
         for pct in ("p50", "p99", "p99.9"):
             assert f"{scenario}: {pct}" in names, (scenario, pct)
     for figure in ("outage: attempts per request", "outage: client CPU per request",
+                   "sequential sync: client CPU p50 / p99 / p99.9",
                    "slow replica: share to the slow one",
                    "route table (3 rules): client CPU per request",
                    "throughput mesh-httpcore, 16 tasks", "throughput mesh-httpcore, 64 tasks"):

@@ -4,8 +4,11 @@ Sequential keep-alive GETs to one fast loopback server. After a warm-up,
 rounds of each client are interleaved (the order alternates between rounds)
 to cancel drift; the time per request is the median over rounds and the
 ratio the median of per-round ratios. Every request's latency is kept for
-p50, p99 and p99.9. With ``envoy_url`` (a sidecar in front of the same
-server), the sync run adds a third side: a bare ``httpx.Client`` through it.
+p50, p99 and p99.9, and the CPU time the client's thread spent on each
+(``time.thread_time``: what the request cost the client, without the time
+it waited for a CPU, so a loaded machine's scheduling does not make its
+tail). With ``envoy_url`` (a sidecar in front of the same server), the sync
+run adds a third side: a bare ``httpx.Client`` through it.
 
 Goals: the time per request at most :data:`OVERHEAD_GOAL` times bare httpx's;
 p50 at most :data:`P50_GOAL_US` microseconds above bare; p99 at most
@@ -42,54 +45,64 @@ def _deltas(start: float, stamps: list[float]) -> list[float]:
 
 
 def _sync_segment(client: httpx.Client, url: str, n: int, deadline: float,
-                  sink: list[float] | None = None) -> tuple[float, int]:
+                  sink: list[float] | None = None,
+                  cpu_sink: list[float] | None = None) -> tuple[float, int]:
     """Send up to ``n`` sequential GETs; return (seconds per request, non-200 count).
 
-    With ``sink``, each request's latency is appended to it (seconds).
+    With ``sink``, each request's latency is appended to it (seconds); with
+    ``cpu_sink``, the CPU time this thread spent on each (``time.thread_time``).
     """
     gc.collect()
     bad = 0
     done = 0
     stamps: list[float] = []
-    clock = time.perf_counter
-    start = clock()
+    cpu: list[float] = []
+    clock, cpu_clock = time.perf_counter, time.thread_time
+    start, cpu_start = clock(), cpu_clock()
     for _ in range(n):
         if client.get(url).status_code != 200:
             bad += 1
         stamps.append(clock())
+        cpu.append(cpu_clock())
         done += 1
         if done % 64 == 0 and stamps[-1] > deadline:
             break
     if sink is not None:
         sink.extend(_deltas(start, stamps))
+    if cpu_sink is not None:
+        cpu_sink.extend(_deltas(cpu_start, cpu))
     return (stamps[-1] - start) / done, bad
 
 
 async def _async_segment(
     client: httpx.AsyncClient, url: str, n: int, deadline: float,
-    sink: list[float] | None = None,
+    sink: list[float] | None = None, cpu_sink: list[float] | None = None,
 ) -> tuple[float, int]:
     """Async version of :func:`_sync_segment`."""
     gc.collect()
     bad = 0
     done = 0
     stamps: list[float] = []
-    clock = time.perf_counter
-    start = clock()
+    cpu: list[float] = []
+    clock, cpu_clock = time.perf_counter, time.thread_time
+    start, cpu_start = clock(), cpu_clock()
     for _ in range(n):
         if (await client.get(url)).status_code != 200:
             bad += 1
         stamps.append(clock())
+        cpu.append(cpu_clock())
         done += 1
         if done % 64 == 0 and stamps[-1] > deadline:
             break
     if sink is not None:
         sink.extend(_deltas(start, stamps))
+    if cpu_sink is not None:
+        cpu_sink.extend(_deltas(cpu_start, cpu))
     return (stamps[-1] - start) / done, bad
 
 
 def _summarise(times: dict[str, list[float]], samples: dict[str, list[float]],
-               per_round: int, bad: int) -> dict[str, Any]:
+               cpu: dict[str, list[float]], per_round: int, bad: int) -> dict[str, Any]:
     base_times, mesh_times = times["baseline"], times["mesh"]
     ratios = [m / b for b, m in zip(base_times, mesh_times, strict=True)]
     ratio = statistics.median(ratios)
@@ -116,6 +129,7 @@ def _summarise(times: dict[str, list[float]], samples: dict[str, list[float]],
         "p99_ratio": round(p99_ratio, 4),
         "p99_goal": P99_GOAL,
         "p99_ok": p99_ratio <= P99_GOAL,
+        "cpu_latency": {k: latency_summary(v) for k, v in cpu.items()},
     }
     if "envoy" in times:
         envoy = latency["envoy"]
@@ -142,6 +156,7 @@ def run_overhead_sync(static_url: str, url: str, *, rounds: int, per_round: int,
     for name in names:
         samples.setdefault(name, [])
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {"baseline": [], "mesh": []}
     deadline = time.perf_counter() + budget_s
     bad = 0
     with (
@@ -158,12 +173,12 @@ def run_overhead_sync(static_url: str, url: str, *, rounds: int, per_round: int,
             shift = i % len(order)
             for name, client, target in order[shift:] + order[:shift]:
                 seconds, failed = _sync_segment(client, target, per_round, deadline + 5.0,
-                                                samples[name])
+                                                samples[name], cpu.get(name))
                 times[name].append(seconds)
                 bad += failed
             if time.perf_counter() > deadline and len(times["baseline"]) >= 3:
                 break
-    return _summarise(times, samples, per_round, bad)
+    return _summarise(times, samples, cpu, per_round, bad)
 
 
 def run_overhead_async(static_url: str, url: str, *, rounds: int, per_round: int, warmup: int,
@@ -179,6 +194,7 @@ def run_overhead_async(static_url: str, url: str, *, rounds: int, per_round: int
     async def main() -> dict[str, Any]:
         deadline = time.perf_counter() + budget_s
         times: dict[str, list[float]] = {"baseline": [], "mesh": []}
+        cpu: dict[str, list[float]] = {"baseline": [], "mesh": []}
         bad = 0
         async with (
             httpx.AsyncClient() as base,
@@ -194,11 +210,12 @@ def run_overhead_async(static_url: str, url: str, *, rounds: int, per_round: int
                     order.reverse()
                 for name, client, target in order:
                     seconds, failed = await _async_segment(client, target, per_round,
-                                                           deadline + 5.0, each[name])
+                                                           deadline + 5.0, each[name],
+                                                           cpu[name])
                     times[name].append(seconds)
                     bad += failed
                 if time.perf_counter() > deadline and len(times["baseline"]) >= 3:
                     break
-        return _summarise(times, each, per_round, bad)
+        return _summarise(times, each, cpu, per_round, bad)
 
     return asyncio.run(main())

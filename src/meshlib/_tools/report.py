@@ -53,7 +53,23 @@ def _sequential(name: str, o: dict[str, Any], envoy: bool) -> list[Row]:
          f"{_ms(mesh['p99_ms'], 3)} ({o['p99_ratio']:.2f}x)", p99_goal, mark(o["p99_ok"])),
         (f"{name}: p99.9", _ms(base["p999_ms"], 3), e_cell("p999_ms"),
          _ms(mesh["p999_ms"], 3), _DASH, mark(None, has_goal=False)),
+        *_cpu_tail(name, o.get("cpu_latency", {})),
     ]
+
+
+def _cpu_tail(name: str, cpu: dict[str, Any]) -> list[Row]:
+    """p50 / p99 / p99.9 of the client thread's CPU time per request (context only)."""
+    base, mesh = cpu.get("baseline"), cpu.get("mesh")
+    if not base or not mesh:
+        return []
+
+    def cell(side: dict[str, Any]) -> str:
+        return " / ".join(f"{side[k] * 1e3:,.0f}" for k in ("p50_ms", "p99_ms", "p999_ms")) \
+            + " us"
+
+    return [(f"{name}: client CPU p50 / p99 / p99.9", cell(base), _DASH,
+             f"{cell(mesh)} ({mesh['p99_ms'] / base['p99_ms']:.2f}x at p99)", _DASH,
+             mark(None, has_goal=False))]
 
 
 def _tail(t: dict[str, Any]) -> list[Row]:
