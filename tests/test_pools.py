@@ -956,3 +956,44 @@ def test_throughput_benchmark_rows_have_the_documented_shape() -> None:
     assert "mesh-aiohttp" in table and "4 tasks" in table
     with pytest.raises(ValueError, match="concurrency"):
         run_throughput(concurrency=(0,))
+
+
+async def test_idle_connection_readability_polls_the_socket_found_once() -> None:
+    """The pool asks every idle connection whether it is readable before each request: the
+    httpcore pool's stream answers from the socket it found once (not by asking anyio to
+    rebuild every socket attribute each time), and answers as httpcore does: not readable
+    while the server is silent, readable once it sends or closes."""
+    from meshlib._async.pool import _AsyncPinnedBackend
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        stream = await _AsyncPinnedBackend("127.0.0.1", port).connect_tcp("ignored", 1)
+        server, _ = listener.accept()
+        with server:
+            inner = stream._stream  # type: ignore[attr-defined]
+            asked: list[str] = []
+            ask = inner.get_extra_info
+
+            def counting(info: str) -> Any:
+                asked.append(info)
+                return ask(info)
+
+            inner.get_extra_info = counting
+            try:
+                assert [stream.get_extra_info("is_readable") for _ in range(50)] == [False] * 50
+                server.sendall(b"x")
+                await asyncio.sleep(0.05)
+                assert stream.get_extra_info("is_readable") is True
+                assert asked == ["socket"]  # found once, then polled directly
+                assert stream.get_extra_info("server_addr") == ("127.0.0.1", port)
+            finally:
+                await stream.aclose()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        stream = await _AsyncPinnedBackend("127.0.0.1", port).connect_tcp("ignored", 1)
+        server, _ = listener.accept()
+        assert stream.get_extra_info("is_readable") is False
+        server.close()  # the server drops the idle connection: readable (EOF)
+        await asyncio.sleep(0.05)
+        assert stream.get_extra_info("is_readable") is True
+        await stream.aclose()

@@ -214,9 +214,11 @@ def _parser() -> argparse.ArgumentParser:
                     "baseline measured in the same run, and print a table.")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.add_argument("--quick", action="store_true",
-                       help="a short run (fewer requests; noisier numbers)")
+                       help="a short run (few requests: noisier numbers, and its p99 and "
+                            "p99.9 are indicative only)")
     bench.add_argument("--plot", metavar="DIR", default=None,
-                       help="also write PNG plots (latency CDFs, throughput, pick cost) "
+                       help="also write PNG plots (latency CDFs, throughput, pick cost, "
+                            "the sidecar comparison) "
                             "into DIR; needs matplotlib: pip install 'httpx-mesh[plot]'")
     status = sub.add_parser("status", help="show the mesh snapshot of a running service",
                             description=_STATUS_HELP,

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from .goals import mark
+
 __all__ = ["LARGE_SET_GOAL", "format_large_set", "run_large_set"]
 
 #: the goal: cost per request at the large size over the cost at the small one
@@ -90,7 +92,7 @@ def run_large_set(small: int = 4, large: int = 1000, *, requests: int = 2000,
 def format_large_set(result: dict[str, Any]) -> str:
     """``run_large_set``'s result as two lines and the ratio."""
     low, high = result["small"], result["large"]
-    verdict = "ok" if result["ok"] else f"above goal {result['goal']:.2f}"
+    verdict = f"goal <= {result['goal']:.2f}x: {mark(result['ok'])}"
     return (f"{low['endpoints']:>5,} endpoints: {low['cpu_us']:8.1f} us client CPU per request\n"
             f"{high['endpoints']:>5,} endpoints: {high['cpu_us']:8.1f} us client CPU per request\n"
             f"ratio: {result['ratio']:.3f}x ({verdict})")

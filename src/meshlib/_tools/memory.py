@@ -22,6 +22,8 @@ import time
 import tracemalloc
 from typing import Any
 
+from .goals import mark
+
 __all__ = ["MEMORY_GOAL_KIB", "POOLS", "format_memory", "run_memory"]
 
 #: the goal per endpoint, in KiB
@@ -147,7 +149,7 @@ def format_memory(rows: list[dict[str, Any]]) -> str:
         if "skipped" in r:
             lines.append(f"{r['pool']:<15} skipped: {r['skipped']}")
             continue
-        verdict = "ok" if r["ok"] else f"above goal {r['goal_kib']:g} KiB"
+        verdict = f"goal <= {r['goal_kib']:g} KiB: {mark(r['ok'])}"
         lines.append(f"{r['pool']:<15} {r['kib_per_endpoint']:6.2f} KiB per endpoint "
                      f"({r['total_kib']:,.0f} KiB for the client at {r['endpoints']:,}; "
                      f"{verdict})")

@@ -4,7 +4,10 @@
   baseline and meshlib on one log-scaled time axis;
 * ``throughput.png``: requests per second against concurrent tasks, one line
   per client (bare httpx, AsyncMeshClient on each pool);
-* ``pick-cost.png``: microseconds per balancer pick against endpoint count.
+* ``pick-cost.png``: microseconds per balancer pick against endpoint count;
+* ``sidecar.png``: bare httpx, the Envoy sidecar and meshlib side by side:
+  the slow replica's p99 and share to the slow one, the outage's attempts
+  and client CPU per request, and the route table's CPU against none.
 
 matplotlib is an optional extra (``pip install 'httpx-mesh[plot]'``); it is
 imported only here, with the non-interactive ``Agg`` backend.
@@ -24,8 +27,13 @@ _TITLES = {
     "overhead_sync": "Overhead, sync: MeshClient vs httpx.Client (one fast server)",
     "overhead_async": "Overhead, async: AsyncMeshClient vs httpx.AsyncClient (one fast server)",
     "tail": "Tail: healthy + 10x slow + 20%-failing server",
+    "slow_replica": "Slow replica: 3 servers, one at 10x latency, 4 tasks",
+    "outage": "Outage: 5 servers all answering 503, 4 tasks",
 }
-_LABELS = {"baseline": "bare httpx", "mesh": "meshlib"}
+_LABELS = {"baseline": "bare httpx", "mesh": "meshlib", "httpx": "bare httpx",
+           "envoy": "Envoy sidecar", "meshlib": "meshlib"}
+_COLOURS = {"httpx": "#999999", "envoy": "#d62728", "meshlib": "#1f77b4",
+            "no routes": "#9ecae1"}
 _CLIENT_LABELS = {"httpx": "bare httpx.AsyncClient",
                   "mesh-httpcore": 'AsyncMeshClient pool="httpcore"',
                   "mesh-aiohttp": 'AsyncMeshClient pool="aiohttp"'}
@@ -124,15 +132,61 @@ def _pick_cost(plt: Any, path: Path, rows: Sequence[Mapping[str, Any]],
     plt.close(fig)
 
 
+def _bars(ax: Any, title: str, values: Mapping[str, float], unit: str,
+          goal: float | None) -> None:
+    names = [n for n, v in values.items() if v == v]  # NaN: not run
+    ax.bar([_LABELS.get(n, n) for n in names], [values[n] for n in names],
+           color=[_COLOURS.get(n, "#1f77b4") for n in names])
+    if goal is not None:
+        ax.axhline(goal, color="grey", linestyle=":", label=f"goal {goal:g} {unit}")
+        ax.legend(loc="best", fontsize="small")
+    ax.set_title(title, fontsize="medium")
+    ax.set_ylabel(unit)
+    ax.tick_params(axis="x", labelsize="small")
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def _side_values(sides: Mapping[str, Any], key: str, scale: float = 1.0) -> dict[str, float]:
+    return {name: (float(side[key]) * scale if key in side else float("nan"))
+            for name, side in sides.items()}
+
+
+def _sidecar(plt: Any, path: Path, scenarios: Mapping[str, Any]) -> None:
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7), dpi=110)
+    slow, outage = scenarios["slow_replica"], scenarios["outage"]
+    _bars(axes[0][0], "slow replica: p99", _side_values(slow["sides"], "p99_ms"), "ms", None)
+    _bars(axes[0][1], "slow replica: share to the slow one",
+          _side_values(slow["sides"], "share_to_slow", 100.0), "%",
+          slow["share_goal"] * 100)
+    routes = scenarios.get("routes")
+    if routes:
+        _bars(axes[0][2], "client CPU per request: route table",
+              {"no routes": routes["plain_us"], "3 rules": routes["routed_us"]}, "us", None)
+    else:
+        axes[0][2].axis("off")
+    _bars(axes[1][0], "outage: attempts per request",
+          _side_values(outage["sides"], "attempts_per_request"), "attempts",
+          outage["attempts_goal"])
+    _bars(axes[1][1], "outage: p50", _side_values(outage["sides"], "p50_ms"), "ms", None)
+    _bars(axes[1][2], "outage: client CPU per request",
+          _side_values(outage["sides"], "cpu_ms_per_request"), "ms", outage["cpu_goal_ms"])
+    fig.suptitle("bare httpx, Envoy sidecar and meshlib (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def write_plots(directory: str | Path, latencies: Mapping[str, Mapping[str, Sequence[float]]],
                 throughput: Sequence[Mapping[str, Any]] | None = None,
                 pick: Sequence[Mapping[str, Any]] | None = None,
-                pick_goal_us: float = 5.0) -> list[Path]:
+                pick_goal_us: float = 5.0, *,
+                scenarios: Mapping[str, Any] | None = None) -> list[Path]:
     """Write the PNG plots into ``directory`` (created if missing); return their paths.
 
     ``latencies`` maps a scenario name to its series (``"baseline"``, ``"mesh"``)
     of per-request latencies in seconds; ``throughput`` and ``pick`` are the rows
-    of :func:`~.throughput.run_throughput` and :func:`~.pick.run_pick_cost`.
+    of :func:`~.throughput.run_throughput` and :func:`~.pick.run_pick_cost`;
+    ``scenarios`` (with ``slow_replica`` and ``outage``) adds ``sidecar.png``.
     Raises ``ConfigError`` naming ``httpx-mesh[plot]`` when matplotlib is missing.
     """
     plt = _pyplot()
@@ -150,5 +204,9 @@ def write_plots(directory: str | Path, latencies: Mapping[str, Mapping[str, Sequ
     if pick:
         path = out / "pick-cost.png"
         _pick_cost(plt, path, pick, pick_goal_us)
+        written.append(path)
+    if scenarios and "slow_replica" in scenarios and "outage" in scenarios:
+        path = out / "sidecar.png"
+        _sidecar(plt, path, scenarios)
         written.append(path)
     return written

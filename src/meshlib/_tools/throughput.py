@@ -14,7 +14,9 @@ that share one counter:
 
 Clients take turns within a round (the order rotates between rounds, to cancel
 drift), and the best of ``rounds`` is kept per client and concurrency, as
-requests per second and as a ratio to bare httpx at the same concurrency.
+requests per second and as a ratio to bare httpx at the same concurrency,
+with the client process's CPU time per request beside it (the least over
+rounds; on a loaded machine it moves less than requests per second do).
 Every loop is bounded in count and in time (``budget_s`` per measurement).
 
 Self-contained: ``run_throughput()`` returns a list of dicts, one per
@@ -35,11 +37,14 @@ import httpx
 
 from ..testing._backend import BackendProcess
 
-__all__ = ["CLIENTS", "format_throughput", "run_throughput"]
+__all__ = ["CLIENTS", "GOALS", "format_throughput", "run_throughput"]
 
 _SERVICE = "bench"
 #: the clients measured, in table order
 CLIENTS = ("httpx", "mesh-httpcore", "mesh-aiohttp")
+#: the goals, as a ratio to bare httpx at the same concurrency: (client, tasks) -> at least
+GOALS = {("mesh-httpcore", 16): 1.0, ("mesh-httpcore", 64): 1.0, ("mesh-aiohttp", 1): 1.5,
+         ("mesh-aiohttp", 16): 2.0, ("mesh-aiohttp", 64): 4.0}
 
 
 def _backend_cpu() -> int | None:
@@ -52,8 +57,8 @@ def _backend_cpu() -> int | None:
 
 
 async def _load(client: httpx.AsyncClient, urls: Sequence[str], *, tasks: int, requests: int,
-                budget_s: float) -> tuple[int, int, float]:
-    """``requests`` GETs from ``tasks`` tasks; returns (done, errors, seconds)."""
+                budget_s: float) -> tuple[int, int, float, float]:
+    """``requests`` GETs from ``tasks`` tasks; returns (done, errors, seconds, CPU seconds)."""
     counter = itertools.count()
     deadline = time.perf_counter() + budget_s
     errors = 0
@@ -75,9 +80,10 @@ async def _load(client: httpx.AsyncClient, urls: Sequence[str], *, tasks: int, r
             done += 1
 
     gc.collect()
+    cpu = time.process_time()
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(tasks)))
-    return done, errors, time.perf_counter() - start
+    return done, errors, time.perf_counter() - start, time.process_time() - cpu
 
 
 async def _measure(static_url: str, urls: list[str], concurrency: Sequence[int], requests: int,
@@ -107,17 +113,23 @@ async def _measure(static_url: str, urls: list[str], concurrency: Sequence[int],
                 shift = r % len(order)
                 for name in order[shift:] + order[:shift]:
                     client, targets = built[name]
-                    done, errors, seconds = await _load(client, targets, tasks=tasks,
-                                                        requests=requests, budget_s=budget_s)
+                    done, errors, seconds, cpu = await _load(
+                        client, targets, tasks=tasks, requests=requests, budget_s=budget_s)
                     rps = done / seconds if seconds > 0 else 0.0
+                    cpu_us = round(cpu / max(done, 1) * 1e6, 1)
+                    if name in best:
+                        best[name]["cpu_us"] = min(best[name]["cpu_us"], cpu_us)
                     if name not in best or rps > best[name]["rps"]:
+                        least = best[name]["cpu_us"] if name in best else cpu_us
                         best[name] = {"concurrency": tasks, "client": name, "requests": done,
                                       "errors": errors, "seconds": round(seconds, 4),
-                                      "rps": round(rps, 1)}
+                                      "rps": round(rps, 1), "cpu_us": least}
             base = best.get("httpx", {}).get("rps")
+            base_cpu = best.get("httpx", {}).get("cpu_us")
             for name in built:
                 row = best[name]
                 row["ratio"] = round(row["rps"] / base, 3) if base else None
+                row["cpu_ratio"] = round(row["cpu_us"] / base_cpu, 3) if base_cpu else None
                 rows.append(row)
     finally:
         for client, _ in built.values():
@@ -132,8 +144,10 @@ def run_throughput(concurrency: Sequence[int] = (1, 16, 64), requests: int = 300
 
     Returns one dict per (concurrency, client) with ``concurrency``, ``client``
     (``"httpx"``, ``"mesh-httpcore"``, ``"mesh-aiohttp"``), ``requests`` (sent in
-    the best round), ``errors``, ``seconds``, ``rps`` and ``ratio`` (``rps`` over
-    bare httpx's at the same concurrency). When aiohttp is not installed (and
+    the best round), ``errors``, ``seconds``, ``rps``, ``ratio`` (``rps`` over
+    bare httpx's at the same concurrency), ``cpu_us`` (this process's CPU time
+    per request, least over rounds: less sensitive to the machine's other load
+    than ``rps``) and ``cpu_ratio`` (over bare httpx's). When aiohttp is not installed (and
     ``clients`` is not given), the ``mesh-aiohttp`` rows say so: ``skipped``
     (why) in place of the figures, as :func:`format_throughput` shows them.
     Each measurement stops after ``budget_s`` seconds even if ``requests``
@@ -194,6 +208,21 @@ def format_throughput(rows: list[dict[str, Any]]) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in table]
+    cpu = [["client CPU per request", *header[1:]]]
+    for name in names:
+        line = [name]
+        for n in levels:
+            r = cell.get((name, n))
+            if r is None or "cpu_us" not in r:
+                line.append("n/a")
+            else:
+                ratio = f" ({r['cpu_ratio']:.2f}x)" if r.get("cpu_ratio") else ""
+                line.append(f"{r['cpu_us']:,.0f} us{ratio}")
+        cpu.append(line)
+    cpu_widths = [max(len(row[i]) for row in cpu) for i in range(len(header))]
+    lines += [""] + ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, cpu_widths, strict=True)))
+                     for row in cpu]
     reasons = dict.fromkeys(f"{r['client']}: {r['skipped']}" for r in rows if "skipped" in r)
     return "\n".join([*lines, *reasons])
 
