@@ -1,6 +1,6 @@
 """meshlib: an embeddable client-side service mesh for httpx.
 
-Swap ``httpx.Client`` for :class:`meshlib.MeshClient` and requests to
+Swap `httpx.Client` for `meshlib.MeshClient` and requests to
 configured service names get discovery, latency-aware balancing, retries
 gated by idempotency and a retry budget, deadlines, circuit breakers,
 hedging and OpenTelemetry, in-process.

@@ -1,4 +1,4 @@
-"""``python -m meshlib``: the command line."""
+"""`python -m meshlib`: the command line."""
 
 from __future__ import annotations
 

@@ -1,27 +1,27 @@
-"""Endpoint pools on aiohttp's connector: ``AsyncMeshClient(pool="aiohttp")``.
+"""Endpoint pools on aiohttp's connector: `AsyncMeshClient(pool="aiohttp")`.
 
-The same contract as :class:`meshlib._pool.AsyncEndpointPool` (one pool per
+The same contract as `meshlib._pool.AsyncEndpointPool` (one pool per
 (service, endpoint), the request's URL unchanged, a streaming body that
 releases its connection and in-flight count when closed, the attempt bounded
-until its response headers by ``limit_at``, timeouts from
-``extensions["timeout"]``, the ``sni_hostname`` extension, errors mapped into
-httpx's hierarchy), carried by ``aiohttp.TCPConnector`` instead of httpcore.
+until its response headers by `limit_at`, timeouts from
+`extensions["timeout"]`, the `sni_hostname` extension, errors mapped into
+httpx's hierarchy), carried by `aiohttp.TCPConnector` instead of httpcore.
 
 How the URL is kept: the connector's resolver answers every name with the
-endpoint's address (RECIPES section 11), so ``https://users/...`` connects to
-``10.0.0.7:8443`` while TLS sends SNI ``users`` and verifies the certificate
-for ``users`` (or ``Service.tls_server_name``), and ``Host`` is what the
+endpoint's address (RECIPES section 11), so `https://users/...` connects to
+`10.0.0.7:8443` while TLS sends SNI `users` and verifies the certificate
+for `users` (or `Service.tls_server_name`), and `Host` is what the
 caller's request says.
 
 HTTP/1.1 only: aiohttp's client does not speak HTTP/2. It takes what the
 httpcore pool takes (a response head up to 100 KiB, lines as long and headers
 as many as fit in it) and sends request header bytes unchanged
-(:mod:`meshlib._aiohttp_wire`).
+(`meshlib._aiohttp_wire`).
 
 What aiohttp does differently and is switched off here, so that both pools
 behave alike: cookies (httpx keeps them), redirects (httpx follows them),
-content decoding (httpx decodes), automatic ``User-Agent``/``Accept``/
-``Content-Type`` headers (httpx sets its own), proxies from the environment,
+content decoding (httpx decodes), automatic `User-Agent`/`Accept`/
+`Content-Type` headers (httpx sets its own), proxies from the environment,
 and aiohttp's silent resend of an idempotent request whose reused connection
 turned out closed (meshlib counts and retries attempts itself).
 """
@@ -95,7 +95,7 @@ class _PinnedConnector(aiohttp.TCPConnector):
 
 class _Expiry:
     """Cancels the attempt's task when its time is up, and remembers having done so
-    (as ``asyncio.timeout`` does, which Python 3.10 lacks)."""
+    (as `asyncio.timeout` does, which Python 3.10 lacks)."""
 
     __slots__ = ("cancelling", "fired", "task")
 
@@ -113,7 +113,7 @@ class _Expiry:
 
 
 def _expired(expiry: _Expiry) -> bool:
-    """After a ``CancelledError``: whether it was the attempt's limit (then the task's
+    """After a `CancelledError`: whether it was the attempt's limit (then the task's
     cancellation is undone) rather than the caller cancelling."""
     if not expiry.fired:
         return False
@@ -125,10 +125,10 @@ def _expired(expiry: _Expiry) -> bool:
 def _timeout_for(timeouts: dict[str, float | None], waits: bool) -> aiohttp.ClientTimeout:
     """httpx's per-operation timeouts (already clamped to the attempt) as aiohttp's.
 
-    aiohttp's ``connect`` covers getting a connection, waiting for a free one
+    aiohttp's `connect` covers getting a connection, waiting for a free one
     included: it is httpx's pool timeout when the pool is full as the attempt
-    begins (``waits``; the connection freed is then usually reused), else the
-    connect timeout. ``sock_connect`` is the connect timeout and ``sock_read``
+    begins (`waits`; the connection freed is then usually reused), else the
+    connect timeout. `sock_connect` is the connect timeout and `sock_read`
     the read timeout, per read, as in httpx. aiohttp has no write timeout: a
     write is bounded by the attempt's limit.
     """
@@ -141,8 +141,8 @@ def _timeout_for(timeouts: dict[str, float | None], waits: bool) -> aiohttp.Clie
 def _mapped(exc: BaseException, *, connected: bool, waited: bool) -> Exception:
     """The httpx exception for an aiohttp (or OS) failure before the response headers.
 
-    ``connected``: a connection had been acquired, so the request may have left;
-    ``waited``: the pool was full when the attempt began.
+    `connected`: a connection had been acquired, so the request may have left;
+    `waited`: the pool was full when the attempt began.
     """
     text = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ServerFingerprintMismatch):
@@ -179,7 +179,7 @@ def _body_error(exc: BaseException) -> Exception:
 
 class _AiohttpResponseStream(httpx.AsyncByteStream):
     """An aiohttp response body; closing it releases the connection (back to the pool if
-    the body was read to the end, else closed) and then calls ``on_close`` once."""
+    the body was read to the end, else closed) and then calls `on_close` once."""
 
     __slots__ = ("_on_close", "_pool", "_response")
 
@@ -220,9 +220,9 @@ class _AiohttpResponseStream(httpx.AsyncByteStream):
 class AiohttpEndpointPool:
     """An async connection pool to one endpoint of one service, on aiohttp's connector.
 
-    Same interface as :class:`meshlib._pool.AsyncEndpointPool`. Built inside the
+    Same interface as `meshlib._pool.AsyncEndpointPool`. Built inside the
     running event loop (the transport builds pools on a request's path); its
-    ``aiohttp.ClientSession`` is opened on the first request.
+    `aiohttp.ClientSession` is opened on the first request.
     """
 
     def __init__(self, host: str, port: int, settings: PoolSettings) -> None:
@@ -269,12 +269,12 @@ class AiohttpEndpointPool:
     async def send(self, request: httpx.Request, extensions: dict[str, Any],
                    on_close: Callable[[], None] | None = None,
                    limit_at: float | None = None) -> httpx.Response:
-        """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
-        response headers must arrive by then (``time.monotonic()``).
+        """Send `request` (its URL unchanged) to the endpoint; with `limit_at`, the
+        response headers must arrive by then (`time.monotonic()`).
 
-        A closed pool sends nothing (``httpx.ConnectError``) and opens no session;
+        A closed pool sends nothing (`httpx.ConnectError`) and opens no session;
         a pool closed while the request was under way releases what it got
-        (``httpx.ReadError``).
+        (`httpx.ReadError`).
         """
         if self._closed:
             raise httpx.ConnectError("the connection pool is closed")

@@ -1,16 +1,16 @@
 """Request header bytes on aiohttp's wire exactly as httpx holds them.
 
-aiohttp takes header names and values as ``str`` and writes them as UTF-8,
-so a value httpx holds as the bytes ``b"Zo\\xeb"`` (Latin-1, as HTTP allows)
-would leave as ``b"Zo\\xc3\\xab"``. The aiohttp pool hands aiohttp every
+aiohttp takes header names and values as `str` and writes them as UTF-8,
+so a value httpx holds as the bytes `b"Zo\\xeb"` (Latin-1, as HTTP allows)
+would leave as `b"Zo\\xc3\\xab"`. The aiohttp pool hands aiohttp every
 header decoded as Latin-1 (one character per byte, any byte) and writes the
 request head back as Latin-1 here, so each byte goes out as it came, as with
-httpcore. aiohttp's own headers (``Host``, ``Content-Length``, ...) are ASCII
+httpcore. aiohttp's own headers (`Host`, `Content-Length`, ...) are ASCII
 and come out the same either way.
 
-Only the pool's own requests use this: :class:`RawHeaderRequest` is passed
-to its ``ClientSession`` as ``request_class``. Its ``send`` is aiohttp's own,
-run with this module's writer in place of ``StreamWriter``: nothing of
+Only the pool's own requests use this: `RawHeaderRequest` is passed
+to its `ClientSession` as `request_class`. Its `send` is aiohttp's own,
+run with this module's writer in place of `StreamWriter`: nothing of
 aiohttp's is changed for anyone else.
 """
 
@@ -34,7 +34,7 @@ def header_text(raw: bytes) -> str:
 
 
 def _head_bytes(status_line: str, headers: Any) -> bytes:
-    """The request head, each character one byte (the inverse of :func:`header_text`)."""
+    """The request head, each character one byte (the inverse of `header_text()`)."""
     lines = [status_line]
     for name, value in headers.items():
         lines.append(f"{name}: {value}")
@@ -58,7 +58,7 @@ class _RawHeaderWriter(http_writer.StreamWriter):
 
 
 def _send_with_raw_headers() -> Any:
-    """aiohttp's ``ClientRequest.send``, looking up ``StreamWriter`` as our writer."""
+    """aiohttp's `ClientRequest.send`, looking up `StreamWriter` as our writer."""
     send = client_reqrep.ClientRequest.send
     names = dict(send.__globals__, StreamWriter=_RawHeaderWriter)
     function = types.FunctionType(send.__code__, names, send.__name__, send.__defaults__,

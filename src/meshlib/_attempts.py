@@ -2,9 +2,9 @@
 
 The sync and async transports differ only in how they send, wait and sleep.
 Everything around that (picking and admitting an endpoint, stamping the
-attempt, turning its result into an :class:`Outcome`, recording it, the
+attempt, turning its result into an `Outcome`, recording it, the
 hedge race's decisions, and the final response or error) is written once
-here, on top of :class:`~meshlib._call.Call`.
+here, on top of `Call`.
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ class Admitted:
 
 
 def admit_route(call: Call, now: float) -> None:
-    """Claim the call's right to use its route: raise ``CircuitOpenError`` (nothing
+    """Claim the call's right to use its route: raise `CircuitOpenError` (nothing
     sent) while the route's breaker is open, so a route failing on every endpoint
-    fails fast; the one trial request after ``reset_timeout`` is let through. A
-    cluster with an in-flight cap that is full raises ``MeshError`` (nothing sent)."""
+    fails fast; the one trial request after `reset_timeout` is let through. A
+    cluster with an in-flight cap that is full raises `MeshError` (nothing sent)."""
     health = call.health
     if not health.breaker.closed:
         admission = health.admit(now)
@@ -186,9 +186,9 @@ class Launch:
 def launch(call: Call, chosen: Admitted, start: float, *, hedge: bool,
            concurrent: bool) -> Launch:
     """Start an attempt: count it, open its span, and (unless it is sent from another
-    thread or task, which calls :func:`stamp` when it really leaves) stamp it.
+    thread or task, which calls `stamp()` when it really leaves) stamp it.
 
-    Every attempt gets its own copy of the request (:meth:`Call.fork_request`):
+    Every attempt gets its own copy of the request (`Call.fork_request()`):
     the mesh's headers are never written into the caller's request, and
     concurrent attempts' headers never race.
     """
@@ -246,7 +246,7 @@ def undiscovered(call: Call, now: float) -> BaseException:
     """The error for a service whose discovery has not answered within the deadline.
 
     The request waits for the first answer within its deadline, then raises
-    ``NoEndpointsError`` (not ``DeadlineExceeded``) if there is still none
+    `NoEndpointsError` (not `DeadlineExceeded`) if there is still none
     (docs/discovery.md).
     """
     waited = max(now - call.started, 0.0)
@@ -255,7 +255,7 @@ def undiscovered(call: Call, now: float) -> BaseException:
 
 
 def finish(call: Call, outcome: Outcome, now: float) -> httpx.Response:
-    """The response for the final outcome (with ``extensions["meshlib"]``), or raise its error."""
+    """The response for the final outcome (with `extensions["meshlib"]`), or raise its error."""
     release_route(call)
     telemetry.finish(call, outcome)
     response = outcome.response
@@ -276,7 +276,7 @@ class HedgeRace:
 
     The first good answer wins. Until one comes, after each hedge delay with
     no answer, one more attempt may go to another endpoint (budget and
-    deadline permitting), up to ``Hedge.max_attempts`` at once.
+    deadline permitting), up to `Hedge.max_attempts` at once.
     """
 
     __slots__ = ("call", "hedging", "last", "limit", "started")
@@ -307,8 +307,8 @@ class HedgeRace:
         return False, stale
 
     def next_hedge(self, now: float) -> Admitted | Literal["stop"] | None:
-        """After a wait with no answer: an endpoint to hedge to, ``None`` to keep waiting,
-        or ``STOP`` when the deadline has passed."""
+        """After a wait with no answer: an endpoint to hedge to, `None` to keep waiting,
+        or `STOP` when the deadline has passed."""
         if self.call.remaining(now) <= 0:
             return STOP
         if not self._may_add():
@@ -333,11 +333,11 @@ class Retries:
     """The decisions between the attempts of one call; the transport only sleeps and sends.
 
     After each attempt (or hedged group) that failed in a retryable way,
-    :meth:`after` asks the call's verdict: the seconds to sleep before the next
-    attempt, or ``None`` when the call ends with that outcome. The verdict owns
-    every stop rule (``retries``, the deadline, the retry budget, the
-    idempotency gate); tenacity's ``wait_random_exponential`` picks the backoff
-    (see :meth:`Call.verdict`).
+    `after()` asks the call's verdict: the seconds to sleep before the next
+    attempt, or `None` when the call ends with that outcome. The verdict owns
+    every stop rule (`retries`, the deadline, the retry budget, the
+    idempotency gate); tenacity's `wait_random_exponential` picks the backoff
+    (see `Call.verdict()`).
     """
 
     __slots__ = ("call", "rounds")
@@ -348,7 +348,7 @@ class Retries:
         self.rounds = 0
 
     def after(self, outcome: Outcome, now: float) -> float | None:
-        """Judge a finished attempt: seconds to sleep before retrying, or ``None`` to stop."""
+        """Judge a finished attempt: seconds to sleep before retrying, or `None` to stop."""
         call = self.call
         self.rounds += 1
         verdict = call.verdict(outcome, self.rounds, now)

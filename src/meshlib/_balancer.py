@@ -1,28 +1,28 @@
 """Load balancers: pick one endpoint among candidates. Logic only, no I/O.
 
 The service runtime filters candidates (priority group, zone, open breakers,
-endpoints already tried) and hands the rest to a balancer's ``pick``, which
+endpoints already tried) and hands the rest to a balancer's `pick`, which
 never blocks. Weights come from discovery (SRV weight, registry weight).
 
-- ``p2c-ewma``: power of two choices over ``peak_ewma * (inflight + 1) / weight``
+- `p2c-ewma`: power of two choices over `peak_ewma * (inflight + 1) / weight`
   (Finagle's and Linkerd's cost). An endpoint with no latency sample yet costs
   as much as the cheapest sampled one, so it is tried soon (a failing
   endpoint's penalty must not make every newcomer look bad), while the
   in-flight factor keeps a burst from stampeding onto it; a failure counts
-  as a slow sample (see ``FAILURE_PENALTY``) so an instance failing fast does
+  as a slow sample (see `FAILURE_PENALTY`) so an instance failing fast does
   not look like the fastest. On a small set
-  (``SMALL_SET`` candidates or fewer) two random choices are a poor sample:
+  (`SMALL_SET` candidates or fewer) two random choices are a poor sample:
   with three endpoints, one slow and one failing, p2c would still send the
   slow one a third of the traffic (whenever the pair excludes the best). So
   there every candidate is priced (latency times load, the load being
   in-flight requests per unit of weight), and the choice is made at random, by
-  weight, among those within ``NEAR_BEST`` (plus ``NEAR_SLACK``) of the cheapest: equal endpoints
+  weight, among those within `NEAR_BEST` (plus `NEAR_SLACK`) of the cheapest: equal endpoints
   share the load, a clearly worse one gets none until its estimate decays
-  or an exploring pick (``EXPLORE``, 1%) measures it again.
-- ``least-request``: power of two choices over ``(inflight + 1) / weight``
-  (Envoy's ``LEAST_REQUEST``).
-- ``round-robin``: smooth weighted round-robin (nginx's algorithm).
-- ``random``: weighted random.
+  or an exploring pick (`EXPLORE`, 1%) measures it again.
+- `least-request`: power of two choices over `(inflight + 1) / weight`
+  (Envoy's `LEAST_REQUEST`).
+- `round-robin`: smooth weighted round-robin (nginx's algorithm).
+- `random`: weighted random.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Balancer(Protocol):
     name: str
 
     def pick(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
-        """Return one of ``candidates`` (never empty); must not block."""
+        """Return one of `candidates` (never empty); must not block."""
         ...
 
 
@@ -160,7 +160,7 @@ class P2CEwma(_PowerOfTwo):
         self._default: tuple[Sequence[EndpointState] | None, float, float] = (None, 0.0, 0.0)
 
     def default_rtt(self, candidates: Sequence[EndpointState], now: float) -> float:
-        """The cheapest sampled latency among ``candidates`` (an unsampled endpoint's cost)."""
+        """The cheapest sampled latency among `candidates` (an unsampled endpoint's cost)."""
         best = None
         for state in candidates:
             value = state.ewma(now)

@@ -1,19 +1,19 @@
 """Per-endpoint circuit breaker: pybreaker's state machine, wrapped thinly.
 
-Why a wrapper and not ``breaker.call(fn)`` around the request:
+Why a wrapper and not `breaker.call(fn)` around the request:
 
-- pybreaker has no asyncio support (``call_async`` is Tornado-only), and
-  ``breaker.call(async_fn)`` records success before the coroutine runs;
-- its sync ``call`` holds the breaker's lock for the whole call, serialising
+- pybreaker has no asyncio support (`call_async` is Tornado-only), and
+  `breaker.call(async_fn)` records success before the coroutine runs;
+- its sync `call` holds the breaker's lock for the whole call, serialising
   every request to the endpoint;
 - it counts cancellation as a failure, and in half-open it lets every
   caller through, where meshlib wants exactly one trial request.
 
 So the request runs outside pybreaker, and its outcome is fed in afterwards
-through pybreaker's public ``call`` with a trivial function that returns
+through pybreaker's public `call` with a trivial function that returns
 (success) or raises (failure). pybreaker still owns the counting and the
 closed/open/half-open transitions; this wrapper adds admission (skip an
-open endpoint, admit one trial after ``reset_timeout``) on a monotonic clock.
+open endpoint, admit one trial after `reset_timeout`) on a monotonic clock.
 """
 
 from __future__ import annotations
@@ -64,14 +64,14 @@ BREAKER_OFF = Breaker(failures=1_000_000, max_ejection_percent=0.0)
 
 
 def breaker_config(config: Breaker | None) -> Breaker:
-    """The configuration breakers are built from: ``None`` is :data:`BREAKER_OFF`."""
+    """The configuration breakers are built from: `None` is `BREAKER_OFF`."""
     return BREAKER_OFF if config is None else config
 
 
 class EndpointBreaker:
-    """The breaker of one endpoint. Time is ``time.monotonic()`` seconds, passed in.
+    """The breaker of one endpoint. Time is `time.monotonic()` seconds, passed in.
 
-    Built from :data:`BREAKER_OFF`, it never opens: it counts nothing.
+    Built from `BREAKER_OFF`, it never opens: it counts nothing.
     """
 
     __slots__ = (
@@ -114,7 +114,7 @@ class EndpointBreaker:
             self._on_transition(self.name, old, new)
 
     def state(self, now: float) -> str:
-        """``closed``, ``open`` or ``half-open`` (open past its probation, ``reset_timeout``
+        """`closed`, `open` or `half-open` (open past its probation, `reset_timeout`
         or longer after failed trials, reads half-open)."""
         if self._state == OPEN and now - self._opened_at >= self._probation:
             return HALF_OPEN
@@ -134,9 +134,9 @@ class EndpointBreaker:
         return not self._trial and self.state(now) == HALF_OPEN
 
     def admit(self, now: float) -> int:
-        """Claim the right to send one request: ``REFUSED``, ``ADMITTED``, or ``TRIAL``
+        """Claim the right to send one request: `REFUSED`, `ADMITTED`, or `TRIAL`
         (the single half-open trial). The attempt keeps what it got and hands it back
-        to :meth:`record` or :meth:`release`."""
+        to `record()` or `release()`."""
         if self._state == CLOSED:
             return ADMITTED
         with self._lock:  # two callers must not both take the trial

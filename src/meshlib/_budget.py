@@ -1,8 +1,8 @@
 """Retry budget: how many extra attempts (retries and hedges) a service may add.
 
-As Finagle's ``RetryBudget``: each logical request deposits ``ratio`` of a
+As Finagle's `RetryBudget`: each logical request deposits `ratio` of a
 token, each extra attempt withdraws one, deposits and withdrawals expire
-after ``ttl`` seconds, and a reserve of ``min_per_second * ttl`` tokens lets a
+after `ttl` seconds, and a reserve of `min_per_second * ttl` tokens lets a
 trickle of retries through when traffic is low. Plain data and arithmetic
 with an injected clock: no I/O, one short lock.
 """
@@ -22,8 +22,8 @@ _SLOTS = 10
 class BudgetLedger:
     """The running balance of one service's retry budget.
 
-    Counts are kept in ``_SLOTS`` time slots covering ``ttl``; a slot older
-    than ``ttl`` is forgotten, so deposits and withdrawals expire together.
+    Counts are kept in `_SLOTS` time slots covering `ttl`; a slot older
+    than `ttl` is forgotten, so deposits and withdrawals expire together.
     """
 
     def __init__(self, config: RetryBudget) -> None:
@@ -58,12 +58,12 @@ class BudgetLedger:
         return reserve + deposits * self.config.ratio - withdrawals
 
     def deposit(self, now: float) -> None:
-        """A logical request started: add ``ratio`` of a token."""
+        """A logical request started: add `ratio` of a token."""
         with self._lock:
             self._deposits[self._cell(now)] += 1
 
     def try_withdraw(self, now: float) -> bool:
-        """Take one token for an extra attempt; ``False`` (nothing taken) if the budget is empty."""
+        """Take one token for an extra attempt; `False` (nothing taken) if the budget is empty."""
         with self._lock:
             if self._balance(now) < 1.0:
                 return False
@@ -71,7 +71,7 @@ class BudgetLedger:
             return True
 
     def refund(self, drawn_at: float) -> None:
-        """Give back a token drawn at ``drawn_at`` for an attempt that was then not sent.
+        """Give back a token drawn at `drawn_at` for an attempt that was then not sent.
 
         The withdrawal is taken back from the slot it was counted in; if that slot
         has expired meanwhile, there is nothing left to give back.

@@ -1,15 +1,15 @@
 """One logical mesh request across its attempts: every decision, no I/O.
 
-The sync and async transports drive a :class:`Call`: they ask it for an
+The sync and async transports drive a `Call`: they ask it for an
 endpoint, for the per-attempt headers and timeouts, hand it each attempt's
 outcome, and ask whether (and after how long a sleep) to try again. The
 rules of docs/guide.md and docs/deadlines.md live here once:
 
 - the deadline spans all attempts and backoff; nothing is sent past it;
-- the idempotency gate (``_gate``) decides which failures may be retried;
+- the idempotency gate (`_gate`) decides which failures may be retried;
 - every extra attempt (retry or hedge) draws a token from the service's
   retry budget *before* it sleeps or is sent;
-- ``Retry-After`` on a ``retry_on`` status is honoured if it fits the deadline;
+- `Retry-After` on a `retry_on` status is honoured if it fits the deadline;
 - deadline-aware admission: an extra attempt whose endpoint usually takes
   longer than the time left is not sent.
 """
@@ -139,8 +139,8 @@ class Call:
         return self.deadline - now
 
     def deadline_error(self, now: float, cause: BaseException | None = None) -> DeadlineExceeded:
-        """The error for a deadline that has passed, ``cause`` (what ran out of time, if
-        anything did) as its ``__cause__``; :func:`~meshlib._explain.explain` adds the
+        """The error for a deadline that has passed, `cause` (what ran out of time, if
+        anything did) as its `__cause__`; `explain()` adds the
         request, service and attempts when the call ends."""
         error = DeadlineExceeded(
             f"deadline passed ({describe_deadline(self.deadline, self.policy.timeout)})",
@@ -153,8 +153,8 @@ class Call:
     def choose(self, now: float, *, within: float | None = None) -> tuple[EndpointState, int]:
         """Pick and admit an endpoint, preferring one not tried yet by this call.
 
-        ``within``: only endpoints expected to answer in that many seconds (raises
-        ``TooSlow`` if none is). Returns the endpoint and its breaker admission.
+        `within`: only endpoints expected to answer in that many seconds (raises
+        `TooSlow` if none is). Returns the endpoint and its breaker admission.
         """
         state, admission = self.runtime.pick(self.balancer, self.tried, now, within)
         self.tried.add(state.address)
@@ -220,16 +220,16 @@ class Call:
 
     def caller_imposed(self, phase: str, extensions: Mapping[str, Any], start: float,
                        limit_at: float | None = None) -> bool:
-        """Whether a ``phase`` timeout of an attempt that left at ``start`` fired under a
+        """Whether a `phase` timeout of an attempt that left at `start` fired under a
         limit the caller imposed, shorter than what the service grants.
 
         Judged from the limits themselves: the attempt's limit for the phase (its
-        httpx timeout, clamped to the deadline and ``attempt_timeout``) against what
+        httpx timeout, clamped to the deadline and `attempt_timeout`) against what
         the operator's policy (route, service, client, environment; not the scoped
         overrides or deadlines) and the client's own httpx timeout grant it. A
-        shorter limit can only come from the caller: a scoped ``meshlib.deadline``
-        or ``meshlib.policy``, a ``timeout=`` argument, or a deadline inherited
-        from ``x-mesh-timeout-ms``.
+        shorter limit can only come from the caller: a scoped `meshlib.deadline`
+        or `meshlib.policy`, a `timeout=` argument, or a deadline inherited
+        from `x-mesh-timeout-ms`.
         """
         timeouts = extensions.get("timeout")
         imposed = timeouts.get(phase) if isinstance(timeouts, Mapping) else None
@@ -260,13 +260,13 @@ class Call:
         return outcome.response.status_code in self.policy.retry_on
 
     def verdict(self, outcome: Outcome, rounds: int, now: float) -> Verdict:
-        """Decide whether to retry ``outcome``, the result of the ``rounds``-th attempt (or
+        """Decide whether to retry `outcome`, the result of the `rounds`-th attempt (or
         hedged group); draws the budget token when it says yes.
 
-        The one owner of every stop rule: ``retries``, the idempotency gate, the
+        The one owner of every stop rule: `retries`, the idempotency gate, the
         deadline (with the sleep), deadline-aware admission and the retry budget.
-        The sleep is tenacity's ``wait_random_exponential`` backoff, or a longer
-        ``Retry-After`` that fits the deadline.
+        The sleep is tenacity's `wait_random_exponential` backoff, or a longer
+        `Retry-After` that fits the deadline.
         """
         if not self.wants_retry(outcome):
             return Verdict(False, "success" if outcome.error is None else "not retryable",
@@ -310,7 +310,7 @@ class Call:
     def abandoned_retry(self, error: BaseException) -> Outcome:
         """The outcome when a retry cannot be sent: the answer it was meant to replace.
 
-        The budget token is given back. Without a previous outcome, ``error``.
+        The budget token is given back. Without a previous outcome, `error`.
         """
         self.refund()
         previous = self.previous
@@ -326,7 +326,7 @@ class Call:
         return type(outcome.error).__name__
 
     def _backoff(self, rounds: int) -> float:
-        """tenacity's full-jitter exponential wait after ``rounds`` attempts (built lazily:
+        """tenacity's full-jitter exponential wait after `rounds` attempts (built lazily:
         a first attempt that succeeds creates no tenacity object)."""
         if self._waits is None:
             backoff = self.policy.backoff
@@ -351,7 +351,7 @@ class Call:
 
     def can_hedge(self) -> bool:
         """Whether this request may be hedged at all: a hedge policy, and no
-        :func:`meshlib._hedging.hedge_refusal`."""
+        `meshlib._hedging.hedge_refusal()`."""
         return self.policy.hedge is not None and hedge_refusal(self) is None
 
     def result(self, outcome: Outcome, now: float) -> httpx.Response:
@@ -366,7 +366,7 @@ class Call:
         raise explain(self, error)
 
     def describe(self, state: EndpointState | None) -> MeshInfo:
-        """The ``response.extensions["meshlib"]`` dict."""
+        """The `response.extensions["meshlib"]` dict."""
         return {
             "service": self.runtime.name,
             "route": self.route,

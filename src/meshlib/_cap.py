@@ -1,4 +1,4 @@
-"""A cluster's cap on requests in flight (xDS ``circuit_breakers.max_requests``).
+"""A cluster's cap on requests in flight (xDS `circuit_breakers.max_requests`).
 
 A request over the cap fails fast with nothing sent, as Envoy's circuit
 breaker overflow does: a cluster that is already as busy as its owner allows
@@ -14,7 +14,7 @@ __all__ = ["RequestCap"]
 
 
 class RequestCap:
-    """At most ``limit`` logical requests in flight at once; no I/O, safe across threads."""
+    """At most `limit` logical requests in flight at once; no I/O, safe across threads."""
 
     __slots__ = ("_lock", "active", "limit")
 
@@ -24,7 +24,7 @@ class RequestCap:
         self._lock = threading.Lock()
 
     def acquire(self) -> bool:
-        """Take a slot; ``False`` when every slot is taken (nothing is changed then)."""
+        """Take a slot; `False` when every slot is taken (nothing is changed then)."""
         with self._lock:
             if self.active >= self.limit:
                 return False

@@ -1,4 +1,4 @@
-"""``MeshClient`` and ``AsyncMeshClient``: httpx clients whose transport is the mesh."""
+"""`MeshClient` and `AsyncMeshClient`: httpx clients whose transport is the mesh."""
 
 from __future__ import annotations
 
@@ -26,16 +26,16 @@ def _transport_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _granted_timeouts(timeout: httpx.Timeout) -> dict[str, float | None]:
     """The client's own httpx timeouts: what an attempt is granted unless the caller
-    passes a shorter ``timeout=`` (a caller's limit never counts against an endpoint)."""
+    passes a shorter `timeout=` (a caller's limit never counts against an endpoint)."""
     return timeout.as_dict()
 
 
 def _with_service_mounts(kwargs: dict[str, Any], names: Any, transport: Any) -> dict[str, Any]:
-    """``mounts`` that send each service host to the mesh transport.
+    """`mounts` that send each service host to the mesh transport.
 
     Everything else is left to httpx exactly as a plain client would do it (its
     default transport, proxies from the environment, the caller's own
-    ``transport=`` and ``mounts=``); a mount names one host, so it is matched
+    `transport=` and `mounts=`); a mount names one host, so it is matched
     before any proxy pattern and a proxy never captures a service.
     """
     mounts = dict(kwargs.pop("mounts", None) or {})
@@ -44,19 +44,19 @@ def _with_service_mounts(kwargs: dict[str, Any], names: Any, transport: Any) -> 
 
 
 class MeshClient(httpx.Client):
-    """An ``httpx.Client`` that sends requests for mesh services through the mesh.
+    """An `httpx.Client` that sends requests for mesh services through the mesh.
 
-    ``services`` maps service names to discovery URLs or :class:`meshlib.Service`
-    (``None`` reads ``MESHLIB_SERVICES``); ``policy`` is the client's default
-    :class:`meshlib.Policy` (each field it does not give comes from ``MESHLIB_*``,
-    then the defaults); ``routes`` maps host names to lists of
-    :class:`meshlib.Route` (``None`` reads the ``MESHLIB_ROUTES`` file, if set). Every other keyword
-    is passed to ``httpx.Client``: hosts that are not services are handled by
+    `services` maps service names to discovery URLs or `meshlib.Service`
+    (`None` reads `MESHLIB_SERVICES`); `policy` is the client's default
+    `meshlib.Policy` (each field it does not give comes from `MESHLIB_*`,
+    then the defaults); `routes` maps host names to lists of
+    `meshlib.Route` (`None` reads the `MESHLIB_ROUTES` file, if set). Every other keyword
+    is passed to `httpx.Client`: hosts that are not services are handled by
     httpx exactly as a plain client handles them (its transport, your
-    ``transport=`` and ``mounts=``, proxies from the environment). Raises ``ConfigError`` on bad
+    `transport=` and `mounts=`, proxies from the environment). Raises `ConfigError` on bad
     configuration.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
@@ -89,23 +89,23 @@ class MeshClient(httpx.Client):
         "breaker", "requests", "failures", "weight", "zone", "priority"}],
         "retry_budget": {"balance"}}}}``.
 
-        ``ewma_ms`` is the balancer's score, not a measured latency: a failure
+        `ewma_ms` is the balancer's score, not a measured latency: a failure
         counts as a sample of at least 1000 ms, so an endpoint that fails fast
         reads about 1000 ms (a penalty that steers traffic away from it), then
-        decays over about 10 s. ``latency_ms`` is the estimate from successful
-        answers only (``None`` before the first one).
+        decays over about 10 s. `latency_ms` is the estimate from successful
+        answers only (`None` before the first one).
         """
         return self.mesh_transport.snapshot()
 
 
 class AsyncMeshClient(httpx.AsyncClient):
-    """An ``httpx.AsyncClient`` that sends requests for mesh services through the mesh.
+    """An `httpx.AsyncClient` that sends requests for mesh services through the mesh.
 
-    Same arguments as :class:`MeshClient`, plus ``pool``: what carries the endpoints'
-    connections, ``"httpcore"`` (default) or ``"aiohttp"`` (faster; HTTP/1.1 only;
-    ``pip install "httpx-mesh[aiohttp]"``); ``None`` reads ``MESHLIB_POOL``.
+    Same arguments as `MeshClient`, plus `pool`: what carries the endpoints'
+    connections, `"httpcore"` (default) or `"aiohttp"` (faster; HTTP/1.1 only;
+    `pip install "httpx-mesh[aiohttp]"`); `None` reads `MESHLIB_POOL`.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
@@ -135,10 +135,10 @@ class AsyncMeshClient(httpx.AsyncClient):
         "breaker", "requests", "failures", "weight", "zone", "priority"}],
         "retry_budget": {"balance"}}}}``.
 
-        ``ewma_ms`` is the balancer's score, not a measured latency: a failure
+        `ewma_ms` is the balancer's score, not a measured latency: a failure
         counts as a sample of at least 1000 ms, so an endpoint that fails fast
         reads about 1000 ms (a penalty that steers traffic away from it), then
-        decays over about 10 s. ``latency_ms`` is the estimate from successful
-        answers only (``None`` before the first one).
+        decays over about 10 s. `latency_ms` is the estimate from successful
+        answers only (`None` before the first one).
         """
         return self.mesh_transport.snapshot()

@@ -1,7 +1,7 @@
-"""Reading ``MESHLIB_*`` environment variables into a default policy and services.
+"""Reading `MESHLIB_*` environment variables into a default policy and services.
 
 Every variable is validated when a client is built, even when explicit
-arguments override it, and a bad one raises ``ConfigError`` naming it.
+arguments override it, and a bad one raises `ConfigError` naming it.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ _warned_lock = threading.Lock()
 
 
 def _warn_once(key: str, message: str, *args: object) -> None:
-    """Log ``message`` at WARNING the first time ``key`` is seen in this process."""
+    """Log `message` at WARNING the first time `key` is seen in this process."""
     with _warned_lock:
         if key in _warned:
             return
@@ -77,10 +77,10 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(var: str, raw: str, *, positive: bool = True) -> float:
-    """Seconds in a duration variable: ``2``, ``2.5``, ``2s``, ``250ms``, ``1m``, ``1h``.
+    """Seconds in a duration variable: `2`, `2.5`, `2s`, `250ms`, `1m`, `1h`.
 
-    A plain number is seconds. Raises ``ConfigError`` naming the variable, the
-    value and the accepted units; durations are at most one day (``MAX_SECONDS``).
+    A plain number is seconds. Raises `ConfigError` naming the variable, the
+    value and the accepted units; durations are at most one day (`MAX_SECONDS`).
     """
     match = _DURATION.match(raw)
     if match is None:
@@ -105,7 +105,7 @@ def _int(var: str, raw: str, *, minimum: int = 0, maximum: int = 1_000_000) -> i
 
 
 def parse_services(raw: str, *, var: str = "MESHLIB_SERVICES") -> dict[str, str]:
-    """Parse ``name=URL`` pairs separated by whitespace or ``;``."""
+    """Parse `name=URL` pairs separated by whitespace or `;`."""
     services: dict[str, str] = {}
     shown = redact_url(raw)
     for item in re.split(r"[\s;]+", raw.strip()):
@@ -167,7 +167,7 @@ class EnvConfig:
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> EnvConfig:
-    """Read and validate every ``MESHLIB_*`` variable; raise ``ConfigError`` on a bad one."""
+    """Read and validate every `MESHLIB_*` variable; raise `ConfigError` on a bad one."""
     env = os.environ if environ is None else environ
     _warn_unknown(env)
     changes: dict[str, Any] = {}
@@ -226,7 +226,7 @@ def read_env(environ: Mapping[str, str] | None = None) -> EnvConfig:
 
 
 def _k8s_api(env: Mapping[str, str]) -> str | None:
-    """``MESHLIB_K8S_API`` (validated), else the in-cluster API server, else ``None``."""
+    """`MESHLIB_K8S_API` (validated), else the in-cluster API server, else `None`."""
     raw = env.get("MESHLIB_K8S_API", "").strip()
     if raw:
         shown = redact_url(raw)  # a password in it must not reach logs through the error
@@ -251,7 +251,7 @@ def _k8s_api(env: Mapping[str, str]) -> str | None:
 
 
 def _warn_unknown(env: Mapping[str, str]) -> None:
-    """Warn once per process about each ``MESHLIB_*`` variable meshlib does not read."""
+    """Warn once per process about each `MESHLIB_*` variable meshlib does not read."""
     for name in env:
         if name.startswith("MESHLIB_") and name not in KNOWN_VARIABLES and name not in _warned:
             close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1, cutoff=0.75)
@@ -270,7 +270,7 @@ def warn_no_services() -> None:
 
 
 def warn_if_host_like(name: str) -> None:
-    """Warn once per name when a service is named like a real host (``localhost``, an IP).
+    """Warn once per name when a service is named like a real host (`localhost`, an IP).
 
     Routing is by host name alone: such a service captures every request to
     that host, whatever its port, including calls meant for something else.

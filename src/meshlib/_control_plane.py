@@ -1,9 +1,9 @@
-"""Hosts whose routes and clusters come from a control plane (``xds:///``), followed
+"""Hosts whose routes and clusters come from a control plane (`xds:///`), followed
 in the background.
 
-A :class:`ControlPlane` is what the runners drive (like a service's discovery):
-its discovery yields each :class:`~meshlib._route_source.RouteUpdate` of its
-:class:`~meshlib._route_source.RouteSource`, and :meth:`ControlPlane.apply`
+A `ControlPlane` is what the runners drive (like a service's discovery):
+its discovery yields each `RouteUpdate` of its
+`RouteSource`, and `ControlPlane.apply()`
 installs it into the mesh in an order no request can see half of:
 
 1. the clusters the update names get their runtimes (a running cluster whose
@@ -48,20 +48,20 @@ CONTROL_PLANE_SCHEMES = frozenset({"xds"})
 
 
 def is_control_plane_url(url: object) -> bool:
-    """Whether ``url`` names a control plane (``xds://...``) rather than endpoints."""
+    """Whether `url` names a control plane (`xds://...`) rather than endpoints."""
     return isinstance(url, str) and url.partition("://")[0].lower() in CONTROL_PLANE_SCHEMES
 
 
 def check_url(url: str) -> None:
-    """``ConfigError`` for a malformed control-plane URL (no bootstrap needed)."""
+    """`ConfigError` for a malformed control-plane URL (no bootstrap needed)."""
     from ._xds.bootstrap import parse_xds_url
 
     parse_xds_url(url)
 
 
 def route_source(url: str, environ: Mapping[str, str] | None) -> RouteSource:
-    """The RouteSource of a control-plane URL (``ConfigError`` when it cannot be built:
-    a bad URL or bootstrap, or the ``xds`` extra missing)."""
+    """The RouteSource of a control-plane URL (`ConfigError` when it cannot be built:
+    a bad URL or bootstrap, or the `xds` extra missing)."""
     check_url(url)
     from ._xds_source import XdsRouteSource
 
@@ -70,7 +70,7 @@ def route_source(url: str, environ: Mapping[str, str] | None) -> RouteSource:
 
 def service_routes(url: str, options: DiscoveryOptions) -> RouteSource | None:
     """The routes that come with a service's own discovery, if its kind has them: the
-    Gateway API HTTPRoutes attached to a ``k8s://`` Service."""
+    Gateway API HTTPRoutes attached to a `k8s://` Service."""
     if url.partition("://")[0].lower() != "k8s":
         return None
     from ._k8s_routes import HttpRouteSource
@@ -79,8 +79,8 @@ def service_routes(url: str, options: DiscoveryOptions) -> RouteSource | None:
 
 
 class RouteSourceDiscovery(Discovery):
-    """A RouteSource as the runners see a discovery: ``()`` when a new update is ready
-    in :attr:`latest`, failures as they come."""
+    """A RouteSource as the runners see a discovery: `()` when a new update is ready
+    in `latest`, failures as they come."""
 
     def __init__(self, source: RouteSource, on_close: Callable[[], None]) -> None:
         super().__init__(source.url)
@@ -98,7 +98,7 @@ class RouteSourceDiscovery(Discovery):
         return None
 
     async def updates(self) -> AsyncIterator[Update]:
-        """Yield ``()`` after each update (in :attr:`latest`), failures as they happen."""
+        """Yield `()` after each update (in `latest`), failures as they happen."""
         async for item in self.source.updates():
             if isinstance(item, DiscoveryFailure):
                 yield item
@@ -108,7 +108,7 @@ class RouteSourceDiscovery(Discovery):
 
 
 class ControlPlane:
-    """One host (an ``xds:///`` service) and the clusters its control plane names."""
+    """One host (an `xds:///` service) and the clusters its control plane names."""
 
     def __init__(self, mesh: Mesh, host: str, service: Service, source: RouteSource,
                  new_runtime: Callable[[str, Service, Discovery, Policy], ServiceRuntime],
@@ -236,7 +236,7 @@ class ControlPlane:
 
     def snapshot(self, now: float, service: dict[str, Any] | None = None) -> dict[str, Any]:
         """JSON-ready: the host's readiness, its clusters and its control plane's state
-        (added to ``service``, the snapshot of the host's own service, when it has one)."""
+        (added to `service`, the snapshot of the host's own service, when it has one)."""
         if service is None:
             out = self.gate.snapshot(now)
             out.pop("routes", None)

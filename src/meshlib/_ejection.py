@@ -1,10 +1,10 @@
 """Which endpoints of a service are out, and the cap on ejecting more (no I/O).
 
 An endpoint is *out* while its breaker is not closed, whatever opened it. At
-most ``Breaker.max_ejection_percent`` of a service's endpoints may be out at
-once for failed answers (Envoy's ``max_ejection_percent``); refused
+most `Breaker.max_ejection_percent` of a service's endpoints may be out at
+once for failed answers (Envoy's `max_ejection_percent`); refused
 connections are not capped. Only live endpoints hold a slot: one that leaves
-discovery gives its slot back (:meth:`EjectionLedger.forget`).
+discovery gives its slot back (`EjectionLedger.forget()`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ class EjectionLedger:
         self._lock = lock  # the service's lock, never held across I/O
 
     def reserve(self, state: EndpointState, states: Mapping[str, EndpointState]) -> bool:
-        """Whether ``state``'s breaker may open for a failed *answer*. A granted slot is
-        held until the breaker closes, or given back by :meth:`settle` if it did not
+        """Whether `state`'s breaker may open for a failed *answer*. A granted slot is
+        held until the breaker closes, or given back by `settle()` if it did not
         open."""
         with self._lock:
             if states.get(state.address) is not state:
@@ -46,23 +46,23 @@ class EjectionLedger:
             return True
 
     def settle(self, state: EndpointState) -> None:
-        """Give back the slot of :meth:`reserve` if the breaker stayed closed."""
+        """Give back the slot of `reserve()` if the breaker stayed closed."""
         if state.breaker.closed:
             with self._lock:
                 if state.breaker.closed:
                     self.out.discard(state.address)
 
     def opened(self, address: str) -> None:
-        """The breaker of ``address`` left the closed state."""
+        """The breaker of `address` left the closed state."""
         self.out.add(address)
 
     def forget(self, address: str) -> None:
-        """``address`` closed its breaker again, or left discovery: its slot is free."""
+        """`address` closed its breaker again, or left discovery: its slot is free."""
         self.out.discard(address)
 
     @staticmethod
     def usable(states: Mapping[str, EndpointState], address: str, now: float) -> bool:
-        """Whether ``address`` is a live endpoint that may be tried now (breaker closed,
+        """Whether `address` is a live endpoint that may be tried now (breaker closed,
         or its trial due)."""
         state = states.get(address)
         return state is not None and state.breaker.available(now)

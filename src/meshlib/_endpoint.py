@@ -23,12 +23,12 @@ DECAY_SECONDS = 10.0
 
 
 def format_address(host: str, port: int) -> str:
-    """``host:port``, with IPv6 addresses in brackets (``[::1]:8001``)."""
+    """`host:port`, with IPv6 addresses in brackets (`[::1]:8001`)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_host_port(text: str, *, what: str, default_port: int | None = None) -> tuple[str, int]:
-    """Split ``host:port`` (IPv6 as ``[::1]:53``); raise ``ConfigError`` naming ``what``."""
+    """Split `host:port` (IPv6 as `[::1]:53`); raise `ConfigError` naming `what`."""
     text = text.strip()
     host, port_text = text, None
     if text.startswith("["):
@@ -61,10 +61,10 @@ def parse_host_port(text: str, *, what: str, default_port: int | None = None) ->
 class Endpoint:
     """One instance of a service as discovery reports it.
 
-    ``weight`` scales the share of traffic under equal latency, ``zone`` enables
-    zone-aware routing, ``priority`` is the SRV priority (lower is preferred).
+    `weight` scales the share of traffic under equal latency, `zone` enables
+    zone-aware routing, `priority` is the SRV priority (lower is preferred).
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     host: str
@@ -75,7 +75,7 @@ class Endpoint:
 
     @property
     def address(self) -> str:
-        """``host:port``, IPv6 in brackets."""
+        """`host:port`, IPv6 in brackets."""
         return format_address(self.host, self.port)
 
 
@@ -83,17 +83,17 @@ class Endpoint:
 class EndpointState:
     """Mutable statistics of one endpoint, shared by every picker that holds it.
 
-    Latency is a peak EWMA (Finagle's ``PeakEwma``): a sample above the current
+    Latency is a peak EWMA (Finagle's `PeakEwma`): a sample above the current
     value replaces it at once; a lower one is blended in with weight
-    ``1 - exp(-dt / DECAY_SECONDS)``; and reading decays the value towards zero,
+    `1 - exp(-dt / DECAY_SECONDS)`; and reading decays the value towards zero,
     so an endpoint that has not been picked for a while gets probed again.
 
     Failures are priced apart from latency, as a *penalty* added to it: a failed
-    attempt raises the penalty to at least ``penalty`` seconds, each success halves
+    attempt raises the penalty to at least `penalty` seconds, each success halves
     it, and it decays with the same time constant when idle. So a failing endpoint
     is avoided, and a healed one sheds its penalty after a handful of successes
     (the exploring picks find it) instead of through the 10 s EWMA; when its
-    breaker closes the penalty is cleared at once (:meth:`forgive`).
+    breaker closes the penalty is cleared at once (`forgive()`).
     Counters are changed under a short lock that is never held across I/O.
     """
 
@@ -128,8 +128,8 @@ class EndpointState:
         self.streak = 0
 
     def ewma(self, now: float) -> float | None:
-        """The balancer's cost basis at ``now``: the decayed peak-EWMA latency plus the
-        decayed failure penalty, in seconds; ``None`` before any sample."""
+        """The balancer's cost basis at `now`: the decayed peak-EWMA latency plus the
+        decayed failure penalty, in seconds; `None` before any sample."""
         value = _decayed(self._ewma, self._stamp, now)
         if value is None or not self._penalty:
             return value
@@ -148,7 +148,7 @@ class EndpointState:
             else penalty
 
     def ok_estimate(self, now: float) -> float | None:
-        """Peak-EWMA latency of successful answers only, decayed; ``None`` before any.
+        """Peak-EWMA latency of successful answers only, decayed; `None` before any.
 
         Deadline-aware admission uses this: the failure penalty that steers the
         balancer away from a failing endpoint says nothing about how long it takes.
@@ -156,7 +156,7 @@ class EndpointState:
         return _decayed(self._ok, self._ok_stamp, now)
 
     def fits(self, seconds: float, now: float) -> bool:
-        """Whether this endpoint usually answers within ``seconds``."""
+        """Whether this endpoint usually answers within `seconds`."""
         value = self.ok_estimate(now)
         return value is None or value < seconds
 
@@ -168,7 +168,7 @@ class EndpointState:
 
     def observe(self, latency: float, now: float, *, failed: bool, penalty: float) -> None:
         """Record an attempt's latency; a failure raises the penalty to at least
-        ``penalty`` seconds, a success halves it."""
+        `penalty` seconds, a success halves it."""
         with self._lock:
             self._ewma = _peak_ewma(self._ewma, self._stamp, latency, now)
             self._stamp = now
@@ -200,7 +200,7 @@ class EndpointState:
 
 
 def _decayed(value: float | None, stamp: float, now: float) -> float | None:
-    """A peak-EWMA value last updated at ``stamp``, decayed towards zero until ``now``."""
+    """A peak-EWMA value last updated at `stamp`, decayed towards zero until `now`."""
     if value is None:
         return None
     elapsed = now - stamp
@@ -209,7 +209,7 @@ def _decayed(value: float | None, stamp: float, now: float) -> float | None:
 
 def _peak_ewma(current: float | None, stamp: float, sample: float, now: float) -> float:
     """One peak-EWMA update: a sample above the decayed value replaces it; a lower one is
-    blended in with weight ``1 - exp(-dt / DECAY_SECONDS)``."""
+    blended in with weight `1 - exp(-dt / DECAY_SECONDS)`."""
     if current is None:
         return sample
     weight = math.exp(-max(now - stamp, 0.0) / DECAY_SECONDS)

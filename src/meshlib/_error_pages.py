@@ -4,12 +4,12 @@ A sidecar proxy answers its application's caller 504 when an upstream
 request ran out of time and 503 when no upstream could serve it; an
 embedded mesh gives the same answers instead of a 500 with a traceback:
 
-* :class:`~meshlib.DeadlineExceeded` → ``504 Gateway Timeout``;
-* any other :class:`~meshlib.MeshError` (no endpoints, circuit open, no
-  route) → ``503 Service Unavailable``;
+* `DeadlineExceeded` → `504 Gateway Timeout`;
+* any other `MeshError` (no endpoints, circuit open, no
+  route) → `503 Service Unavailable`;
 * anything else is not the mesh's to answer: it propagates.
 
-The body is a short ``text/plain`` line that names the kind of failure,
+The body is a short `text/plain` line that names the kind of failure,
 never the endpoints or the message (the caller is outside the mesh). The
 full error is logged at WARNING once per cause (the error type, its cause's
 type and the service), later repeats at DEBUG, so an outage does not flood
@@ -41,7 +41,7 @@ class ErrorPage:
 
     @property
     def status_line(self) -> str:
-        """``"504 Gateway Timeout"`` (for WSGI's ``start_response``)."""
+        """`"504 Gateway Timeout"` (for WSGI's `start_response`)."""
         return f"{self.status} {self.reason}"
 
 
@@ -57,7 +57,7 @@ _OTHER = ErrorPage(503, "Service Unavailable", "upstream unavailable\n")
 
 
 def error_page(exc: BaseException) -> ErrorPage | None:
-    """The answer for ``exc``, or ``None`` when it is not a mesh error (let it propagate)."""
+    """The answer for `exc`, or `None` when it is not a mesh error (let it propagate)."""
     if isinstance(exc, DeadlineExceeded):
         return _TIMEOUT
     if isinstance(exc, MeshError):
@@ -80,7 +80,7 @@ class ErrorLog:
         self._lock = threading.Lock()
 
     def log(self, exc: BaseException, page: ErrorPage) -> None:
-        """Record that ``exc`` was answered with ``page``."""
+        """Record that `exc` was answered with `page`."""
         key = _cause_key(exc)
         with self._lock:
             first = key not in self._seen and len(self._seen) < _MAX_CAUSES

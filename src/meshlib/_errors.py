@@ -1,19 +1,19 @@
 """The errors meshlib raises, all inside httpx's hierarchy except ConfigError.
 
-::
+```
+httpx.HTTPError
+└── httpx.TransportError
+    ├── MeshError                 the mesh's own transport errors
+    │   ├── NoEndpointsError      discovery knows no endpoint
+    │   ├── CircuitOpenError      every endpoint's (or the route's) breaker is open
+    │   └── NoRouteError          the host has routes, none matched, no service has its name
+    └── httpx.TimeoutException
+        └── DeadlineExceeded      the logical request's deadline passed
+ValueError
+└── ConfigError                   bad configuration
+```
 
-    httpx.HTTPError
-    └── httpx.TransportError
-        ├── MeshError                 the mesh's own transport errors
-        │   ├── NoEndpointsError      discovery knows no endpoint
-        │   ├── CircuitOpenError      every endpoint's (or the route's) breaker is open
-        │   └── NoRouteError          the host has routes, none matched, no service has its name
-        └── httpx.TimeoutException
-            └── DeadlineExceeded      the logical request's deadline passed
-    ValueError
-    └── ConfigError                   bad configuration
-
-``TooSlow`` is internal: it never reaches a caller (it becomes a retry refusal).
+`TooSlow` is internal: it never reaches a caller (it becomes a retry refusal).
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ _SECRET_PARAM = re.compile(
 
 
 def redact_url(url: object) -> str:
-    """``url`` (or any text holding URLs) with credentials replaced by ``***``.
+    """`url` (or any text holding URLs) with credentials replaced by `***`.
 
-    Userinfo (``user:password@``) and the values of query parameters named like
-    secrets (``token``, ``password``, ``key``...) are hidden. Every error
+    Userinfo (`user:password@`) and the values of query parameters named like
+    secrets (`token`, `password`, `key`...) are hidden. Every error
     message and log line that shows a URL goes through this.
     """
     text = str(url)
@@ -58,21 +58,21 @@ def redact_url(url: object) -> str:
 class MeshError(httpx.TransportError):
     """Base of the mesh's own transport errors.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
 
 class NoEndpointsError(MeshError):
     """Discovery knows no endpoint for the service (yet, or any more).
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
 
 class CircuitOpenError(MeshError):
     """Every endpoint's circuit breaker is open: the request failed fast, nothing was sent.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
 
@@ -80,14 +80,14 @@ class NoRouteError(MeshError):
     """The request's host has routes, none of them matched, and no service has the
     host's name: nothing was sent.
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
 
 
 class DeadlineExceeded(httpx.TimeoutException):
     """The logical request's deadline passed (across all attempts and backoff).
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
 
@@ -95,9 +95,9 @@ class ConfigError(ValueError):
     """Bad configuration: names the argument or environment variable and its value.
 
     The message never shows a secret: credentials in any URL it quotes
-    (``user:password@``, ``?token=``...) read ``***``.
+    (`user:password@`, `?token=`...) read `***`.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     def __init__(self, message: object = "", *args: object) -> None:

@@ -1,17 +1,19 @@
 """The message of an error that ends a logical request: what happened, where, how often.
 
-A caller that sees ``ConnectError: [Errno 111] Connection refused`` cannot tell
+A caller that sees `ConnectError: [Errno 111] Connection refused` cannot tell
 which service failed, whether retries ran, or which endpoints refused. The
 error a mesh request raises therefore names the request, the service, the
 route (when one is configured), the attempts made and the endpoints tried,
-and the last cause::
+and the last cause:
 
-    GET http://users/v1/me failed after 3 attempts on service 'users'
-    (endpoints tried: 127.0.0.1:8001, 127.0.0.1:8002); last cause: ConnectError:
-    [Errno 111] Connection refused
+```
+GET http://users/v1/me failed after 3 attempts on service 'users'
+(endpoints tried: 127.0.0.1:8001, 127.0.0.1:8002); last cause: ConnectError:
+[Errno 111] Connection refused
+```
 
-The error keeps its type (``except httpx.ConnectError`` still works) and the
-original exception is its ``__cause__``. Built once, when the request ends:
+The error keeps its type (`except httpx.ConnectError` still works) and the
+original exception is its `__cause__`. Built once, when the request ends:
 nothing here runs on a request that succeeds.
 """
 
@@ -30,7 +32,7 @@ __all__ = ["cause_text", "context", "explain"]
 
 
 def context(call: Call) -> str:
-    """``after N attempts on service 'S' (route 'R'; endpoints tried: a, b)``."""
+    """`after N attempts on service 'S' (route 'R'; endpoints tried: a, b)`."""
     attempts = call.attempts
     noun = "attempt" if attempts == 1 else "attempts"
     details = []
@@ -44,7 +46,7 @@ def context(call: Call) -> str:
 
 def cause_text(cause: BaseException) -> str:
     """A cause as the message shows it: the mesh's own causes by their text, others
-    with their type's name (``ConnectError: [Errno 111] Connection refused``)."""
+    with their type's name (`ConnectError: [Errno 111] Connection refused`)."""
     if isinstance(cause, (MeshError, TooSlow)):
         return str(cause)
     text = str(cause)
@@ -53,11 +55,11 @@ def cause_text(cause: BaseException) -> str:
 
 
 def explain(call: Call, error: BaseException) -> BaseException:
-    """``error`` with a message that explains it, of the same type, the original as
-    its ``__cause__`` (a mesh error keeps its own cause).
+    """`error` with a message that explains it, of the same type, the original as
+    its `__cause__` (a mesh error keeps its own cause).
 
-    A ``DeadlineExceeded`` from :meth:`Call.deadline_error` says how the deadline was
-    set; its ``__cause__`` (if any) is the last cause. An error that is not an
+    A `DeadlineExceeded` from `Call.deadline_error()` says how the deadline was
+    set; its `__cause__` (if any) is the last cause. An error that is not an
     httpx transport error, or whose type cannot be built from a message, is
     returned unchanged.
     """

@@ -1,10 +1,10 @@
 """The one place an attempt's outcome is judged and handed out (no I/O).
 
 Every finished attempt comes here once, as a response or an error. It is
-classified (:func:`classify`) and the result feeds, in one pass: the
+classified (`classify()`) and the result feeds, in one pass: the
 endpoint's latency score (EWMA and failure penalty), the endpoint's breaker
 (relative to its peers, and within the ejection cap), the route's health,
-the service's latency window (for ``Hedge(delay="p95")``) and the golden
+the service's latency window (for `Hedge(delay="p95")`) and the golden
 signal windows. Telemetry reads the same classification.
 
 The rules (docs/reliability.md):
@@ -13,14 +13,14 @@ The rules (docs/reliability.md):
   dropped after the request was sent) counts against an endpoint only when a
   peer last answered the same route well: when every endpoint fails alike on
   a route, no endpoint is ejected for it (the route's own breaker takes over).
-  At most ``Breaker.max_ejection_percent`` of a service's endpoints are out at
+  At most `Breaker.max_ejection_percent` of a service's endpoints are out at
   once for failed answers. A refused connection (or a connect timeout) is the
   endpoint's own failure and always counts: a service whose every instance
   refuses fails fast through its endpoint breakers. It says nothing about the
   route, whose breaker counts failed answers only.
 - **The caller's limits never count.** A timeout fired under a limit the
-  caller imposed (a scoped deadline or policy, a ``timeout=`` argument, an
-  inherited ``x-mesh-timeout-ms``) that is shorter than what the service's own
+  caller imposed (a scoped deadline or policy, a `timeout=` argument, an
+  inherited `x-mesh-timeout-ms`) that is shorter than what the service's own
   policy (and the client's own timeout) grants, or a pool timeout of the
   client's own pool, holds nothing against the endpoint or the route.
 """
@@ -59,13 +59,13 @@ _PHASES: tuple[tuple[type[httpx.TimeoutException], str], ...] = (
 
 def classify(call: Call, attempt: Launch, response: httpx.Response | None,
              error: BaseException | None) -> int:
-    """``SUCCESS``, ``ANSWER_FAILURE``, ``CONNECT_FAILURE`` or ``CALLERS_FAULT``.
+    """`SUCCESS`, `ANSWER_FAILURE`, `CONNECT_FAILURE` or `CALLERS_FAULT`.
 
     A response that arrived is an answer, whatever went wrong with it: an error
     raised once response bytes had arrived (a head too large or malformed to
-    parse, which both pools raise as ``httpx.RemoteProtocolError``) is an
-    ``ANSWER_FAILURE``, never counted as a refused connection. Only errors that
-    prove nothing was sent (``_gate.sent_before_failure``) are connection failures.
+    parse, which both pools raise as `httpx.RemoteProtocolError`) is an
+    `ANSWER_FAILURE`, never counted as a refused connection. Only errors that
+    prove nothing was sent (`_gate.sent_before_failure`) are connection failures.
     """
     if response is not None:
         return ANSWER_FAILURE if response.status_code >= 500 else SUCCESS
@@ -145,8 +145,8 @@ _PEERS_READ = 64
 
 
 def _peer_failure_rate(runtime: ServiceRuntime, state: EndpointState, now: float) -> float | None:
-    """How often the other endpoints' sent attempts failed over the last 60 s (``None``
-    with fewer than 20): read only when a failure would eject ``state``."""
+    """How often the other endpoints' sent attempts failed over the last 60 s (`None`
+    with fewer than 20): read only when a failure would eject `state`."""
     sent = ok = 0
     for n, other in enumerate(runtime.states.values()):
         if n >= _PEERS_READ:

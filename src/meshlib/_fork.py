@@ -1,20 +1,20 @@
-"""What a client built before ``os.fork()`` does in the child (pre-fork servers).
+"""What a client built before `os.fork()` does in the child (pre-fork servers).
 
-gunicorn ``--preload`` and multiprocessing's ``fork`` start method copy a
+gunicorn `--preload` and multiprocessing's `fork` start method copy a
 process that may already hold a client: its pools (sockets connected by the
 parent), its discovery (a thread or tasks that do not exist in the child,
 watch connections the parent still reads) and locks that a parent thread may
 have held at the moment of the fork. Sharing any of that with the parent
 would mix two processes' bytes on one connection.
 
-Each live transport registers here (weakly); one ``os.register_at_fork``
-hook calls, in the child only, each one's ``_after_fork_in_child()``, which
+Each live transport registers here (weakly); one `os.register_at_fork`
+hook calls, in the child only, each one's `_after_fork_in_child()`, which
 resets its locks and counters, forgets the parent's pools and restarts
 discovery. What the child forgets is never closed: closing would act on the
 parent's connections (a TLS close, an event loop's registration shared with
 the parent) or on its event loop. It is kept here, unused, for the life of
 the child, so that no finalizer closes it later either. The child's copies
-of the pooled connections' sockets are pointed at ``/dev/null`` (:func:`let_go`):
+of the pooled connections' sockets are pointed at `/dev/null` (`let_go()`):
 the parent's connections close when the parent closes them, and nothing the
 child does can write to them.
 """
@@ -46,8 +46,8 @@ _kept: list[object] = []
 
 
 def register(owner: Forkable) -> None:
-    """Have ``owner._after_fork_in_child()`` called in every child forked from now on
-    (as long as ``owner`` lives)."""
+    """Have `owner._after_fork_in_child()` called in every child forked from now on
+    (as long as `owner` lives)."""
     _live.add(owner)
 
 
@@ -75,7 +75,7 @@ def _renew_process_locks() -> None:
 
 def _pooled_sockets(pool: Any) -> list[int]:
     """The socket descriptors of an httpcore pool's connections (an endpoint pool's, or
-    an ``httpx`` transport's); none for anything else."""
+    an `httpx` transport's); none for anything else."""
     core = getattr(pool, "_pool", None)
     found = []
     for connection in getattr(core, "connections", None) or ():
@@ -90,7 +90,7 @@ def _pooled_sockets(pool: Any) -> list[int]:
 
 
 def let_go(pools: list[Any]) -> None:
-    """In the child: point its copies of the pools' sockets at ``/dev/null``, keeping
+    """In the child: point its copies of the pools' sockets at `/dev/null`, keeping
     their numbers taken (the pools still name them), so that the connections are the
     parent's alone."""
     numbers = [n for pool in pools for n in _pooled_sockets(pool)]

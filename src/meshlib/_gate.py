@@ -1,7 +1,7 @@
 """The idempotency gate: which failures may be retried, for which requests.
 
-The one distinction it rests on (urllib3's ``_is_connection_error`` versus
-``_is_read_error``): a failure *before* the request was sent can be retried
+The one distinction it rests on (urllib3's `_is_connection_error` versus
+`_is_read_error`): a failure *before* the request was sent can be retried
 for any method; a failure *after* it may have reached the server only for an
 idempotent request with a replayable body.
 """
@@ -38,14 +38,14 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
 
 
 def is_idempotent(request: httpx.Request, override: bool | None) -> bool:
-    """Whether ``request`` may be sent more than once (method, ``Idempotency-Key``, policy)."""
+    """Whether `request` may be sent more than once (method, `Idempotency-Key`, policy)."""
     if override is not None:
         return override
     return request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
 
 
 def is_replayable(request: httpx.Request) -> bool:
-    """Whether the body can be sent again: bytes and multipart uploads (``files=``,
+    """Whether the body can be sent again: bytes and multipart uploads (`files=`,
     which httpx renders anew each time, as for a redirect) are, a one-shot stream is not."""
     return isinstance(request.stream, (httpx.ByteStream, MultipartStream))
 
@@ -57,7 +57,7 @@ def is_bytes_body(request: httpx.Request) -> bool:
 
 
 def sent_before_failure(error: BaseException) -> bool:
-    """``False`` if ``error`` proves the request never left (refused, connect or pool timeout)."""
+    """`False` if `error` proves the request never left (refused, connect or pool timeout)."""
     return not isinstance(error, _NOT_SENT)
 
 
@@ -69,11 +69,11 @@ RETRY_AFTER_MAX = 86400.0
 
 
 def parse_retry_after(value: str | None, now_wall: float | None = None) -> float | None:
-    """Seconds to wait for a ``Retry-After`` value; ``None`` if it is absent or malformed.
+    """Seconds to wait for a `Retry-After` value; `None` if it is absent or malformed.
 
     Total: never raises, whatever the server sent. Accepted are ASCII digits
     (delta-seconds, as urllib3) and HTTP dates (a date in the past means 0).
-    Values are clamped to :data:`RETRY_AFTER_MAX`.
+    Values are clamped to `RETRY_AFTER_MAX`.
     """
     if not isinstance(value, str):
         return None

@@ -26,9 +26,9 @@ def hedge_delay(call: Call) -> float:
 
 
 def hedge_refusal(call: Call) -> str | None:
-    """Why a request under a hedge policy may not be hedged at all (``None``: it may).
+    """Why a request under a hedge policy may not be hedged at all (`None`: it may).
 
-    It needs ``retries`` allowing an extra attempt (hedges and retries share
+    It needs `retries` allowing an extra attempt (hedges and retries share
     one limit), an idempotent request with a replayable body, and another
     endpoint.
     """

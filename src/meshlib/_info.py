@@ -1,4 +1,4 @@
-"""The type of ``response.extensions["meshlib"]``: what the mesh did for a response."""
+"""The type of `response.extensions["meshlib"]`: what the mesh did for a response."""
 
 from __future__ import annotations
 
@@ -8,18 +8,20 @@ __all__ = ["MeshInfo"]
 
 
 class MeshInfo(TypedDict):
-    """What ``response.extensions["meshlib"]`` holds for a response from a mesh service.
+    """What `response.extensions["meshlib"]` holds for a response from a mesh service.
 
-    httpx types ``extensions`` as ``dict[str, Any]``; annotate to have the keys
-    checked::
+    httpx types `extensions` as `dict[str, Any]`; annotate to have the keys
+    checked:
 
-        info: meshlib.MeshInfo = response.extensions["meshlib"]
-        print(info["endpoint"], info["attempts"])
+    ```
+    info: meshlib.MeshInfo = response.extensions["meshlib"]
+    print(info["endpoint"], info["attempts"])
+    ```
 
     A response from a host that is not a service (pass-through) has no
-    ``"meshlib"`` key.
+    `"meshlib"` key.
 
-    .. versionadded:: 0.3
+    Added in version 0.3.
     """
 
     #: the service (cluster) that answered

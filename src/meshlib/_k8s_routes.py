@@ -1,32 +1,32 @@
-"""Gateway API HTTPRoutes attached to a ``k8s://`` Service (the GAMMA mesh profile).
+"""Gateway API HTTPRoutes attached to a `k8s://` Service (the GAMMA mesh profile).
 
-For a service ``k8s://users.shop:http`` the mesh lists and watches
-``gateway.networking.k8s.io/v1`` HTTPRoutes in namespace ``shop`` (the same
+For a service `k8s://users.shop:http` the mesh lists and watches
+`gateway.networking.k8s.io/v1` HTTPRoutes in namespace `shop` (the same
 list-then-watch protocol as EndpointSlices, resource versions, bookmarks,
-410 relists and backoff included) and keeps those whose ``parentRefs`` name
-the Service (``group: ""`` or ``core``, ``kind: Service``). Their rules
+410 relists and backoff included) and keeps those whose `parentRefs` name
+the Service (`group: ""` or `core`, `kind: Service`). Their rules
 become the host's routes:
 
-- each match of a rule (``path`` Exact / PathPrefix / RegularExpression,
-  ``headers``, ``queryParams``, ``method``) is a route; rules of every
+- each match of a rule (`path` Exact / PathPrefix / RegularExpression,
+  `headers`, `queryParams`, `method`) is a route; rules of every
   attached HTTPRoute are ordered by the Gateway API's precedence (exact path,
   longest prefix, method, most headers, most query parameters, then the
   oldest route, then namespace/name, then rule order);
-- ``backendRefs`` with their ``weight`` are the split; each backend is a
+- `backendRefs` with their `weight` are the split; each backend is a
   Service resolved through its own EndpointSlice watch, the cluster
-  ``k8s:NAME.NAMESPACE:PORT`` (its port's name read from the Service, so
+  `k8s:NAME.NAMESPACE:PORT` (its port's name read from the Service, so
   the slices' target port is found);
-- ``timeouts.request`` is the route's ``Policy.timeout`` and
-  ``timeouts.backendRequest`` its ``attempt_timeout``; Linkerd's annotations
-  ``retry.linkerd.io/http``, ``retry.linkerd.io/limit``,
-  ``retry.linkerd.io/timeout``, ``timeout.linkerd.io/request`` and
-  ``timeout.linkerd.io/response`` give retries and timeouts (the rule's own
-  ``timeouts`` win).
+- `timeouts.request` is the route's `Policy.timeout` and
+  `timeouts.backendRequest` its `attempt_timeout`; Linkerd's annotations
+  `retry.linkerd.io/http`, `retry.linkerd.io/limit`,
+  `retry.linkerd.io/timeout`, `timeout.linkerd.io/request` and
+  `timeout.linkerd.io/response` give retries and timeouts (the rule's own
+  `timeouts` win).
 
 Requests no route matches, and every request while no HTTPRoute is attached
 (none exists, all were deleted, the CRD is not installed, or the client may
 not read them), go to the Service itself. A 404 or 403 is said once in the
-log; the watch tries again every :attr:`HttpRouteSource.RETRY_MISSING` seconds.
+log; the watch tries again every `HttpRouteSource.RETRY_MISSING` seconds.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class RouteError(ValueError):
 
 
 def parse_duration(text: object, where: str) -> float:
-    """Seconds of a Gateway API duration (``"10s"``, ``"1m30s"``, ``"500ms"``)."""
+    """Seconds of a Gateway API duration (`"10s"`, `"1m30s"`, `"500ms"`)."""
     if not isinstance(text, str) or not _DURATION.match(text):
         raise RouteError(f"{where}: {text!r} is not a duration such as 10s, 500ms or 1m30s")
     return min(sum(int(n) * _UNIT[u] for n, u in _PART.findall(text)), MAX_SECONDS)
@@ -81,7 +81,7 @@ def parse_duration(text: object, where: str) -> float:
 
 @dataclass(frozen=True, slots=True)
 class BackendRef:
-    """A rule's ``backendRef``: a Service, its port and its weight."""
+    """A rule's `backendRef`: a Service, its port and its weight."""
 
     name: str
     namespace: str
@@ -170,9 +170,9 @@ def _linkerd_policy(annotations: Mapping[str, Any], where: str) -> dict[str, Any
 
 
 def parse_httproute(obj: Any) -> HttpRoute:
-    """The HTTPRoute of a ``gateway.networking.k8s.io/v1`` object (its documented shape).
+    """The HTTPRoute of a `gateway.networking.k8s.io/v1` object (its documented shape).
 
-    Raises :class:`RouteError` naming what does not follow it.
+    Raises `RouteError` naming what does not follow it.
     """
     if not isinstance(obj, dict):
         raise RouteError(f"an HTTPRoute must be an object, not {type(obj).__name__}")
@@ -256,7 +256,7 @@ def _path(match: Mapping[str, Any], where: str) -> tuple[PathMatcher | None, tup
 
 
 def backend_key(ref: BackendRef) -> str:
-    """The mesh's key for a backend Service port: ``k8s:NAME.NAMESPACE:PORT``."""
+    """The mesh's key for a backend Service port: `k8s:NAME.NAMESPACE:PORT`."""
     return f"k8s:{ref.name}.{ref.namespace}:{ref.port if ref.port is not None else ''}".rstrip(":")
 
 
@@ -338,7 +338,7 @@ class HttpRouteWatch(K8sDiscovery):
         into[route.name] = []
 
     def snapshot(self) -> tuple[Endpoint, ...]:
-        """Nothing: the routes are read with :meth:`routes` after each change."""
+        """Nothing: the routes are read with `routes()` after each change."""
         return ()
 
     def routes(self) -> list[HttpRoute]:
@@ -347,7 +347,7 @@ class HttpRouteWatch(K8sDiscovery):
 
 
 class HttpRouteSource:
-    """The routes of a ``k8s://`` Service from the HTTPRoutes attached to it."""
+    """The routes of a `k8s://` Service from the HTTPRoutes attached to it."""
 
     #: seconds between tries while the CRD is missing or reading it is forbidden
     RETRY_MISSING = 60.0

@@ -1,4 +1,4 @@
-"""Recent latencies of a service, for ``Hedge(delay="p95")``."""
+"""Recent latencies of a service, for `Hedge(delay="p95")`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ __all__ = ["LatencyWindow"]
 
 
 class LatencyWindow:
-    """A ring of the last ``size`` successful latencies; percentiles computed lazily.
+    """A ring of the last `size` successful latencies; percentiles computed lazily.
 
-    The sorted copy is rebuilt at most every ``size // 8`` samples, so reading
+    The sorted copy is rebuilt at most every `size // 8` samples, so reading
     the p95 on every request costs a comparison, not a sort.
     """
 
@@ -33,7 +33,7 @@ class LatencyWindow:
         return len(self._ring)
 
     def percentile(self, q: float) -> float | None:
-        """The ``q`` quantile (0..1) of recent latencies, ``None`` until ``min_samples`` exist."""
+        """The `q` quantile (0..1) of recent latencies, `None` until `min_samples` exist."""
         if len(self._ring) < self.min_samples:
             return None
         if self._since_sort >= max(self.size // 8, 1) or not self._sorted:

@@ -3,11 +3,11 @@
 Layers, top to bottom, written down once (Finagle's stack, for a client):
 
 1. virtual host and route: a request whose host has routes takes the first
-   route that matches (a ``Split`` draws its service once); a host without
+   route that matches (a `Split` draws its service once); a host without
    routes that is a service name goes to that service; any other host passes
    through to plain httpx untouched;
-2. policy, field by field: scoped ``meshlib.policy`` > the route's policy >
-   the Service's policy > the client's policy > ``MESHLIB_*`` > defaults;
+2. policy, field by field: scoped `meshlib.policy` > the route's policy >
+   the Service's policy > the client's policy > `MESHLIB_*` > defaults;
 3. deadline: fixed on entry, spans every attempt and backoff;
 4. retries and hedges (above the balancer, so each picks a fresh endpoint),
    gated by idempotency and the retry budget;
@@ -52,10 +52,10 @@ ServicesArg = Mapping[str, "str | Service"] | None
 class Target:
     """Where one logical request goes: its cluster, its route, and the policy of both.
 
-    Chosen once per logical request (:meth:`Mesh.select`); every retry and hedge
-    of the request stays in ``runtime``. ``route`` is the configured route's key
-    (its name or index) or ``None``; ``health`` is the route's fail-fast state in
-    that cluster; ``policy`` the route's and service's layers, before the scope's.
+    Chosen once per logical request (`Mesh.select()`); every retry and hedge
+    of the request stays in `runtime`. `route` is the configured route's key
+    (its name or index) or `None`; `health` is the route's fail-fast state in
+    that cluster; `policy` the route's and service's layers, before the scope's.
     """
 
     __slots__ = ("health", "pending", "policy", "route", "runtime")
@@ -170,7 +170,7 @@ class Mesh:
         self.table = RouteTable(hosts)
 
     def set_control_plane_rules(self, host: str, rules: Sequence[RouteRule]) -> None:
-        """Replace a control plane host's rules at once (its clusters are in ``runtimes``);
+        """Replace a control plane host's rules at once (its clusters are in `runtimes`);
         routes given in code or the routes file for the same host win."""
         if host in self._own_table.hosts:
             return
@@ -183,7 +183,7 @@ class Mesh:
                            compile_routes(routes, set(self.runtimes), source=source).items()})
 
     def set_routes(self, routes: Mapping[str, Sequence[Route]], *, source: str = "routes") -> None:
-        """Replace the whole route table at once (``ConfigError`` keeps the old one)."""
+        """Replace the whole route table at once (`ConfigError` keeps the old one)."""
         self._set_own_table(self._compile(routes, source))
 
     @property
@@ -192,12 +192,12 @@ class Mesh:
         return {*self.runtimes, *self.table.hosts, *self.planes}
 
     def handles(self, host: str) -> bool:
-        """Whether requests to ``host`` go through the mesh."""
+        """Whether requests to `host` go through the mesh."""
         return (host in self.runtimes or self.table.get(host) is not None
                 or host in self.planes)
 
     def select(self, request: httpx.Request) -> Target | None:
-        """Where ``request`` goes (``None``: pass it through); ``NoRouteError`` when its
+        """Where `request` goes (`None`: pass it through); `NoRouteError` when its
         host has routes, none matches, and no service has the host's name."""
         host = request.url.host
         vhost = self.table.get(host) if self.table else None
@@ -247,7 +247,7 @@ class Mesh:
         return policy
 
     def policy_for(self, target: Target) -> Policy:
-        """The effective policy of a request to ``target`` in the current scope."""
+        """The effective policy of a request to `target` in the current scope."""
         return _testmode.capped(self._scoped_policy(target.policy))  # set_testing(attempts=N)
 
     def _scoped_policy(self, base: Policy) -> Policy:
@@ -278,7 +278,7 @@ class Mesh:
 
     def after_fork(self) -> None:
         """In a forked child: every service starts over from the endpoints known at the
-        fork (see ``ServiceRuntime.after_fork``); the transport restarts discovery."""
+        fork (see `ServiceRuntime.after_fork`); the transport restarts discovery."""
         now = self.clock()
         for runtime in self.runtimes.values():
             runtime.after_fork(now)

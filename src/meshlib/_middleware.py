@@ -1,4 +1,4 @@
-"""What both server-side middlewares share (``meshlib.asgi``, ``meshlib.wsgi``).
+"""What both server-side middlewares share (`meshlib.asgi`, `meshlib.wsgi`).
 
 Reading deadline headers, and the body of the snapshot endpoint.
 """
@@ -31,10 +31,10 @@ _MAX_VALUES = 8
 
 @runtime_checkable
 class SupportsSnapshot(Protocol):
-    """Anything with a meshlib-style ``snapshot()``: clients and transports."""
+    """Anything with a meshlib-style `snapshot()`: clients and transports."""
 
     def snapshot(self) -> Mapping[str, Any]:
-        """A JSON-serialisable dict with a ``"services"`` mapping."""
+        """A JSON-serialisable dict with a `"services"` mapping."""
         ...
 
 
@@ -75,14 +75,14 @@ def _parse_values(name: str, values: Iterable[str], parse: Callable[[str], float
 def parse_deadline(mesh_timeout_ms: Iterable[str] = (), grpc_timeout: Iterable[str] = (),
                    *, envoy_timeout_ms: Iterable[str] = (),
                    log: logging.Logger = logger) -> float | None:
-    """Seconds left according to deadline header values, or ``None`` if there is none.
+    """Seconds left according to deadline header values, or `None` if there is none.
 
-    ``mesh_timeout_ms`` holds the values of every ``x-mesh-timeout-ms`` header
-    (whole milliseconds, ``>= 0``), ``grpc_timeout`` those of every
-    ``grpc-timeout`` header (gRPC format), ``envoy_timeout_ms`` those of every
-    ``x-envoy-expected-rq-timeout-ms`` header (whole milliseconds). Comma-joined
+    `mesh_timeout_ms` holds the values of every `x-mesh-timeout-ms` header
+    (whole milliseconds, `>= 0`), `grpc_timeout` those of every
+    `grpc-timeout` header (gRPC format), `envoy_timeout_ms` those of every
+    `x-envoy-expected-rq-timeout-ms` header (whole milliseconds). Comma-joined
     values are split. The smallest valid value wins; invalid ones are logged at
-    DEBUG on ``log`` and ignored. Only the first 8 values of each header are
+    DEBUG on `log` and ignored. Only the first 8 values of each header are
     read, so a caller cannot make every request parse thousands of them.
     """
     candidates = [
@@ -98,7 +98,7 @@ def snapshot_body(clients: Iterable[SupportsSnapshot], log: logging.Logger) -> t
     """Status and JSON body of the snapshot endpoint: every client's services merged.
 
     A service name seen in more than one client is kept once per client, the
-    later ones as ``name#2``, ``name#3``...
+    later ones as `name#2`, `name#3`...
     """
     services: dict[str, Any] = {}
     try:

@@ -1,7 +1,7 @@
 """Whether an active respx mock answers a request, so it need not wait for discovery.
 
-A test that mocks ``http://users/...`` with respx, for a service whose
-discovery is production's (``dns+srv://...``, ``k8s://...``), must not wait
+A test that mocks `http://users/...` with respx, for a service whose
+discovery is production's (`dns+srv://...`, `k8s://...`), must not wait
 out the deadline for a discovery answer that will never come: the mock
 answers. meshlib never imports respx: the check runs only when respx is
 already imported, and only for a service whose discovery has not answered
@@ -19,7 +19,7 @@ __all__ = ["mocked"]
 
 def mocked(request: httpx.Request) -> bool:
     """Whether a started respx router has a route (not a pass-through) whose pattern
-    matches ``request``. Patterns are matched without running side effects."""
+    matches `request`. Patterns are matched without running side effects."""
     module = sys.modules.get("respx.mocks")
     if module is None:
         return False

@@ -44,9 +44,9 @@ def _check_number(
 
 
 def not_a_policy(where: str, value: object) -> ConfigError:
-    """The error for ``where`` (``"policy"``, ``"Service policy"``...) given something
-    that is not a :class:`Policy`; the scoped ``meshlib.policy(...)`` (lower case) gets
-    a pointer to ``meshlib.Policy``."""
+    """The error for `where` (`"policy"`, `"Service policy"`...) given something
+    that is not a `Policy`; the scoped `meshlib.policy(...)` (lower case) gets
+    a pointer to `meshlib.Policy`."""
     changes = getattr(value, "changes", None)
     if type(value).__name__ == "policy" and isinstance(changes, Mapping):
         fields = ", ".join(f"{k}={v!r}" for k, v in changes.items())
@@ -67,11 +67,11 @@ def _check_int(owner: str, name: str, value: object, minimum: int, maximum: int)
 class RetryBudget:
     """How many retries and hedges a service may add on top of its requests.
 
-    Each logical request deposits ``ratio`` of a token, each retry or hedge
-    withdraws one; deposits expire after ``ttl`` seconds; ``min_per_second``
-    extra attempts per second are always allowed (Finagle's ``RetryBudget``).
+    Each logical request deposits `ratio` of a token, each retry or hedge
+    withdraws one; deposits expire after `ttl` seconds; `min_per_second`
+    extra attempts per second are always allowed (Finagle's `RetryBudget`).
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     ratio: float = 0.2
@@ -86,9 +86,9 @@ class RetryBudget:
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Exponential backoff with full jitter: sleep ``uniform(0, min(max, base * 2**n))``.
+    """Exponential backoff with full jitter: sleep `uniform(0, min(max, base * 2**n))`.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     base: float = 0.025
@@ -101,10 +101,10 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class Breaker:
-    """Per-endpoint circuit breaker: ``failures`` consecutive failures open it
-    for ``reset_timeout`` seconds, then one trial request closes or reopens it.
+    """Per-endpoint circuit breaker: `failures` consecutive failures open it
+    for `reset_timeout` seconds, then one trial request closes or reopens it.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     failures: int = 5
@@ -133,16 +133,16 @@ class Breaker:
 
 @dataclass(frozen=True, slots=True)
 class SlowStart:
-    """Ramp a new or recovered endpoint's share of traffic up over ``window`` seconds
-    (Envoy's ``slow_start_config``), so a cold instance is not flooded at once.
+    """Ramp a new or recovered endpoint's share of traffic up over `window` seconds
+    (Envoy's `slow_start_config`), so a cold instance is not flooded at once.
 
     During the window the endpoint's share is scaled by
-    ``max(min_weight_percent / 100, (elapsed / window) ** (1 / aggression))``:
-    ``aggression=1`` ramps linearly, larger values ramp faster at first.
+    `max(min_weight_percent / 100, (elapsed / window) ** (1 / aggression))`:
+    `aggression=1` ramps linearly, larger values ramp faster at first.
     Applies to endpoints discovery adds after its first answer, and to an endpoint
     whose breaker closes again after being open.
 
-    .. versionadded:: 0.2
+    Added in version 0.2.
     """
 
     window: float = 30.0
@@ -163,7 +163,7 @@ class SlowStart:
                               f"got {self.min_weight_percent!r}")
 
     def factor(self, elapsed: float) -> float:
-        """The share multiplier (0..1] for an endpoint ``elapsed`` seconds into its ramp."""
+        """The share multiplier (0..1] for an endpoint `elapsed` seconds into its ramp."""
         if elapsed >= self.window:
             return 1.0
         floor = self.min_weight_percent / 100.0
@@ -176,14 +176,14 @@ class SlowStart:
 @dataclass(frozen=True, slots=True)
 class Hedge:
     """Send a second attempt to another endpoint if the first has not answered
-    after ``delay`` seconds, or after the service's 95th percentile latency
-    with ``delay="p95"``. Only idempotent requests are hedged.
+    after `delay` seconds, or after the service's 95th percentile latency
+    with `delay="p95"`. Only idempotent requests are hedged.
 
-    ``max_attempts`` counts the attempts in flight at once, the first included
-    (``2``: the first and one hedge); every hedge is also one of the policy's
-    ``retries``.
+    `max_attempts` counts the attempts in flight at once, the first included
+    (`2`: the first and one hedge); every hedge is also one of the policy's
+    `retries`.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     delay: float | Literal["p95"] = 0.05
@@ -205,20 +205,20 @@ class Hedge:
 @dataclass(frozen=True, slots=True)
 class Policy:
     """What a mesh request may do: deadline, retries, budget, backoff, balancer,
-    breaker, hedging and idempotency. Immutable; use :meth:`replace`.
+    breaker, hedging and idempotency. Immutable; use `replace()`.
 
-    ``retries`` counts the attempts after the first (retries and hedges
-    together): ``retries=2`` allows three attempts in all. Names with
-    *attempts* (``Hedge.max_attempts``, ``set_testing(attempts=...)``,
-    ``extensions["meshlib"]["attempts"]``) count every attempt, the first
-    included. ``breaker=None`` turns circuit breaking off for the service.
+    `retries` counts the attempts after the first (retries and hedges
+    together): `retries=2` allows three attempts in all. Names with
+    *attempts* (`Hedge.max_attempts`, `set_testing(attempts=...)`,
+    `extensions["meshlib"]["attempts"]`) count every attempt, the first
+    included. `breaker=None` turns circuit breaking off for the service.
 
-    Every duration (``timeout``, ``attempt_timeout``, and those of ``backoff``,
-    ``breaker``, ``hedge`` and ``retry_budget``) must be finite and at most
-    one day (``MAX_SECONDS``); ``retries`` at most 100. A value outside its
-    bounds, NaN or infinity raises ``ConfigError`` naming the field and value.
+    Every duration (`timeout`, `attempt_timeout`, and those of `backoff`,
+    `breaker`, `hedge` and `retry_budget`) must be finite and at most
+    one day (`MAX_SECONDS`); `retries` at most 100. A value outside its
+    bounds, NaN or infinity raises `ConfigError` naming the field and value.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     timeout: float = 10.0
@@ -286,7 +286,7 @@ class Policy:
 
     @property
     def given(self) -> frozenset[str]:
-        """The fields set explicitly: ``Policy(hedge=Hedge(0.05)).given == {"hedge"}``.
+        """The fields set explicitly: `Policy(hedge=Hedge(0.05)).given == {"hedge"}`.
 
         When policies are layered (scoped, route, service, client, environment),
         each field comes from the most specific layer that gave it.
@@ -294,7 +294,7 @@ class Policy:
         return self._given
 
     def replace(self, **changes: Any) -> Policy:
-        """Return a new policy with ``changes`` applied; raises ``ConfigError`` on a bad field.
+        """Return a new policy with `changes` applied; raises `ConfigError` on a bad field.
 
         The new policy's given fields are this policy's plus the changed ones.
         """
@@ -326,9 +326,9 @@ Policy.__init__ = _init_recording_given  # type: ignore[method-assign]
 
 def layered(*policies: Policy | None) -> Policy:
     """One policy from layers, most specific first: each field from the first layer
-    that gave it, else the default. ``None`` layers are skipped.
+    that gave it, else the default. `None` layers are skipped.
 
-    ``layered(Policy(hedge=Hedge(0.05)), Policy(timeout=0.5))`` has the hedge of
+    `layered(Policy(hedge=Hedge(0.05)), Policy(timeout=0.5))` has the hedge of
     the first and the 0.5 s timeout of the second.
     """
     layers = [p for p in policies if p is not None]

@@ -1,11 +1,11 @@
-"""What the endpoint pools of both twins share (``_async/pool.py``, ``_sync/pool.py``).
+"""What the endpoint pools of both twins share (`_async/pool.py`, `_sync/pool.py`).
 
 Connection pools pinned to one endpoint, that keep the caller's URL.
 
-Each (service, endpoint) gets an ``httpcore`` connection pool whose network
+Each (service, endpoint) gets an `httpcore` connection pool whose network
 backend connects to the endpoint's address whatever host the URL names. The
-request keeps ``http://SERVICE/...`` all the way down, so TLS SNI and the
-certificate check use the service name (never the IP), ``response.request.url``
+request keeps `http://SERVICE/...` all the way down, so TLS SNI and the
+certificate check use the service name (never the IP), `response.request.url`
 is what the caller wrote, and respx mocks keyed on the service URL still
 match (respx patches httpcore's pool). httpcore pools by scheme, host and
 port, not by endpoint, which is why there is one pool per endpoint.
@@ -61,11 +61,11 @@ _EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
 
 
 def httpx_error(exc: Exception) -> httpx.HTTPError | None:
-    """The most specific httpx exception for an httpcore one (``None``: not httpcore's).
+    """The most specific httpx exception for an httpcore one (`None`: not httpcore's).
 
-    Callers write ``except Exception as exc`` around the httpcore call and raise
-    the result ``from exc``: a plain ``try`` costs nothing until something is
-    raised, where a ``contextmanager`` costs a generator on every use.
+    Callers write `except Exception as exc` around the httpcore call and raise
+    the result `from exc`: a plain `try` costs nothing until something is
+    raised, where a `contextmanager` costs a generator on every use.
     """
     for source, target in _EXCEPTIONS:
         if isinstance(exc, source):
@@ -109,7 +109,7 @@ class PoolSettings:
     @classmethod
     def split(cls, transport_kwargs: dict[str, Any]) -> tuple[PoolSettings, dict[str, Any]]:
         """Settings for the endpoint pools from httpx transport arguments, and the
-        arguments for the pass-through ``httpx.HTTPTransport`` (sharing the SSL context)."""
+        arguments for the pass-through `httpx.HTTPTransport` (sharing the SSL context)."""
         pool = {k: v for k, v in transport_kwargs.items() if k in _POOL_KEYS}
         settings = cls(**pool)
         passthrough = {k: v for k, v in transport_kwargs.items() if k != "cert"}
@@ -135,9 +135,9 @@ _CoreURL = httpcore.URL
 
 
 def core_request(request: httpx.Request, extensions: dict[str, Any]) -> httpcore.Request:
-    """The httpcore request for one attempt of ``request`` (its URL unchanged).
+    """The httpcore request for one attempt of `request` (its URL unchanged).
 
-    The attributes are set directly, as ``httpcore.Request.__init__`` would set
+    The attributes are set directly, as `httpcore.Request.__init__` would set
     them from values httpx has already validated (bytes, a header list, a
     stream): its checks cost about a tenth of an attempt's own work.
     """
@@ -178,7 +178,7 @@ ATTEMPT_LIMIT = _ATTEMPT_LIMIT
 
 
 def bounded(timeout: float | None, exc: type[Exception]) -> float | None:
-    """``timeout`` shortened to what the attempt has left; raise ``exc`` if nothing is left.
+    """`timeout` shortened to what the attempt has left; raise `exc` if nothing is left.
 
     Per-operation timeouts alone let a server that trickles its answer a byte at a
     time outlive any deadline; this bounds the whole attempt.
@@ -190,9 +190,9 @@ def bounded(timeout: float | None, exc: type[Exception]) -> float | None:
 
 
 def clamp(timeout: float | None, limit: float, exc: type[Exception]) -> float | None:
-    """``timeout`` shortened to what is left before ``limit``; raise ``exc`` if nothing is.
+    """`timeout` shortened to what is left before `limit`; raise `exc` if nothing is.
 
-    The endpoint streams read ``ATTEMPT_LIMIT`` themselves and call this only when
+    The endpoint streams read `ATTEMPT_LIMIT` themselves and call this only when
     it is set (a function call fewer per read and write).
     """
     left = limit - time.monotonic()
@@ -205,7 +205,7 @@ def is_http2(stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream) -> bo
     """Whether TLS negotiated HTTP/2. Its connection multiplexes many requests, so one
     request's deadline must not end reads that serve the others: only per-operation
     timeouts apply there (an async attempt's deadline cancels its own request). A
-    cleartext HTTP/2 connection (h2c, ``http1=False``) is never bounded either."""
+    cleartext HTTP/2 connection (h2c, `http1=False`) is never bounded either."""
     ssl_object = stream.get_extra_info("ssl_object")
     return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
 
@@ -220,7 +220,7 @@ _MONOTONIC_LOOP_TIME = asyncio.BaseEventLoop.time
 
 
 class attempt_limit:
-    """Bound one sync send: the endpoint streams end their reads and writes at ``limit_at``.
+    """Bound one sync send: the endpoint streams end their reads and writes at `limit_at`.
 
     A thread cannot be interrupted, so only I/O through meshlib's own network
     streams is bounded: a mocked httpcore pool (respx) or a custom transport
@@ -241,14 +241,14 @@ class attempt_limit:
 
 
 class async_attempt_limit:
-    """Bound one async send until its response headers, as a whole, at ``limit_at``.
+    """Bound one async send until its response headers, as a whole, at `limit_at`.
 
     The endpoint streams end their reads and writes at the limit (as in the
     sync twin); and the send itself is cancelled shortly after it, which also
     ends an attempt that never touches a socket (a respx mock whose side
-    effect sleeps, say). That raises ``httpx.ReadTimeout``.
+    effect sleeps, say). That raises `httpx.ReadTimeout`.
 
-    This is ``asyncio.timeout_at`` cut down to one timer handle: it runs on
+    This is `asyncio.timeout_at` cut down to one timer handle: it runs on
     every attempt, and costs about half as much.
     """
 

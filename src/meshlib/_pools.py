@@ -1,10 +1,10 @@
 """Which connection pool carries an AsyncMeshClient's endpoint connections.
 
-``pool="httpcore"`` (the default) or ``pool="aiohttp"`` (extra
-``httpx-mesh[aiohttp]``), from the ``pool=`` argument or else ``MESHLIB_POOL``.
+`pool="httpcore"` (the default) or `pool="aiohttp"` (extra
+`httpx-mesh[aiohttp]`), from the `pool=` argument or else `MESHLIB_POOL`.
 aiohttp is imported only when it is chosen. The sync transport always uses
-httpcore: ``MESHLIB_POOL`` does not concern it, and ``pool="aiohttp"`` is a
-``ConfigError`` there.
+httpcore: `MESHLIB_POOL` does not concern it, and `pool="aiohttp"` is a
+`ConfigError` there.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ PoolFactory = Callable[[str, int, PoolSettings], Any]
 
 def choose_pool(httpcore_pool: PoolFactory, pool: str | None, env_pool: str,
                 settings: PoolSettings) -> PoolFactory:
-    """The endpoint pool class for ``pool`` (``None``: ``env_pool``, from ``MESHLIB_POOL``).
+    """The endpoint pool class for `pool` (`None`: `env_pool`, from `MESHLIB_POOL`).
 
-    ``httpcore_pool`` is the transport's own httpcore pool class (async or sync).
-    Raises ``ConfigError`` naming the value for an unknown pool, an option the
+    `httpcore_pool` is the transport's own httpcore pool class (async or sync).
+    Raises `ConfigError` naming the value for an unknown pool, an option the
     pool cannot honour (aiohttp is HTTP/1.1 only), aiohttp asked of the sync
     transport, or aiohttp not installed.
     """

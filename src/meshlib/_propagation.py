@@ -1,7 +1,7 @@
-"""The ``grpc-timeout`` wire format, for deadlines sent to gRPC-aware peers.
+"""The `grpc-timeout` wire format, for deadlines sent to gRPC-aware peers.
 
-Every attempt carries ``x-mesh-timeout-ms`` (whole milliseconds left). When the
-policy sets ``propagate_grpc_timeout=True`` it also carries ``grpc-timeout`` in
+Every attempt carries `x-mesh-timeout-ms` (whole milliseconds left). When the
+policy sets `propagate_grpc_timeout=True` it also carries `grpc-timeout` in
 gRPC's wire format, so a gRPC server or a sidecar that reads only that header
 (Envoy, gRPC-aware proxies) sees the same deadline.
 """
@@ -17,9 +17,9 @@ _GRPC_UNITS = (("S", 1_000), ("M", 60_000), ("H", 3_600_000))
 
 
 def format_grpc_timeout(seconds: float) -> str:
-    """``seconds`` in gRPC's ``grpc-timeout`` format: ``1500m``, ``0m`` when none is left.
+    """`seconds` in gRPC's `grpc-timeout` format: `1500m`, `0m` when none is left.
 
-    Whole milliseconds (truncated, like ``x-mesh-timeout-ms``) while they fit in
+    Whole milliseconds (truncated, like `x-mesh-timeout-ms`) while they fit in
     gRPC's 8 digits, else whole seconds, minutes or hours (rounded down, so the
     callee never gets more time than the caller has).
     """

@@ -4,9 +4,9 @@ Every watching client in meshlib (etcd, Consul, Kubernetes and DNS discovery,
 the restart of a discovery that crashed, the xDS stream) asks the same
 question after a failure: how long to wait before the next attempt. The
 answer is exponential backoff, capped, optionally jittered, as gRPC's
-connection backoff: ``failed(now)`` returns the delay before the next
-attempt; ``succeeded()`` (the connection proved itself: it delivered an
-answer) starts over. A failure that comes more than ``cap`` seconds after the
+connection backoff: `failed(now)` returns the delay before the next
+attempt; `succeeded()` (the connection proved itself: it delivered an
+answer) starts over. A failure that comes more than `cap` seconds after the
 previous retry began also starts over: that connection ran for a while
 before it broke (a registry restart after hours of watching is retried
 quickly), whereas a retry that keeps failing stays at the cap.
@@ -26,8 +26,8 @@ __all__ = ["Reconnect"]
 class Reconnect:
     """Capped exponential backoff between reconnection attempts, with optional jitter.
 
-    ``base`` is the first delay, multiplied by ``multiplier`` after each further
-    failure up to ``cap``; each delay is spread by ``+/- jitter`` of itself.
+    `base` is the first delay, multiplied by `multiplier` after each further
+    failure up to `cap`; each delay is spread by `+/- jitter` of itself.
     """
 
     __slots__ = ("_last", "_next", "_rng", "base", "cap", "jitter", "multiplier")
@@ -43,7 +43,7 @@ class Reconnect:
         self._last: float | None = None
 
     def failed(self, now: float) -> float:
-        """An attempt or a connection failed at ``now``: seconds to wait before the next."""
+        """An attempt or a connection failed at `now`: seconds to wait before the next."""
         if self._last is not None and now - self._last > self.cap:
             self._next = self.base  # the connection ran a while before it broke
         current = self._next
@@ -55,6 +55,6 @@ class Reconnect:
         return delay
 
     def succeeded(self) -> None:
-        """The connection delivered an answer: the next failure waits ``base`` again."""
+        """The connection delivered an answer: the next failure waits `base` again."""
         self._next = self.base
         self._last = None

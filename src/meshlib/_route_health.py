@@ -1,27 +1,27 @@
 """Fail fast by route, and the route's memory of how its endpoints answered.
 
-A route is a configured ``Route`` (its name or index) or, with none, the
-request's method and the first segment of its path (``GET /users``). Each
-route of each cluster has a :class:`RouteHealth`:
+A route is a configured `Route` (its name or index) or, with none, the
+request's method and the first segment of its path (`GET /users`). Each
+route of each cluster has a `RouteHealth`:
 
 - a breaker that opens when the route fails on every endpoint: at least
-  ``Breaker.failures`` consecutive failed attempts on the route, spread over
+  `Breaker.failures` consecutive failed attempts on the route, spread over
   every available endpoint (at most 8 need to be seen). A route that fails
-  now and then (a share ``p`` of its sent requests over the last 60 s, before
-  the streak began) needs a longer streak, long enough that ``p`` alone
-  would give it less than once in a billion tries (:func:`streak_needed`):
-  at ``p = 0.3``, 18; so a busy, partly failing route is never shut by
+  now and then (a share `p` of its sent requests over the last 60 s, before
+  the streak began) needs a longer streak, long enough that `p` alone
+  would give it less than once in a billion tries (`streak_needed()`):
+  at `p = 0.3`, 18; so a busy, partly failing route is never shut by
   coincidence, while a healthy route that starts failing everywhere is shut
-  after ``failures``. Then requests to the
-  route raise ``CircuitOpenError`` without sending, until after
-  ``reset_timeout`` one trial request closes it again (or reopens it). A route
+  after `failures`. Then requests to the
+  route raise `CircuitOpenError` without sending, until after
+  `reset_timeout` one trial request closes it again (or reopens it). A route
   failing never touches its siblings: each route has its own breaker.
 - the last outcome of each endpoint on the route, which makes endpoint
   ejection relative: an endpoint's failed answer counts against it only if
-  another endpoint last answered this route well (see ``_feedback``).
+  another endpoint last answered this route well (see `_feedback`).
 
 Routes without configuration are kept in a bounded LRU
-(:data:`MAX_IMPLICIT_ROUTES`), so ids in paths cannot grow memory.
+(`MAX_IMPLICIT_ROUTES`), so ids in paths cannot grow memory.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ RouteTransition = Callable[[str, str, str], None]  # (route key, old state, new 
 
 def streak_needed(failures: int, failure_rate: float | None) -> int:
     """Consecutive failed attempts that prove a route fails everywhere, given its usual
-    ``failure_rate`` (``None``: not known yet)."""
+    `failure_rate` (`None`: not known yet)."""
     if failure_rate is None or failure_rate <= 0.0:
         return failures
     if failure_rate >= 1.0:
@@ -90,7 +90,7 @@ class RouteHealth:
         self.window = Window(now)
 
     def admit(self, now: float) -> int:
-        """``ADMITTED`` while closed; the single ``TRIAL`` when due; else ``REFUSED``."""
+        """`ADMITTED` while closed; the single `TRIAL` when due; else `REFUSED`."""
         return self.breaker.admit(now)
 
     def next_trial(self, now: float) -> float:
@@ -98,7 +98,7 @@ class RouteHealth:
         return self.breaker.next_trial(now)
 
     def succeeded(self, address: str, now: float, admission: int = ADMITTED) -> None:
-        """An attempt on this route got a good answer from ``address``."""
+        """An attempt on this route got a good answer from `address`."""
         last = self._last
         if last.get(address) is not True:
             self._remember(address, True)
@@ -110,8 +110,8 @@ class RouteHealth:
 
     def failed(self, address: str, now: float, available: int,
                usable: Callable[[str], bool], admission: int = ADMITTED) -> None:
-        """An attempt on this route failed at ``address``; ``available`` endpoints of the
-        cluster could have been tried, ``usable(address)`` says whether one still can."""
+        """An attempt on this route failed at `address`; `available` endpoints of the
+        cluster could have been tried, `usable(address)` says whether one still can."""
         self._remember(address, False)
         if not self._streak:  # judged against how the route did before this streak
             self.needed = streak_needed(self.failures, self.window.failure_rate(now))
@@ -138,7 +138,7 @@ class RouteHealth:
         return any(ok for other, ok in self._last.items() if ok and other != address)
 
     def forget(self, address: str) -> None:
-        """``address`` left discovery."""
+        """`address` left discovery."""
         self._last.pop(address, None)
         self._failing.discard(address)
 
@@ -173,7 +173,7 @@ class RouteHealthTable:
         self._lock = threading.Lock()
 
     def configured(self, key: str | int, host: str, now: float) -> RouteHealth:
-        """The health of a configured route of virtual host ``host``."""
+        """The health of a configured route of virtual host `host`."""
         full = (host, key)
         health = self._configured.get(full)
         if health is None:

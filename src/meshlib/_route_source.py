@@ -1,10 +1,10 @@
 """What a control plane gives the mesh for one virtual host: its rules and the clusters
 they send to.
 
-Route sources (xDS RDS/CDS/EDS for ``xds://`` services, Gateway API HTTPRoutes
-for ``k8s://`` services) are async generators of :class:`RouteUpdate`, run in
+Route sources (xDS RDS/CDS/EDS for `xds://` services, Gateway API HTTPRoutes
+for `k8s://` services) are async generators of `RouteUpdate`, run in
 the background like discovery. Each update replaces the host's whole rule
-list and cluster set at once; a failure (``DiscoveryFailure``) keeps the last
+list and cluster set at once; a failure (`DiscoveryFailure`) keeps the last
 good ones.
 """
 
@@ -25,8 +25,8 @@ __all__ = ["ClusterSource", "RouteSource", "RouteUpdate"]
 class ClusterSource:
     """A cluster a control plane names: where its endpoints come from, and its policy.
 
-    ``key`` identifies it across updates: an update naming the same key with
-    an equal ``discovery_url`` and ``policy`` keeps the running cluster (its
+    `key` identifies it across updates: an update naming the same key with
+    an equal `discovery_url` and `policy` keeps the running cluster (its
     endpoints, breakers and statistics) rather than building a new one.
     """
 
@@ -46,9 +46,9 @@ class ClusterSource:
 class RouteUpdate:
     """The whole route configuration of one virtual host.
 
-    ``rules`` name clusters by ``ClusterSource.key`` in their backends; empty
-    ``rules`` mean the host has no routes (requests go to the service itself).
-    ``clusters`` holds every cluster the rules name.
+    `rules` name clusters by `ClusterSource.key` in their backends; empty
+    `rules` mean the host has no routes (requests go to the service itself).
+    `clusters` holds every cluster the rules name.
     """
 
     rules: tuple[RouteRule, ...]

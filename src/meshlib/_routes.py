@@ -1,7 +1,7 @@
-"""Routes as users write them: ``meshlib.Route``, ``meshlib.Match``, ``meshlib.Split``.
+"""Routes as users write them: `meshlib.Route`, `meshlib.Match`, `meshlib.Split`.
 
-Each compiles once into the immutable model of ``_routing`` when a client is
-built (or a routes file is re-read); a bad route raises ``ConfigError`` then,
+Each compiles once into the immutable model of `_routing` when a client is
+built (or a routes file is re-read); a bad route raises `ConfigError` then,
 never during a request.
 """
 
@@ -37,13 +37,15 @@ def _check_strings(what: str, mapping: object) -> tuple[tuple[str, str], ...]:
 class Match:
     """The conditions of a route; every given condition must hold.
 
-    ``path`` is an exact path, ``path_prefix`` a prefix of whole segments
-    (``"/api"`` matches ``/api`` and ``/api/users``, never ``/apis``),
-    ``path_regex`` a regular expression the whole path must match
-    (``re.fullmatch``); give at most one of the three. Paths are compared as
-    sent (percent-encoding kept), without the query. ``method`` is compared
-    in upper case; ``headers`` names ignore case and values are exact;
-    ``query`` values are exact, on the parameter's first value.
+    `path` is an exact path, `path_prefix` a prefix of whole segments
+    (`"/api"` matches `/api` and `/api/users`, never `/apis`),
+    `path_regex` a regular expression the whole path must match
+    (`re.fullmatch`); give at most one of the three. Paths are compared as
+    sent (percent-encoding kept), without the query. `method` is compared
+    in upper case; `headers` names ignore case and values are exact;
+    `query` values are exact, on the parameter's first value.
+
+    Added in version 0.3.
     """
 
     __slots__ = ("headers", "method", "path", "path_prefix", "path_regex", "query")
@@ -94,10 +96,12 @@ class Match:
 
 
 class Split:
-    """Weighted services for one route: ``Split({"users-v1": 90, "users-v2": 10})``.
+    """Weighted services for one route: `Split({"users-v1": 90, "users-v2": 10})`.
 
     Weights are positive whole numbers; each logical request draws once, and
     its retries and hedges stay in the service it drew.
+
+    Added in version 0.3.
     """
 
     __slots__ = ("weights",)
@@ -123,15 +127,17 @@ class Split:
 
 
 class Route:
-    """Where matching requests go: ``Route(Match(path_prefix="/api"), to="users-v2")``.
+    """Where matching requests go: `Route(Match(path_prefix="/api"), to="users-v2")`.
 
-    ``match=None`` matches every request. ``to`` is a service name (a key of
-    ``services``) or a :class:`Split` of them. ``policy`` applies to requests
+    `match=None` matches every request. `to` is a service name (a key of
+    `services`) or a `Split` of them. `policy` applies to requests
     of this route, field by field over the service's and client's policies;
-    it may not set ``breaker``, ``retry_budget``, ``balancer`` or
-    ``slow_start``, which belong to a service. ``name`` names the route in
-    ``extensions["meshlib"]["route"]``, telemetry and ``snapshot()`` (default:
+    it may not set `breaker`, `retry_budget`, `balancer` or
+    `slow_start`, which belong to a service. `name` names the route in
+    `extensions["meshlib"]["route"]`, telemetry and `snapshot()` (default:
     its index in the host's list).
+
+    Added in version 0.3.
     """
 
     __slots__ = ("match", "name", "policy", "to")
@@ -158,7 +164,7 @@ class Route:
         return f"Route({self.match!r}, to={self.to!r}{extra})"
 
     def compile(self, index: int) -> RouteRule:
-        """This route in the compiled model, keyed by its name or ``index``."""
+        """This route in the compiled model, keyed by its name or `index`."""
         match = self.match or Match()
         weights = self.to.weights if isinstance(self.to, Split) else {self.to: 1}
         return RouteRule(
@@ -177,8 +183,8 @@ RoutesArg = Mapping[str, Sequence[Route]] | None
 
 def compile_routes(routes: Mapping[str, Sequence[Route]], services: set[str], *,
                    source: str = "routes") -> dict[str, tuple[RouteRule, ...]]:
-    """Each host's routes compiled, checked against the known ``services``
-    (lower-case names); ``ConfigError`` names ``source``, the host and the route."""
+    """Each host's routes compiled, checked against the known `services`
+    (lower-case names); `ConfigError` names `source`, the host and the route."""
     if not isinstance(routes, Mapping):
         raise ConfigError(f"{source} must map host names to lists of meshlib.Route, "
                           f"got {routes!r}")

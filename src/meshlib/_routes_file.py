@@ -1,24 +1,26 @@
-"""``MESHLIB_ROUTES``: routes from a JSON file, re-read when it changes.
+"""`MESHLIB_ROUTES`: routes from a JSON file, re-read when it changes.
 
-The file maps host names to lists of routes::
+The file maps host names to lists of routes:
 
-    {"users": [
-        {"name": "canary", "match": {"path_prefix": "/v2", "headers": {"x-canary": "1"}},
-         "to": {"users-v1": 90, "users-v2": 10},
-         "policy": {"timeout": "500ms", "retries": 1}},
-        {"to": "users-v1"}
-    ]}
+```
+{"users": [
+    {"name": "canary", "match": {"path_prefix": "/v2", "headers": {"x-canary": "1"}},
+     "to": {"users-v1": 90, "users-v2": 10},
+     "policy": {"timeout": "500ms", "retries": 1}},
+    {"to": "users-v1"}
+]}
+```
 
-``match`` takes the keywords of ``meshlib.Match``; ``to`` is a service name or
-an object of weights (a ``Split``); ``policy`` takes ``timeout``,
-``attempt_timeout`` (seconds, or durations such as ``"250ms"``), ``retries``,
-``retry_on`` (status codes), ``idempotent``, ``hedge`` (a delay, ``"p95"``, or
-``{"delay", "fallback", "max_attempts"}``) and ``backoff`` (``{"base", "max"}``).
+`match` takes the keywords of `meshlib.Match`; `to` is a service name or
+an object of weights (a `Split`); `policy` takes `timeout`,
+`attempt_timeout` (seconds, or durations such as `"250ms"`), `retries`,
+`retry_on` (status codes), `idempotent`, `hedge` (a delay, `"p95"`, or
+`{"delay", "fallback", "max_attempts"}`) and `backoff` (`{"base", "max"}`).
 
-A bad file when the client is built raises ``ConfigError`` naming the file
+A bad file when the client is built raises `ConfigError` naming the file
 and the entry. A bad file later (half-written, wrong, unreadable) keeps the
-last good routes and is logged at WARNING; the file is polled by ``stat()``
-like ``file://`` discovery and re-read only when it changes.
+last good routes and is logged at WARNING; the file is polled by `stat()`
+like `file://` discovery and re-read only when it changes.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def _route(where: str, raw: object) -> Route:
 
 
 def parse_routes(content: bytes | str, source: str) -> dict[str, list[Route]]:
-    """The routes of a routes file's content; ``ConfigError`` naming ``source`` and the
+    """The routes of a routes file's content; `ConfigError` naming `source` and the
     entry when anything is wrong."""
     try:
         data = json.loads(content)
@@ -157,7 +159,7 @@ def parse_routes(content: bytes | str, source: str) -> dict[str, list[Route]]:
 
 
 def load_routes_file(path: str) -> tuple[tuple[int, int, int], dict[str, list[Route]]]:
-    """Read and parse a routes file now (``ConfigError`` naming it when bad)."""
+    """Read and parse a routes file now (`ConfigError` naming it when bad)."""
     source = f"MESHLIB_ROUTES={path!r}"
     try:
         signature, content = _read(path)
@@ -167,11 +169,11 @@ def load_routes_file(path: str) -> tuple[tuple[int, int, int], dict[str, list[Ro
 
 
 class RoutesFile(Discovery):
-    """Polls a routes file; each change is parsed and yielded for :class:`RoutesFollower`.
+    """Polls a routes file; each change is parsed and yielded for `RoutesFollower`.
 
     It speaks the discovery interface so the background runners run it like
-    any discovery: it yields ``()`` when new routes are ready in :attr:`latest`
-    and a ``DiscoveryFailure`` when the file is bad (the last good routes stay).
+    any discovery: it yields `()` when new routes are ready in `latest`
+    and a `DiscoveryFailure` when the file is bad (the last good routes stay).
     """
 
     POLL_INTERVAL = 0.5
@@ -188,7 +190,7 @@ class RoutesFile(Discovery):
         return None
 
     async def updates(self) -> AsyncIterator[Update]:
-        """Yield ``()`` after each good change (routes in :attr:`latest`), failures as they
+        """Yield `()` after each good change (routes in `latest`), failures as they
         happen."""
         while True:
             await asyncio.sleep(self.POLL_INTERVAL)

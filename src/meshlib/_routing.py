@@ -1,8 +1,8 @@
 """The compiled route model: virtual hosts, their ordered rules, and matching.
 
-``meshlib.Route`` (code), ``MESHLIB_ROUTES`` (JSON), xDS RDS and Gateway API
+`meshlib.Route` (code), `MESHLIB_ROUTES` (JSON), xDS RDS and Gateway API
 HTTPRoutes all compile into this one model. It is immutable: a change builds
-a new :class:`RouteTable` and swaps it in with one assignment, so a request
+a new `RouteTable` and swaps it in with one assignment, so a request
 sees either the old table or the new one, never half of each.
 
 Matching follows Envoy and the Gateway API: a rule holds when every condition
@@ -41,7 +41,7 @@ ValueKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
 
 
 def compile_pattern(pattern: str, *, what: str, ignore_case: bool = False) -> re.Pattern[str]:
-    """``pattern`` compiled once, or ``ConfigError`` naming ``what`` and the pattern."""
+    """`pattern` compiled once, or `ConfigError` naming `what` and the pattern."""
     if not isinstance(pattern, str):
         raise ConfigError(f"{what} must be a regular expression string, got {pattern!r}")
     if len(pattern) > MAX_REGEX_LENGTH:
@@ -55,10 +55,10 @@ def compile_pattern(pattern: str, *, what: str, ignore_case: bool = False) -> re
 
 @dataclass(frozen=True, slots=True)
 class PathMatcher:
-    """How a rule matches the path: ``exact``, ``prefix`` (plain string prefix, as
-    Envoy's ``prefix``), ``segment_prefix`` (whole path segments, as the Gateway
-    API's ``PathPrefix`` and ``meshlib.Match(path_prefix=)``) or ``regex``
-    (``re.fullmatch``)."""
+    """How a rule matches the path: `exact`, `prefix` (plain string prefix, as
+    Envoy's `prefix`), `segment_prefix` (whole path segments, as the Gateway
+    API's `PathPrefix` and `meshlib.Match(path_prefix=)`) or `regex`
+    (`re.fullmatch`)."""
 
     kind: PathKind
     value: str
@@ -77,7 +77,7 @@ class PathMatcher:
         object.__setattr__(self, "_folded", value if self.case_sensitive else value.lower())
 
     def matches(self, path: str) -> bool:
-        """Whether ``path`` (raw, without the query) matches."""
+        """Whether `path` (raw, without the query) matches."""
         if self._regex is not None:
             return self._regex.fullmatch(path) is not None
         if not self.case_sensitive:
@@ -96,7 +96,7 @@ class PathMatcher:
 @dataclass(frozen=True, slots=True)
 class ValueMatcher:
     """How a rule matches a header's or a query parameter's value (Envoy's
-    ``StringMatcher``, plus ``present`` and ``invert``)."""
+    `StringMatcher`, plus `present` and `invert`)."""
 
     kind: ValueKind
     value: str = ""
@@ -110,7 +110,7 @@ class ValueMatcher:
                 self.value, what="value regex", ignore_case=self.ignore_case))
 
     def matches(self, actual: str | None) -> bool:
-        """Whether ``actual`` (``None``: absent) matches."""
+        """Whether `actual` (`None`: absent) matches."""
         return self._holds(actual) != self.invert
 
     def _holds(self, actual: str | None) -> bool:
@@ -144,8 +144,8 @@ class Backend:
 class RouteRule:
     """One compiled route: its conditions, where it sends, and its policy.
 
-    ``key`` names the route in breakers, windows, telemetry and
-    ``extensions["meshlib"]["route"]``: the route's name, else its index.
+    `key` names the route in breakers, windows, telemetry and
+    `extensions["meshlib"]["route"]`: the route's name, else its index.
     """
 
     key: str | int
@@ -195,7 +195,7 @@ class RouteRule:
         return True
 
     def draw(self, rand: float) -> str:
-        """The cluster for one logical request, ``rand`` uniform in [0, 1)."""
+        """The cluster for one logical request, `rand` uniform in [0, 1)."""
         if len(self.backends) == 1:
             return self.backends[0].cluster
         total = self._cumulative[-1]
@@ -229,7 +229,7 @@ class VirtualHost:
     rules: tuple[RouteRule, ...]
 
     def select(self, request: httpx.Request) -> RouteRule | None:
-        """The first rule that matches ``request``, else ``None``."""
+        """The first rule that matches `request`, else `None`."""
         if not self.rules:
             return None
         url = request.url
@@ -262,7 +262,7 @@ class RouteTable:
         return bool(self.hosts)
 
     def get(self, host: str) -> VirtualHost | None:
-        """The virtual host of ``host`` (lower-case), if it has routes."""
+        """The virtual host of `host` (lower-case), if it has routes."""
         return self.hosts.get(host)
 
     def clusters(self) -> set[str]:
@@ -270,7 +270,7 @@ class RouteTable:
         return {c for vhost in self.hosts.values() for rule in vhost.rules for c in rule.clusters()}
 
     def replaced(self, host: str, rules: Sequence[RouteRule] | None) -> RouteTable:
-        """A new table with ``host``'s rules replaced (``None`` or empty: removed)."""
+        """A new table with `host`'s rules replaced (`None` or empty: removed)."""
         hosts = dict(self.hosts)
         if rules:
             hosts[host] = VirtualHost(host, tuple(rules))
@@ -281,7 +281,7 @@ class RouteTable:
 
 def implicit_route_key(request: httpx.Request) -> str:
     """The route of a request when none is configured: its method and the first
-    segment of its path (``GET /users``), so ids deeper in paths do not multiply
+    segment of its path (`GET /users`), so ids deeper in paths do not multiply
     routes."""
     raw = request.url.raw_path
     end = len(raw)
@@ -293,5 +293,5 @@ def implicit_route_key(request: httpx.Request) -> str:
 
 
 def uniform() -> float:
-    """A uniform draw in [0, 1) for splits (module-level so tests can seed ``random``)."""
+    """A uniform draw in [0, 1) for splits (module-level so tests can seed `random`)."""
     return random.random()

@@ -1,9 +1,9 @@
 """Scoped deadlines and policy overrides, carried by contextvars.
 
-``meshlib.deadline(0.5)`` and ``meshlib.policy(retries=0)`` work as decorators
+`meshlib.deadline(0.5)` and `meshlib.policy(retries=0)` work as decorators
 on sync and async functions and as sync and async context managers. A deadline
 is an absolute time fixed on entry; nested deadlines take the earliest (as
-trio's ``current_effective_deadline``).
+trio's `current_effective_deadline`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 class Deadline(float):
-    """An absolute deadline (a ``time.monotonic()`` value) that remembers where it came from.
+    """An absolute deadline (a `time.monotonic()` value) that remembers where it came from.
 
-    It is a ``float`` everywhere a time is computed; ``seconds`` and ``source``
-    only serve error messages: ``DeadlineExceeded`` names the budget that won.
+    It is a `float` everywhere a time is computed; `seconds` and `source`
+    only serve error messages: `DeadlineExceeded` names the budget that won.
     """
 
     __slots__ = ("seconds", "source")
@@ -46,15 +46,15 @@ class Deadline(float):
 
 
 def describe_deadline(at: float, timeout: float) -> str:
-    """``"deadline 0.3 s from meshlib.deadline"`` or ``"timeout 2 s from Policy.timeout"``:
-    which budget a request's deadline ``at`` came from (``timeout`` is its policy's)."""
+    """`"deadline 0.3 s from meshlib.deadline"` or `"timeout 2 s from Policy.timeout"`:
+    which budget a request's deadline `at` came from (`timeout` is its policy's)."""
     if isinstance(at, Deadline):
         return f"deadline {at.seconds:g} s from {at.source}"
     return f"timeout {timeout:g} s from Policy.timeout"
 
 
 def header_source(mesh_header: bool, grpc_header: bool, envoy_header: bool = False) -> str:
-    """The ``source`` a server middleware gives the deadline it read from headers."""
+    """The `source` a server middleware gives the deadline it read from headers."""
     names = [name for name, present in (("x-mesh-timeout-ms", mesh_header),
                                         ("grpc-timeout", grpc_header),
                                         ("x-envoy-expected-rq-timeout-ms", envoy_header))
@@ -72,28 +72,28 @@ _OVERRIDES: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 
 
 def current_deadline() -> float:
-    """The earliest scoped deadline as a ``time.monotonic()`` value, ``inf`` if none."""
+    """The earliest scoped deadline as a `time.monotonic()` value, `inf` if none."""
     return _DEADLINE.get()
 
 
 def time_left() -> float:
-    """Seconds left before the scoped deadline (``inf`` without one; may be negative)."""
+    """Seconds left before the scoped deadline (`inf` without one; may be negative)."""
     return _DEADLINE.get() - time.monotonic()
 
 
 def release_deadline(value: float) -> None:
-    """Set the scoped deadline back to ``value`` for the rest of the current context.
+    """Set the scoped deadline back to `value` for the rest of the current context.
 
     For server middleware: once the response has been sent, work that goes on
     in the same task (background tasks) is no longer bound by the caller's
-    deadline. The enclosing ``meshlib.deadline`` still restores the outer value
+    deadline. The enclosing `meshlib.deadline` still restores the outer value
     when it exits.
     """
     _DEADLINE.set(value)
 
 
 def current_overrides() -> Mapping[str, Any]:
-    """The policy fields set by enclosing ``meshlib.policy(...)`` scopes (inner wins)."""
+    """The policy fields set by enclosing `meshlib.policy(...)` scopes (inner wins)."""
     return _OVERRIDES.get()
 
 
@@ -175,16 +175,16 @@ class _Scope:
 
 
 class deadline(_Scope):
-    """Bound every mesh request made inside to ``seconds`` from entry.
+    """Bound every mesh request made inside to `seconds` from entry.
 
-    Use as ``@meshlib.deadline(0.5)`` on a sync or async function, or as
-    ``with meshlib.deadline(0.5):`` / ``async with ...``. Nested deadlines take
-    the earliest. Raises ``ConfigError`` for a negative, NaN or non-number value.
+    Use as `@meshlib.deadline(0.5)` on a sync or async function, or as
+    `with meshlib.deadline(0.5):` / `async with ...`. Nested deadlines take
+    the earliest. Raises `ConfigError` for a negative, NaN or non-number value.
 
-    ``source`` is what a ``DeadlineExceeded`` message names when this deadline
+    `source` is what a `DeadlineExceeded` message names when this deadline
     is the one that ran out (the server middlewares say which header set it).
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     def __init__(self, seconds: float, *, source: str = "meshlib.deadline") -> None:
@@ -208,14 +208,14 @@ _PER_SERVICE = ("retry_budget", "breaker")
 class policy(_Scope):
     """Override policy fields for every mesh request made inside.
 
-    ``@meshlib.policy(retries=0, idempotent=True)`` or ``with meshlib.policy(...)``.
+    `@meshlib.policy(retries=0, idempotent=True)` or `with meshlib.policy(...)`.
     A scoped override beats the service's and the client's policy; nested
-    scopes merge, the inner one winning. Raises ``ConfigError`` for an unknown
-    field or a bad value, and for ``retry_budget`` and ``breaker``: those
+    scopes merge, the inner one winning. Raises `ConfigError` for an unknown
+    field or a bad value, and for `retry_budget` and `breaker`: those
     are state shared by every request to a service, so they cannot be
-    scoped (set them on the client's or the ``Service``'s policy).
+    scoped (set them on the client's or the `Service`'s policy).
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     def __init__(self, **changes: Any) -> None:

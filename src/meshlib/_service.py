@@ -1,4 +1,4 @@
-"""A service as the user configures it (``Service``), and its live state (``ServiceRuntime``).
+"""A service as the user configures it (`Service`), and its live state (`ServiceRuntime`).
 
 The runtime holds the endpoint set discovery last gave, the per-endpoint
 statistics and breakers, the retry budget and recent latencies. It picks
@@ -36,7 +36,7 @@ Transition = Callable[[str, str, str, str], None]  # service, endpoint, old, new
 
 
 def static_hint(value: object) -> str:
-    """``"; did you mean 'static://127.0.0.1:8001'?"`` for a bare ``host:port`` list."""
+    """`"; did you mean 'static://127.0.0.1:8001'?"` for a bare `host:port` list."""
     if not isinstance(value, str) or not value or "://" in value:
         return ""
     parts = [p.strip() for p in value.split(",")]
@@ -48,14 +48,14 @@ def static_hint(value: object) -> str:
 class Service:
     """A logical service: where its endpoints come from, and optionally its own policy.
 
-    ``discovery`` is a discovery URL (``static://``, ``dns+srv://``, ``dns://``,
-    ``file://``, ``etcd://``, ``consul://``, ``k8s://``), or ``xds:///LISTENER``
+    `discovery` is a discovery URL (`static://`, `dns+srv://`, `dns://`,
+    `file://`, `etcd://`, `consul://`, `k8s://`), or `xds:///LISTENER`
     for a service whose routes and clusters an xDS control plane gives (its
-    ``policy`` then sits under each cluster's own settings). ``tls_server_name`` is the name
-    the server certificate is checked against for ``https://SERVICE/...``
+    `policy` then sits under each cluster's own settings). `tls_server_name` is the name
+    the server certificate is checked against for `https://SERVICE/...`
     (default: the service name).
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     __slots__ = ("discovery", "policy", "tls_server_name")
@@ -215,7 +215,7 @@ class ServiceRuntime:
                                now)
 
     def _rebuild_healthy(self) -> None:
-        """Recompute the closed endpoints of each group (caller holds ``_lock``); a group
+        """Recompute the closed endpoints of each group (caller holds `_lock`); a group
         whose endpoints are all closed keeps its own tuple (same object: cheap to match)."""
         healthy = []
         for group in self._groups:
@@ -254,7 +254,7 @@ class ServiceRuntime:
         return self._replace(accepted, now) if accepted is not None else []
 
     def unready_message(self, waited: float) -> str:
-        """Why a request found no endpoint after waiting ``waited`` s for discovery's first
+        """Why a request found no endpoint after waiting `waited` s for discovery's first
         good answer: the last discovery failure, if there was one."""
         where = f"discovery for service {self.name!r} ({self._tracker.url})"
         reason = self._tracker.failing
@@ -265,11 +265,11 @@ class ServiceRuntime:
 
     def wait_ready(self, timeout: float) -> bool:
         """Block until discovery has given a first good answer (a set, possibly empty;
-        not a failure), at most ``timeout`` seconds."""
+        not a failure), at most `timeout` seconds."""
         return self.ready.wait(max(timeout, 0.0))
 
     async def wait_ready_async(self, timeout: float) -> bool:
-        """Wait (async) until discovery has answered once, at most ``timeout`` seconds."""
+        """Wait (async) until discovery has answered once, at most `timeout` seconds."""
         if self.ready.is_set():
             return True
         loop = asyncio.get_running_loop()
@@ -328,13 +328,13 @@ class ServiceRuntime:
     def pick(self, balancer: Balancer, exclude: frozenset[str] | set[str], now: float,
              within: float | None = None) -> tuple[EndpointState, int]:
         """Choose and admit an endpoint: the lowest priority group with an available
-        endpoint, preferring endpoints not in ``exclude`` and in the client's zone.
+        endpoint, preferring endpoints not in `exclude` and in the client's zone.
 
-        With ``within`` (seconds left), endpoints whose latency estimate does not fit
+        With `within` (seconds left), endpoints whose latency estimate does not fit
         are left out (deadline-aware admission). Returns the endpoint and what its
-        breaker granted (``ADMITTED`` or ``TRIAL``). Raises ``NoEndpointsError`` when
-        discovery knows none, ``CircuitOpenError`` when every endpoint's breaker is
-        open, and ``TooSlow`` when the only available endpoints cannot answer in time.
+        breaker granted (`ADMITTED` or `TRIAL`). Raises `NoEndpointsError` when
+        discovery knows none, `CircuitOpenError` when every endpoint's breaker is
+        open, and `TooSlow` when the only available endpoints cannot answer in time.
         """
         groups = self._groups
         if not groups:
@@ -446,7 +446,7 @@ class ServiceRuntime:
         return local or candidates
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """JSON-ready state (see :func:`meshlib._service_snapshot.service_snapshot`)."""
+        """JSON-ready state (see `meshlib._service_snapshot.service_snapshot()`)."""
         return service_snapshot(self, now)
 
 

@@ -1,4 +1,4 @@
-"""The JSON-ready state of one service, for ``snapshot()`` and ``meshlib status``."""
+"""The JSON-ready state of one service, for `snapshot()` and `meshlib status`."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ def service_snapshot(runtime: ServiceRuntime, now: float) -> dict[str, Any]:
     """Endpoints with their score, in-flight, breaker, counters and window; the budget's
     balance; the routes' breakers and windows; the service's window.
 
-    ``ewma_ms`` is the balancer's score, in which a failure counts as a sample
-    of at least ``FAILURE_PENALTY`` (1 s): a fast-failing endpoint reads about
-    1000 ms. ``latency_ms`` is the decayed peak EWMA of successful answers
-    only, ``None`` before the first one.
+    `ewma_ms` is the balancer's score, in which a failure counts as a sample
+    of at least `FAILURE_PENALTY` (1 s): a fast-failing endpoint reads about
+    1000 ms. `latency_ms` is the decayed peak EWMA of successful answers
+    only, `None` before the first one.
     """
     endpoints = []
     for state in list(runtime.states.values()):

@@ -1,25 +1,25 @@
 """OpenTelemetry traces, metrics and logs for mesh requests, through opentelemetry-api only.
 
 Without an SDK every call here is a no-op of the API and costs close to
-nothing (about a microsecond per attempt, see ``docs/telemetry.md``):
-attribute work is guarded by ``span.is_recording()`` and instruments are
+nothing (about a microsecond per attempt, see `docs/telemetry.md`):
+attribute work is guarded by `span.is_recording()` and instruments are
 created once per process (the API's proxies bind them to whatever provider
 is installed later).
 
 Traces
     One CLIENT span per attempt (retries and hedges each get their own),
     named after the method and carrying the HTTP client semantic conventions
-    plus ``meshlib.*`` attributes: ``meshlib.service``, ``meshlib.route`` (the
+    plus `meshlib.*` attributes: `meshlib.service`, `meshlib.route` (the
     configured route's name, or the method and first path segment, as the
-    route breaker keys it) and, for a configured route, ``http.route``. Spans
+    route breaker keys it) and, for a configured route, `http.route`. Spans
     are children of the caller's current span, and W3C trace context is
     injected into each attempt's headers via the global propagator.
 
     Decisions become span events on the attempt they are about: the verdict
-    on an attempt's outcome (``meshlib.retry`` / ``meshlib.no_retry``) goes
-    on that attempt's span, a hedge (``meshlib.hedge`` / ``meshlib.no_hedge``)
+    on an attempt's outcome (`meshlib.retry` / `meshlib.no_retry`) goes
+    on that attempt's span, a hedge (`meshlib.hedge` / `meshlib.no_hedge`)
     on the span of the attempt still in flight, and a request that sent
-    nothing (``meshlib.circuit_open`` / ``meshlib.no_endpoints``) on the last
+    nothing (`meshlib.circuit_open` / `meshlib.no_endpoints`) on the last
     attempt's span, or on the caller's span when there was no attempt. To
     make that possible, the span of an attempt whose outcome may be retried
     is *parked* when the attempt ends (its end time is fixed then) and ended
@@ -27,18 +27,18 @@ Traces
     request finishes.
 
 Metrics
-    ``http.client.request.duration`` (seconds, per attempt; with
-    ``meshlib.service``, ``meshlib.route`` and, for configured routes,
-    ``http.route``: at most 1,024 implicit routes per service), the counters
-    ``meshlib.retries``, ``meshlib.hedges``, ``meshlib.retry_budget.refusals``,
-    ``meshlib.deadline.expiries``, ``meshlib.breaker.transitions`` and
-    ``meshlib.requests.not_sent``, and the observable gauge ``meshlib.endpoints``
+    `http.client.request.duration` (seconds, per attempt; with
+    `meshlib.service`, `meshlib.route` and, for configured routes,
+    `http.route`: at most 1,024 implicit routes per service), the counters
+    `meshlib.retries`, `meshlib.hedges`, `meshlib.retry_budget.refusals`,
+    `meshlib.deadline.expiries`, `meshlib.breaker.transitions` and
+    `meshlib.requests.not_sent`, and the observable gauge `meshlib.endpoints`
     (endpoints per service and breaker state, across the live clients that
-    :func:`register_mesh` registered).
+    `register_mesh()` registered).
 
 Logs
-    Under the ``meshlib`` logger: breaker transitions at INFO (discovery
-    changes are logged at INFO by ``meshlib.discovery``); per-request
+    Under the `meshlib` logger: breaker transitions at INFO (discovery
+    changes are logged at INFO by `meshlib.discovery`); per-request
     decisions only at DEBUG.
 """
 
@@ -90,7 +90,7 @@ _BREAKER_STATES = (CLOSED, HALF_OPEN, OPEN)
 class _Trace:
     """The attempt spans of one logical request, kept only while tracing records.
 
-    ``open``: spans of attempts in flight, oldest first. ``parked``: spans of
+    `open`: spans of attempts in flight, oldest first. `parked`: spans of
     finished attempts awaiting a verdict, with their end time (ns).
     """
 
@@ -152,7 +152,7 @@ class Telemetry:
                       hedge: bool = False) -> Span:
         """Open the CLIENT span of one attempt and inject trace context into its headers.
 
-        Call after ``call.begin()`` (so ``call.attempts`` counts this attempt).
+        Call after `call.begin()` (so `call.attempts` counts this attempt).
         """
         if not self._tracing:
             # a provider may be installed at any time; looking is one global read
@@ -187,7 +187,7 @@ class Telemetry:
                     verdict_pending: bool) -> None:
         """Close an attempt: record its duration, status and error on the span.
 
-        ``verdict_pending``: the core will still judge this outcome (it may be
+        `verdict_pending`: the core will still judge this outcome (it may be
         retried); the span is then parked (end time fixed now) so that the
         verdict can be added to it as an event.
         """
@@ -274,7 +274,7 @@ class Telemetry:
     def decision(self, call: Call, name: str, reason: str, **attributes: Any) -> None:
         """Record why a request was (or was not) retried or hedged.
 
-        ``name`` is ``retry``, ``no_retry``, ``hedge`` or ``no_hedge``. The
+        `name` is `retry`, `no_retry`, `hedge` or `no_hedge`. The
         event goes on the attempt it is about (see the module docstring);
         the counters for retries, hedges and budget refusals move here.
         """
@@ -297,11 +297,11 @@ class Telemetry:
             span.add_event(f"meshlib.{name}", event)
 
     def not_sent(self, call: Call, error: BaseException) -> BaseException:
-        """Record a logical request that ends with nothing sent; return ``error`` to raise.
+        """Record a logical request that ends with nothing sent; return `error` to raise.
 
-        Counts ``meshlib.requests.not_sent`` (or a deadline expiry) and adds a
-        ``meshlib.circuit_open`` / ``meshlib.no_endpoints`` /
-        ``meshlib.deadline_exceeded`` event.
+        Counts `meshlib.requests.not_sent` (or a deadline expiry) and adds a
+        `meshlib.circuit_open` / `meshlib.no_endpoints` /
+        `meshlib.deadline_exceeded` event.
         """
         labels = {"meshlib.service": call.runtime.name, "error.type": _error_type(error)}
         if isinstance(error, DeadlineExceeded):
@@ -418,8 +418,8 @@ _ENVIRON_PROVIDERS = frozenset(
 
 
 def _unset(module: Any, name: str, variable: str) -> bool:
-    """Whether no provider is set in the API global ``name`` (one attribute read, where
-    the API's ``get_*_provider()`` also reads ``os.environ`` on every call)."""
+    """Whether no provider is set in the API global `name` (one attribute read, where
+    the API's `get_*_provider()` also reads `os.environ` on every call)."""
     return _metrics_globals is not None and getattr(module, name) is None \
         and variable not in _ENVIRON_PROVIDERS
 
@@ -451,14 +451,14 @@ def _discard(spans: list[Span], span: Span) -> None:
 
 
 def _error_type(error: BaseException) -> str:
-    """The semantic conventions' ``error.type`` of an exception: its qualified class name."""
+    """The semantic conventions' `error.type` of an exception: its qualified class name."""
     cls = type(error)
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 def _redacted(url: httpx.URL) -> str:
-    """``url.full`` with credentials and signature query parameters replaced by ``REDACTED``."""
+    """`url.full` with credentials and signature query parameters replaced by `REDACTED`."""
     if url.userinfo:
         url = url.copy_with(username="REDACTED", password="REDACTED")
     if url.query and any(key in _SECRET_QUERY_KEYS for key in url.params):
@@ -471,7 +471,7 @@ def _redacted(url: httpx.URL) -> str:
 # -- the endpoints gauge: a weak registry of live meshes --------------------------------
 
 class Observed(Protocol):
-    """What the gauge reads of a mesh (``_mesh.Mesh``): its clock and service runtimes."""
+    """What the gauge reads of a mesh (`_mesh.Mesh`): its clock and service runtimes."""
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -489,7 +489,7 @@ _meshes_lock = threading.Lock()
 
 
 def register_mesh(mesh: Observed) -> None:
-    """Let the ``meshlib.endpoints`` gauge observe ``mesh`` for as long as it lives."""
+    """Let the `meshlib.endpoints` gauge observe `mesh` for as long as it lives."""
     with _meshes_lock:
         _meshes.add(mesh)
 

@@ -1,8 +1,8 @@
 """Testing mode's process-wide state, read by the request path (no I/O, no imports above).
 
-The public face is :mod:`meshlib.testing` (``set_testing``); the transports
-and :class:`~meshlib._mesh.Mesh` read :func:`capped`, :func:`sleep` and
-:func:`asleep` from here, so the runtime core never imports the testing
+The public face is `meshlib.testing` (`set_testing`); the transports
+and `Mesh` read `capped()`, `sleep()` and
+`asleep()` from here, so the runtime core never imports the testing
 package (whose fleet needs the loopback fault server).
 """
 
@@ -38,16 +38,16 @@ _capped: dict[int, tuple[Policy, int, Policy]] = {}
 class set_testing:
     """Turn testing mode on (the default) or off, process-wide; usable as a context manager.
 
-    In testing mode backoff and ``Retry-After`` sleeps are skipped (the
-    attempts still happen, at once). ``attempts=N`` also caps every logical
-    request at ``N`` attempts in all, hedges included (stamina's meaning):
-    ``attempts=1`` sends each request once, so a test that mocks one failure
-    sees that failure. ``attempts=None`` leaves the policy's limits alone.
+    In testing mode backoff and `Retry-After` sleeps are skipped (the
+    attempts still happen, at once). `attempts=N` also caps every logical
+    request at `N` attempts in all, hedges included (stamina's meaning):
+    `attempts=1` sends each request once, so a test that mocks one failure
+    sees that failure. `attempts=None` leaves the policy's limits alone.
 
-    The call takes effect at once. Used as ``with set_testing(...):`` it
+    The call takes effect at once. Used as `with set_testing(...):` it
     restores the state that was in force before the call when the block
-    ends. Raises :class:`meshlib.ConfigError` for an ``attempts`` that is
-    not an int >= 1, or for ``attempts`` with ``enabled=False``.
+    ends. Raises `meshlib.ConfigError` for an `attempts` that is
+    not an int >= 1, or for `attempts` with `enabled=False`.
     """
 
     __slots__ = ("_previous",)
@@ -78,16 +78,16 @@ class set_testing:
 
 
 def is_testing() -> bool:
-    """Whether :func:`set_testing` turned testing mode on."""
+    """Whether `set_testing()` turned testing mode on."""
     return _state.enabled
 
 
 def capped(policy: Policy) -> Policy:
-    """``policy`` limited to the ``set_testing(attempts=N)`` cap; ``policy`` itself if none.
+    """`policy` limited to the `set_testing(attempts=N)` cap; `policy` itself if none.
 
-    Retries become at most ``N - 1`` (hedges share that limit), hedging is off
-    for ``N == 1`` and ``Hedge.max_attempts`` is at most ``N``. Read by the
-    request path once per request (``Mesh.policy_for``); cheap when no cap is set.
+    Retries become at most `N - 1` (hedges share that limit), hedging is off
+    for `N == 1` and `Hedge.max_attempts` is at most `N`. Read by the
+    request path once per request (`Mesh.policy_for`); cheap when no cap is set.
     """
     cap = _state.attempts
     if cap is None:
@@ -107,11 +107,11 @@ def capped(policy: Policy) -> Policy:
 
 
 def sleep(seconds: float) -> None:
-    """The sync transports' sleep: ``time.sleep`` unless testing."""
+    """The sync transports' sleep: `time.sleep` unless testing."""
     if not _state.enabled:
         time.sleep(seconds)
 
 
 async def asleep(seconds: float) -> None:
-    """The async transports' sleep: ``asyncio.sleep`` unless testing (then it only yields)."""
+    """The async transports' sleep: `asyncio.sleep` unless testing (then it only yields)."""
     await asyncio.sleep(0 if _state.enabled else seconds)

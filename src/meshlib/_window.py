@@ -1,6 +1,6 @@
 """Golden signals over the last 60 seconds, in fixed memory.
 
-A :class:`Window` is a ring of 12 buckets of 5 seconds. Each bucket counts
+A `Window` is a ring of 12 buckets of 5 seconds. Each bucket counts
 requests and successes and keeps a latency histogram with logarithmic bins
 (about 9% wide, from 0.1 ms to about 100 s), allocated the first time the
 bucket sees a latency. Recording is a few integer operations and one
@@ -8,9 +8,9 @@ logarithm, with no lock: under threads a count may rarely be lost, which a
 60-second rate can afford. Percentiles are read from the merged bins, so
 they are accurate to a bin's width; nothing keeps a list of samples.
 
-``snapshot()`` (per service, per route and per endpoint) reports ``requests``,
-``rps`` (over the time the window covers, at most 60 s), ``success_rate`` and
-``latency_ms`` (``p50``, ``p95``, ``p99``) of the requests that got an answer.
+`snapshot()` (per service, per route and per endpoint) reports `requests`,
+`rps` (over the time the window covers, at most 60 s), `success_rate` and
+`latency_ms` (`p50`, `p95`, `p99`) of the requests that got an answer.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _bin(latency_s: float) -> int:
 
 
 def _bin_ms(index: int) -> float:
-    """The middle of bin ``index`` (geometric), in milliseconds."""
+    """The middle of bin `index` (geometric), in milliseconds."""
     return float(_MIN_MS * 2.0 ** ((index + 0.5) / _PER_DOUBLING))
 
 
@@ -59,8 +59,8 @@ class Window:
 
     def record(self, now: float, ok: bool, latency_s: float | None, *,
                shed: bool = False) -> None:
-        """One request ended at ``now``: ``ok`` or not; ``latency_s`` if it got an answer;
-        ``shed`` if it failed fast with nothing sent."""
+        """One request ended at `now`: `ok` or not; `latency_s` if it got an answer;
+        `shed` if it failed fast with nothing sent."""
         epoch = int(now // BUCKET_SECONDS)
         slot = epoch % BUCKETS
         if self._epochs[slot] != epoch:
@@ -98,8 +98,8 @@ class Window:
         return sent, sum(self._ok[slot] for slot in live)
 
     def failure_rate(self, now: float, *, minimum: int = 20) -> float | None:
-        """The share of *sent* requests in the window that failed; ``None`` with fewer
-        than ``minimum`` sent."""
+        """The share of *sent* requests in the window that failed; `None` with fewer
+        than `minimum` sent."""
         sent, ok = self.sent_ok(now)
         return max(sent - ok, 0) / sent if sent >= minimum else None
 

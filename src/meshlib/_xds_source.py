@@ -1,25 +1,25 @@
-"""``XdsRouteSource``: an ``xds:///LISTENER`` service's routes and clusters, from its
+"""`XdsRouteSource`: an `xds:///LISTENER` service's routes and clusters, from its
 control plane.
 
-It runs an :class:`~meshlib._xds.client.XdsClient` and turns each complete,
-consistent :class:`~meshlib._xds.resources.XdsConfig` into one
-:class:`~meshlib._route_source.RouteUpdate` (docs/xds.md has the mapping table):
+It runs an `XdsClient` and turns each complete,
+consistent `XdsConfig` into one
+`RouteUpdate` (docs/xds.md has the mapping table):
 
 - the virtual host is chosen as gRPC chooses it, by the listener's target
-  (the ``xds:///`` URL's path), once per configuration; none matching gives a
-  host without rules (every request raises ``NoRouteError``);
-- each Route becomes a :class:`~meshlib._routing.RouteRule` (path, headers,
-  query, weighted clusters; ``RouteAction.timeout`` and ``retry_policy`` as its
+  (the `xds:///` URL's path), once per configuration; none matching gives a
+  host without rules (every request raises `NoRouteError`);
+- each Route becomes a `RouteRule` (path, headers,
+  query, weighted clusters; `RouteAction.timeout` and `retry_policy` as its
   policy); a route that does not forward (redirect, direct response) keeps its
   place and sends to a cluster that does not exist, so requests it matches
-  raise ``NoRouteError`` rather than fall through to a later route;
-- each Cluster becomes a :class:`~meshlib._route_source.ClusterSource` keyed
-  ``xds:CLUSTER``: its balancer, outlier detection as breaker fields,
-  ``circuit_breakers.max_requests`` as an in-flight cap, and its EDS
+  raise `NoRouteError` rather than fall through to a later route;
+- each Cluster becomes a `ClusterSource` keyed
+  `xds:CLUSTER`: its balancer, outlier detection as breaker fields,
+  `circuit_breakers.max_requests` as an in-flight cap, and its EDS
   endpoints (HEALTHY and UNKNOWN ones only) with weights, zones and priorities.
 
 Importing this module imports protobuf (through the resources); the mesh
-imports it only for an ``xds://`` service.
+imports it only for an `xds://` service.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ _STATUS_INTERVAL = 1.0
 
 
 def cluster_key(name: str) -> str:
-    """The mesh's key for the xDS cluster ``name`` (its runtime, snapshot and errors)."""
+    """The mesh's key for the xDS cluster `name` (its runtime, snapshot and errors)."""
     return f"xds:{name}"
 
 
@@ -110,7 +110,7 @@ class _EnvoyHeader(ValueMatcher):
         object.__setattr__(self, "spec", spec)
 
     def matches(self, actual: str | None) -> bool:
-        """Whether a request whose header value is ``actual`` (``None``: absent) matches."""
+        """Whether a request whose header value is `actual` (`None`: absent) matches."""
         return self.spec.matches(actual)
 
 
@@ -230,15 +230,15 @@ def cluster_policy(cluster: ClusterSpec) -> Policy:
 
 @dataclass(frozen=True, slots=True)
 class XdsClusterSource(ClusterSource):
-    """A ClusterSource with the cluster's in-flight cap (``circuit_breakers.max_requests``)."""
+    """A ClusterSource with the cluster's in-flight cap (`circuit_breakers.max_requests`)."""
 
     max_requests: int | None = field(default=None)
 
 
 def route_update(config: XdsConfig, url: str, target: str) -> RouteUpdate:
-    """The :class:`RouteUpdate` of ``config`` for the virtual host of ``target``.
+    """The `RouteUpdate` of `config` for the virtual host of `target`.
 
-    Raises ``ConfigError`` naming the route for what meshlib cannot carry out.
+    Raises `ConfigError` naming the route for what meshlib cannot carry out.
     """
     vhost = config.virtual_host(target)
     rules: list[RouteRule] = []
@@ -267,10 +267,10 @@ def route_update(config: XdsConfig, url: str, target: str) -> RouteUpdate:
 
 
 class XdsRouteSource:
-    """The routes of ``xds:///TARGET``: a RouteSource over an XdsClient.
+    """The routes of `xds:///TARGET`: a RouteSource over an XdsClient.
 
     The bootstrap is read (and checked) when it is built: a bad URL or
-    bootstrap, or grpcio missing, raises ``ConfigError`` then.
+    bootstrap, or grpcio missing, raises `ConfigError` then.
     """
 
     #: the key of its state in snapshot()

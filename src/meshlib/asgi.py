@@ -1,48 +1,50 @@
 """Server-side deadline propagation for ASGI applications.
 
-Wrap an ASGI application in :class:`MeshMiddleware` and every HTTP request that
-carries a deadline header runs inside :class:`meshlib.deadline`, so every mesh
-request the handler makes (with :class:`meshlib.MeshClient` or
-:class:`meshlib.AsyncMeshClient`) inherits what is left of the caller's
-deadline::
+Wrap an ASGI application in `MeshMiddleware` and every HTTP request that
+carries a deadline header runs inside `meshlib.deadline`, so every mesh
+request the handler makes (with `meshlib.MeshClient` or
+`meshlib.AsyncMeshClient`) inherits what is left of the caller's
+deadline:
 
-    from meshlib.asgi import MeshMiddleware
+```
+from meshlib.asgi import MeshMiddleware
 
-    app = MeshMiddleware(app, snapshot_path="/_mesh")  # shows every open mesh client
+app = MeshMiddleware(app, snapshot_path="/_mesh")  # shows every open mesh client
+```
 
 Headers read (all optional; when several are present the earliest deadline wins):
 
-* ``x-mesh-timeout-ms``: whole milliseconds left, as meshlib clients send it;
-* ``grpc-timeout``: the gRPC format, 1 to 8 digits and a unit ``H`` (hours),
-  ``M`` (minutes), ``S`` (seconds), ``m`` (milliseconds), ``u`` (microseconds)
-  or ``n`` (nanoseconds), e.g. ``250m``;
-* ``x-envoy-expected-rq-timeout-ms``: whole milliseconds, as an Envoy sidecar
+* `x-mesh-timeout-ms`: whole milliseconds left, as meshlib clients send it;
+* `grpc-timeout`: the gRPC format, 1 to 8 digits and a unit `H` (hours),
+  `M` (minutes), `S` (seconds), `m` (milliseconds), `u` (microseconds)
+  or `n` (nanoseconds), e.g. `250m`;
+* `x-envoy-expected-rq-timeout-ms`: whole milliseconds, as an Envoy sidecar
   (Istio) sets it on the requests it forwards to the application.
 
 A malformed or negative value is ignored and logged at DEBUG level on the
-``meshlib.asgi`` logger; the request is served as if the header were absent.
-A value of ``0`` still calls the application: its mesh requests then fail fast
-with :class:`meshlib.DeadlineExceeded`.
+`meshlib.asgi` logger; the request is served as if the header were absent.
+A value of `0` still calls the application: its mesh requests then fail fast
+with `meshlib.DeadlineExceeded`.
 
 Mesh errors are answered as a sidecar would answer them: a
-:class:`meshlib.DeadlineExceeded` that escapes the application becomes
-``504 Gateway Timeout``, any other :class:`meshlib.MeshError` (no endpoints,
-circuit open, no route) ``503 Service Unavailable``, each with a short
-``text/plain`` body, and is logged at WARNING on the ``meshlib.asgi`` logger
+`meshlib.DeadlineExceeded` that escapes the application becomes
+`504 Gateway Timeout`, any other `meshlib.MeshError` (no endpoints,
+circuit open, no route) `503 Service Unavailable`, each with a short
+`text/plain` body, and is logged at WARNING on the `meshlib.asgi` logger
 once per cause (repeats at DEBUG). Other exceptions propagate unchanged, and
 so does a mesh error raised after the response has started.
-``MeshMiddleware(app, map_errors=False)`` lets mesh errors propagate too.
-A ``500`` response the application sends itself is held back until the
+`MeshMiddleware(app, map_errors=False)` lets mesh errors propagate too.
+A `500` response the application sends itself is held back until the
 application returns (up to 64 KiB of body), so a framework's error page
 (Starlette's, when the middleware wraps a whole Starlette or FastAPI
 application) gives way to the mesh error's answer.
 
 The middleware has no dependency beyond the standard library and meshlib: it
-works with Starlette, FastAPI, Quart or a bare ASGI callable. Only ``http``
-scopes are affected; ``websocket`` and ``lifespan`` scopes pass through
+works with Starlette, FastAPI, Quart or a bare ASGI callable. Only `http`
+scopes are affected; `websocket` and `lifespan` scopes pass through
 untouched (a websocket session is long-lived, a request deadline does not fit it).
 
-.. versionadded:: 0.1
+Added in version 0.1.
 """
 
 from __future__ import annotations
@@ -76,39 +78,38 @@ _ENVOY_TIMEOUT = ENVOY_TIMEOUT_HEADER.encode()
 class MeshMiddleware:
     """ASGI middleware: run each HTTP request inside the caller's mesh deadline.
 
-    ``app`` is any ASGI 3 application. ``snapshot_path`` (off by default)
-    serves ``{"services": ...}`` as ``application/json`` on a ``GET`` to
+    `app` is any ASGI 3 application. `snapshot_path` (off by default)
+    serves `{"services": ...}` as `application/json` on a `GET` to
     exactly that path; any request to that path is answered by the middleware
-    and never reaches ``app`` (other methods get 405).
+    and never reaches `app` (other methods get 405).
 
     What the snapshot shows:
 
-    * ``clients=None`` (the default): every ``MeshClient`` and
-      ``AsyncMeshClient`` open in the process at the time of the request,
+    * `clients=None` (the default): every `MeshClient` and
+      `AsyncMeshClient` open in the process at the time of the request,
       including those built after the middleware (in a FastAPI lifespan
-      handler, say, with ``app.add_middleware(MeshMiddleware, ...)``). They
+      handler, say, with `app.add_middleware(MeshMiddleware, ...)`). They
       are held weakly: a closed or collected client drops out.
-    * ``clients=[...]``: only those objects (clients or transports), merged.
-      A list is kept as it is, not copied, as :attr:`clients`: append to it
+    * `clients=[...]`: only those objects (clients or transports), merged.
+      A list is kept as it is, not copied, as `clients`: append to it
       (or to your own list) later and the endpoint sees the addition.
 
-    A service name seen in more than one client appears as ``name``,
-    ``name#2``, ... Each endpoint's ``ewma_ms`` is the balancer's latency
+    A service name seen in more than one client appears as `name`,
+    `name#2`, ... Each endpoint's `ewma_ms` is the balancer's latency
     estimate, in which a failure counts as a slow sample (about 1000 ms): a
     fast-failing endpoint reads high on purpose. It is a penalty, not a
     measured latency.
 
-    Only expose ``snapshot_path`` where its audience may see your topology:
+    Only expose `snapshot_path` where its audience may see your topology:
     it lists service names, endpoint addresses and their health.
 
-    ``map_errors=True`` (the default) answers a ``DeadlineExceeded`` that
-    escapes ``app`` with 504 and any other ``MeshError`` with 503, before the
-    response has started; ``map_errors=False`` lets them propagate.
+    `map_errors=True` (the default) answers a `DeadlineExceeded` that
+    escapes `app` with 504 and any other `MeshError` with 503, before the
+    response has started; `map_errors=False` lets them propagate.
 
-    .. versionadded:: 0.1
-    .. versionchanged:: 0.3
-       Mesh errors that escape the application are answered 504 or 503
-       (``map_errors``).
+    Added in version 0.1.
+    Changed in version 0.3: Mesh errors that escape the application are answered 504 or 503
+    (`map_errors`).
     """
 
     def __init__(self, app: ASGIApp, *, snapshot_path: str | None = None,
@@ -198,10 +199,10 @@ class MeshMiddleware:
 
 
 class _ResponseWatch:
-    """The ``send`` of one request: notes whether the response has started, and holds
-    back a ``500`` response until the application returns.
+    """The `send` of one request: notes whether the response has started, and holds
+    back a `500` response until the application returns.
 
-    An application's own error handler (Starlette's ``ServerErrorMiddleware``, when
+    An application's own error handler (Starlette's `ServerErrorMiddleware`, when
     the middleware wraps the whole application) sends its 500 page and then
     re-raises: held back, that page can still give way to the 504 or 503 of a
     mesh error. Held up to 64 KiB of body, then sent on.

@@ -1,6 +1,6 @@
-"""The ``meshlib`` command line: ``demo``, ``resolve``, ``bench``, ``status``.
+"""The `meshlib` command line: `demo`, `resolve`, `bench`, `status`.
 
-Run ``meshlib COMMAND --help`` for the options of each command.
+Run `meshlib COMMAND --help` for the options of each command.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _details(discovery: object, update: Sequence[object]) -> list[dict[str, Any]
 
 
 def _format_details(details: list[dict[str, Any]]) -> str:
-    """One line per endpoint: conditions, zone, hints, slice; ``(not used)`` if left out."""
+    """One line per endpoint: conditions, zone, hints, slice; `(not used)` if left out."""
     lines = []
     for d in details:
         line = (f"{d['endpoint']}  ready={'yes' if d['ready'] else 'no'} "
@@ -75,9 +75,9 @@ def _format_details(details: list[dict[str, Any]]) -> str:
 
 
 def _discovery_url(target: str) -> str:
-    """``target`` itself if it is a discovery URL, else the URL ``MESHLIB_SERVICES`` gives it.
+    """`target` itself if it is a discovery URL, else the URL `MESHLIB_SERVICES` gives it.
 
-    Raises ``ConfigError`` naming the service when it is not there (or the variable is bad).
+    Raises `ConfigError` naming the service when it is not there (or the variable is bad).
     """
     if "://" in target:
         return target
@@ -94,8 +94,8 @@ def _discovery_url(target: str) -> str:
 
 
 def _print_change(text: str, last: object, *, watch: bool, as_json: bool) -> str:
-    """Print ``text`` unless it is ``last`` (then a ``--`` line under ``--watch``);
-    return it, the new ``last``."""
+    """Print `text` unless it is `last` (then a `--` line under `--watch`);
+    return it, the new `last`."""
     if text != last:
         print(text, flush=True)
         if watch and not as_json:
@@ -246,8 +246,8 @@ _EXIT_BROKEN_PIPE = 128 + 13
 
 
 def _quiet_stdout() -> None:
-    """Point standard output at ``/dev/null``, so that flushing it at exit (after its
-    reader went away, as ``| head`` does) raises nothing more."""
+    """Point standard output at `/dev/null`, so that flushing it at exit (after its
+    reader went away, as `| head` does) raises nothing more."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, sys.stdout.fileno())
@@ -260,8 +260,8 @@ def _quiet_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
-    When the reader of standard output goes away (``meshlib resolve URL | head -1``),
-    the command ends quietly with status 141, as Unix tools killed by ``SIGPIPE`` do.
+    When the reader of standard output goes away (`meshlib resolve URL | head -1`),
+    the command ends quietly with status 141, as Unix tools killed by `SIGPIPE` do.
     """
     try:
         return _run(argv)

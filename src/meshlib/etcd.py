@@ -1,30 +1,32 @@
-"""Announce a service instance in etcd, for ``etcd://`` discovery to find.
+"""Announce a service instance in etcd, for `etcd://` discovery to find.
 
-:class:`EtcdRegistration` puts ``{"host", "port", "weight"?, "zone"?}`` at
-``PREFIX/KEY`` on a lease, keeps the lease alive in the background (a thread
+`EtcdRegistration` puts `{"host", "port", "weight"?, "zone"?}` at
+`PREFIX/KEY` on a lease, keeps the lease alive in the background (a thread
 for the sync API, a task for the async one) and revokes it when the instance
 goes away, so the key disappears at once on a clean exit and within the
-lease's TTL after a crash::
+lease's TTL after a crash:
 
-    from meshlib.etcd import EtcdRegistration
+```
+from meshlib.etcd import EtcdRegistration
 
-    with EtcdRegistration("etcd://127.0.0.1:2379/mesh/users", "10.0.0.5", 8080):
-        serve_forever()
+with EtcdRegistration("etcd://127.0.0.1:2379/mesh/users", "10.0.0.5", 8080):
+    serve_forever()
 
-    async with EtcdRegistration("etcd://127.0.0.1:2379/mesh/users", "10.0.0.5", 8080,
-                                zone="eu-1", weight=2):
-        await serve()
+async with EtcdRegistration("etcd://127.0.0.1:2379/mesh/users", "10.0.0.5", 8080,
+                            zone="eu-1", weight=2):
+    await serve()
 
-    registration = EtcdRegistration("etcd://127.0.0.1:2379/mesh/users", "10.0.0.5", 8080)
-    registration.register()        # or: await registration.aregister()
-    ...
-    registration.deregister()      # or: await registration.aderegister()
+registration = EtcdRegistration("etcd://127.0.0.1:2379/mesh/users", "10.0.0.5", 8080)
+registration.register()        # or: await registration.aregister()
+...
+registration.deregister()      # or: await registration.aderegister()
+```
 
 If a keep-alive finds the lease gone (etcd restarted from an old snapshot, a
 long pause), the registration grants a new lease and puts the key again.
 Only plain HTTP to etcd's v3 JSON gateway is used, through httpx.
 
-.. versionadded:: 0.1
+Added in version 0.1.
 """
 
 from __future__ import annotations
@@ -52,25 +54,26 @@ logger = logging.getLogger("meshlib.etcd")
 class EtcdRegistration:
     """One service instance registered under an etcd prefix, on a kept-alive lease.
 
-    :param url: where to register, ``etcd://HOST:PORT/PREFIX`` (the same URL the
-        clients use for discovery).
-    :param host: the address clients should connect to.
-    :param port: the port clients should connect to.
-    :param weight: the instance's relative share of traffic (default 1).
-    :param zone: the instance's zone, for zone-aware routing.
-    :param key: the key under the prefix (default ``host:port``).
-    :param ttl: the lease's time to live in seconds; the key vanishes this long
-        after the process stops keeping it alive. Keep-alives are sent every
-        ``ttl / 3`` seconds.
-    :param timeout: seconds allowed for each call to etcd.
+    Args:
+        url: where to register, `etcd://HOST:PORT/PREFIX` (the same URL the
+            clients use for discovery).
+        host: the address clients should connect to.
+        port: the port clients should connect to.
+        weight: the instance's relative share of traffic (default 1).
+        zone: the instance's zone, for zone-aware routing.
+        key: the key under the prefix (default `host:port`).
+        ttl: the lease's time to live in seconds; the key vanishes this long
+            after the process stops keeping it alive. Keep-alives are sent every
+            `ttl / 3` seconds.
+        timeout: seconds allowed for each call to etcd.
 
-    The object is reusable: ``register()`` after ``deregister()`` registers
+    The object is reusable: `register()` after `deregister()` registers
     again. Use either the sync or the async methods for one registration.
 
-    ``register()`` / ``aregister()`` raise ``httpx.HTTPError`` when etcd cannot
-    be reached and :class:`EtcdError` when it refuses; later keep-alive
-    failures are logged as warnings on ``meshlib.etcd`` and retried, and a lost
-    lease is replaced. ``deregister()`` never raises for an unreachable etcd
+    `register()` / `aregister()` raise `httpx.HTTPError` when etcd cannot
+    be reached and `EtcdError` when it refuses; later keep-alive
+    failures are logged as warnings on `meshlib.etcd` and retried, and a lost
+    lease is replaced. `deregister()` never raises for an unreachable etcd
     (the lease then simply expires).
     """
 
@@ -284,12 +287,12 @@ class EtcdRegistration:
 class EtcdError(RuntimeError):
     """etcd answered a registration call with an error (for example an unknown lease).
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
 
 def _checked(response: httpx.Response) -> dict[str, Any]:
-    """The JSON object of a successful gateway answer; :class:`EtcdError` otherwise."""
+    """The JSON object of a successful gateway answer; `EtcdError` otherwise."""
     try:
         body = response.json()
     except ValueError:

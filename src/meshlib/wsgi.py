@@ -1,46 +1,48 @@
 """Server-side deadline propagation for WSGI applications.
 
-The WSGI twin of :mod:`meshlib.asgi`: wrap a WSGI application (Flask, Django,
-Bottle, a bare callable) in :class:`MeshMiddleware` and each request that
-carries ``x-mesh-timeout-ms`` (``HTTP_X_MESH_TIMEOUT_MS``), ``grpc-timeout``
-(``HTTP_GRPC_TIMEOUT``) or Envoy's ``x-envoy-expected-rq-timeout-ms``
-(``HTTP_X_ENVOY_EXPECTED_RQ_TIMEOUT_MS``) runs inside :class:`meshlib.deadline`, so the mesh
-requests it makes inherit what is left of the caller's deadline::
+The WSGI twin of `meshlib.asgi`: wrap a WSGI application (Flask, Django,
+Bottle, a bare callable) in `MeshMiddleware` and each request that
+carries `x-mesh-timeout-ms` (`HTTP_X_MESH_TIMEOUT_MS`), `grpc-timeout`
+(`HTTP_GRPC_TIMEOUT`) or Envoy's `x-envoy-expected-rq-timeout-ms`
+(`HTTP_X_ENVOY_EXPECTED_RQ_TIMEOUT_MS`) runs inside `meshlib.deadline`, so the mesh
+requests it makes inherit what is left of the caller's deadline:
 
-    from meshlib.wsgi import MeshMiddleware
+```
+from meshlib.wsgi import MeshMiddleware
 
-    app.wsgi_app = MeshMiddleware(app.wsgi_app, snapshot_path="/_mesh")
+app.wsgi_app = MeshMiddleware(app.wsgi_app, snapshot_path="/_mesh")
+```
 
-Header rules are those of :mod:`meshlib.asgi` (earliest deadline wins;
+Header rules are those of `meshlib.asgi` (earliest deadline wins;
 malformed or negative values are ignored with a DEBUG log on the
-``meshlib.wsgi`` logger; ``0`` still calls the application).
+`meshlib.wsgi` logger; `0` still calls the application).
 
-Mesh errors are answered as in :mod:`meshlib.asgi`: a
-:class:`meshlib.DeadlineExceeded` that escapes the application becomes
-``504 Gateway Timeout``, any other :class:`meshlib.MeshError` ``503 Service
-Unavailable`` (short ``text/plain`` body, logged at WARNING on the
-``meshlib.wsgi`` logger once per cause), whether it is raised when the
+Mesh errors are answered as in `meshlib.asgi`: a
+`meshlib.DeadlineExceeded` that escapes the application becomes
+`504 Gateway Timeout`, any other `meshlib.MeshError` ``503 Service
+Unavailable` (short `text/plain`` body, logged at WARNING on the
+`meshlib.wsgi` logger once per cause), whether it is raised when the
 application is called or while its body is produced, as long as no byte of
-the response has been sent. ``MeshMiddleware(app, map_errors=False)`` lets
+the response has been sent. `MeshMiddleware(app, map_errors=False)` lets
 them propagate. Flask and Django turn every exception into their own 500
-page before a wrapper sees it: set Flask's ``PROPAGATE_EXCEPTIONS = True``
+page before a wrapper sees it: set Flask's `PROPAGATE_EXCEPTIONS = True`
 to let mesh errors reach the middleware.
 
 How the scope covers the response body: a WSGI application does part of its
 work when it is called and the rest while the server iterates the returned
 iterable (a generator body runs only then), possibly after the middleware has
 returned. The middleware therefore copies the current
-:mod:`contextvars` context, enters the deadline in that copy, and runs the
-application call and every ``next()`` and ``close()`` on the response
-iterable inside it with :meth:`contextvars.Context.run`. The deadline is an
+`contextvars` context, enters the deadline in that copy, and runs the
+application call and every `next()` and `close()` on the response
+iterable inside it with `contextvars.Context.run()`. The deadline is an
 absolute time fixed once, when the request arrives, so time spent between
 chunks counts against it; context variables the application sets while being
 called stay visible while its body is produced; and nothing leaks into the
-server's own context. A list or ``wsgi.file_wrapper`` response is passed on
-as it is (a file keeps the server's fast path); with ``map_errors=False``,
+server's own context. A list or `wsgi.file_wrapper` response is passed on
+as it is (a file keeps the server's fast path); with `map_errors=False`,
 requests without a deadline header are passed to the application unwrapped.
 
-.. versionadded:: 0.1
+Added in version 0.1.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ logger = logging.getLogger("meshlib.wsgi")
 
 
 def _environ_key(header: str) -> str:
-    """The WSGI environ key of a request header (``HTTP_X_MESH_TIMEOUT_MS``)."""
+    """The WSGI environ key of a request header (`HTTP_X_MESH_TIMEOUT_MS`)."""
     return "HTTP_" + header.upper().replace("-", "_")
 
 
@@ -77,7 +79,7 @@ _ENVOY_TIMEOUT_KEY = _environ_key(ENVOY_TIMEOUT_HEADER)
 
 
 class _ScopedResponse:
-    """A response iterable whose iteration and ``close()`` run in a given context."""
+    """A response iterable whose iteration and `close()` run in a given context."""
 
     __slots__ = ("_context", "_iterator", "_result")
 
@@ -102,7 +104,7 @@ class _ScopedResponse:
 
 
 def _call(function: Callable[..., Any], *args: Any) -> Any:
-    """``function(*args)``: :meth:`contextvars.Context.run` for a request without a context."""
+    """`function(*args)`: `contextvars.Context.run()` for a request without a context."""
     return function(*args)
 
 
@@ -114,7 +116,7 @@ def _close(run: Callable[..., Any], result: Iterable[bytes]) -> None:
 
 class _FirstThen:
     """The response iterable after its first chunk was produced: that chunk, then the
-    rest, each ``next()`` and ``close()`` run by ``run`` (in the request's context)."""
+    rest, each `next()` and `close()` run by `run` (in the request's context)."""
 
     __slots__ = ("_first", "_iterator", "_result", "_run")
 
@@ -144,23 +146,22 @@ class _FirstThen:
 class MeshMiddleware:
     """WSGI middleware: run each request, body included, inside the caller's mesh deadline.
 
-    ``app`` is any WSGI application. ``snapshot_path`` (off by default) serves
-    ``{"services": ...}`` as ``application/json`` on a ``GET`` to exactly that
-    ``PATH_INFO``; any request to that path is answered by the middleware and
-    never reaches ``app`` (other methods get 405). With ``clients=None`` (the
-    default) it shows every ``MeshClient`` and ``AsyncMeshClient`` open in the
+    `app` is any WSGI application. `snapshot_path` (off by default) serves
+    `{"services": ...}` as `application/json` on a `GET` to exactly that
+    `PATH_INFO`; any request to that path is answered by the middleware and
+    never reaches `app` (other methods get 405). With `clients=None` (the
+    default) it shows every `MeshClient` and `AsyncMeshClient` open in the
     process when the request arrives, including those built after the
     middleware; with a list, only those objects (the list is kept, not copied,
-    as :attr:`clients`). See :class:`meshlib.asgi.MeshMiddleware`.
+    as `clients`). See `meshlib.asgi.MeshMiddleware`.
 
-    ``map_errors=True`` (the default) answers a ``DeadlineExceeded`` that
-    escapes ``app`` with 504 and any other ``MeshError`` with 503;
-    ``map_errors=False`` lets them propagate.
+    `map_errors=True` (the default) answers a `DeadlineExceeded` that
+    escapes `app` with 504 and any other `MeshError` with 503;
+    `map_errors=False` lets them propagate.
 
-    .. versionadded:: 0.1
-    .. versionchanged:: 0.3
-       Mesh errors that escape the application are answered 504 or 503
-       (``map_errors``).
+    Added in version 0.1.
+    Changed in version 0.3: Mesh errors that escape the application are answered 504 or 503
+    (`map_errors`).
     """
 
     def __init__(self, app: WSGIApplication, *, snapshot_path: str | None = None,
@@ -206,7 +207,7 @@ class MeshMiddleware:
 
     def _mapped(self, context: contextvars.Context | None, environ: WSGIEnvironment,
                 start_response: StartResponse) -> Iterable[bytes]:
-        """Call the application (in ``context``, if given) and produce its first chunk;
+        """Call the application (in `context`, if given) and produce its first chunk;
         answer a mesh error raised before any of the body was produced."""
         run: Callable[..., Any] = context.run if context is not None else _call
         try:

@@ -1,7 +1,7 @@
-"""Connection pools pinned to one endpoint, that keep the caller's URL (see ``_pool``).
+"""Connection pools pinned to one endpoint, that keep the caller's URL (see `_pool`).
 
-``_async/pool.py`` is the source and ``_sync/pool.py`` is generated from it by
-``scripts/unasync.py`` (``make unasync``): edit the source only.
+`_async/pool.py` is the source and `_sync/pool.py` is generated from it by
+`scripts/unasync.py` (`make unasync`): edit the source only.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ __all__ = ["AsyncEndpointPool"]
 class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
     """A connection whose reads and writes end when the attempt's deadline does.
 
-    ``get_extra_info("is_readable")``, which the pool asks of every idle
+    `get_extra_info("is_readable")`, which the pool asks of every idle
     connection before each request, polls the socket found once: anyio answers
-    it by rebuilding every socket attribute (a ``getpeername`` call and a dict)
+    it by rebuilding every socket attribute (a `getpeername` call and a dict)
     each time, the larger part of a request's pool scan at 16 tasks and more.
     """
 
@@ -81,8 +81,8 @@ class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
 class _AsyncPinnedBackend(AutoBackend):
     """Connects to one endpoint whatever host the URL names.
 
-    ``h2c``: every cleartext connection speaks HTTP/2 (``http1=False``), so it is
-    left unbounded, as a TLS connection that negotiated ``h2`` is.
+    `h2c`: every cleartext connection speaks HTTP/2 (`http1=False`), so it is
+    left unbounded, as a TLS connection that negotiated `h2` is.
     """
 
     def __init__(self, host: str, port: int, h2c: bool = False) -> None:
@@ -102,7 +102,7 @@ class _AsyncPinnedBackend(AutoBackend):
 
 
 class _AsyncResponseStream(httpx.AsyncByteStream):
-    """The response body; calls ``on_close`` once when the body is closed."""
+    """The response body; calls `on_close` once when the body is closed."""
 
     __slots__ = ("_on_close", "_stream")
 
@@ -143,12 +143,12 @@ class AsyncEndpointPool:
     async def send(self, request: httpx.Request, extensions: dict[str, Any],
                    on_close: Callable[[], None] | None = None,
                    limit_at: float | None = None) -> httpx.Response:
-        """Send ``request`` (its URL unchanged) to the endpoint; with ``limit_at``, the
-        response headers must arrive by then (``time.monotonic()``).
+        """Send `request` (its URL unchanged) to the endpoint; with `limit_at`, the
+        response headers must arrive by then (`time.monotonic()`).
 
-        A closed pool sends nothing (``httpx.ConnectError``); a pool closed while
+        A closed pool sends nothing (`httpx.ConnectError`); a pool closed while
         the request was under way closes the connection it used too
-        (``httpx.ReadError``): nothing stays open after :meth:`aclose`.
+        (`httpx.ReadError`): nothing stays open after `aclose()`.
         """
         if self._closed:
             raise httpx.ConnectError("the connection pool is closed")

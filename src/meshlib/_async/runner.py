@@ -1,7 +1,7 @@
 """What tasks do for the async transport: hedges, background discovery, closing pools.
 
-The sync twin (``_sync/runner.py``, threads) has the same names for the same
-steps; ``_async/transport.py`` and the generated ``_sync/transport.py`` drive
+The sync twin (`_sync/runner.py`, threads) has the same names for the same
+steps; `_async/transport.py` and the generated `_sync/transport.py` drive
 either one. Discovery runs as tasks on the event loop of the first request
 (again on a new loop, if the transport moves to one); losing hedges are
 cancelled, which releases their connections and in-flight counts.
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 class Owner(Protocol):
-    """The transport a runner works for (``AsyncMeshTransport``), as far as the runner sees it."""
+    """The transport a runner works for (`AsyncMeshTransport`), as far as the runner sees it."""
 
     @property
     def mesh(self) -> Mesh:
@@ -62,7 +62,7 @@ class Runner:
         weakref.finalize(transport, self._abandoned)
 
     def _abandoned(self) -> None:
-        """The transport was garbage-collected without ``aclose()``: stop its discovery
+        """The transport was garbage-collected without `aclose()`: stop its discovery
         and close its pools on their loop (from whatever thread the collector runs in)."""
         loop, tasks = self._loop, self._tasks
         if self._closed or loop is None or loop.is_closed() or not tasks:
@@ -133,7 +133,7 @@ class Runner:
 
     async def wait_first(self, pending: set[asyncio.Future[Outcome]], timeout: float,
                          ) -> tuple[set[asyncio.Future[Outcome]], set[asyncio.Future[Outcome]]]:
-        """Wait up to ``timeout`` seconds for one of ``pending`` to finish: (done, pending)."""
+        """Wait up to `timeout` seconds for one of `pending` to finish: (done, pending)."""
         return await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
 
     async def abandon(self, pending: set[asyncio.Future[Outcome]]) -> None:

@@ -37,7 +37,7 @@ _KINDS: dict[str, str] = {
 
 
 def discovery_from_url(url: str, options: DiscoveryOptions | None = None) -> Discovery:
-    """Build the discovery for ``url``; raise ``ConfigError`` naming a bad URL."""
+    """Build the discovery for `url`; raise `ConfigError` naming a bad URL."""
     if not isinstance(url, str) or "://" not in url:
         shown = redact_url(url) if isinstance(url, str) else url
         raise ConfigError(f"discovery URL {shown!r} has no scheme (e.g. static://host:port)")

@@ -1,9 +1,9 @@
-"""The ``Discovery`` interface every discovery kind implements, and the rules
+"""The `Discovery` interface every discovery kind implements, and the rules
 that turn its raw answers into the endpoint set a service uses.
 
-A discovery kind is an object with an async generator ``updates()`` that
-yields, for as long as it runs, either a tuple of :class:`~meshlib.Endpoint`
-(the whole current set) or a :class:`DiscoveryFailure` (the refresh failed or
+A discovery kind is an object with an async generator `updates()` that
+yields, for as long as it runs, either a tuple of `Endpoint`
+(the whole current set) or a `DiscoveryFailure` (the refresh failed or
 returned garbage). It does its own I/O and timing (TTL, watches, blocking
 queries, file polling). The mesh runs it in the background (a task for the
 async client, a thread with its own event loop for the sync client) and
@@ -54,9 +54,9 @@ Update = tuple[Endpoint, ...] | DiscoveryFailure
 class DiscoveryOptions:
     """Settings from the environment that discovery kinds may use.
 
-    ``zone`` is the client's zone (``MESHLIB_ZONE``, for topology hints);
-    ``k8s_api``, ``k8s_token_file`` and ``k8s_ca_file`` locate the Kubernetes API
-    server (see :func:`meshlib._config.read_env`).
+    `zone` is the client's zone (`MESHLIB_ZONE`, for topology hints);
+    `k8s_api`, `k8s_token_file` and `k8s_ca_file` locate the Kubernetes API
+    server (see `meshlib._config.read_env()`).
     """
 
     dns_nameserver: tuple[str, int] | None = None
@@ -67,7 +67,7 @@ class DiscoveryOptions:
 
     @classmethod
     def from_env(cls, env: EnvConfig) -> DiscoveryOptions:
-        """The options an environment reading (``read_env``) gives."""
+        """The options an environment reading (`read_env`) gives."""
         return cls(dns_nameserver=env.dns_nameserver, zone=env.zone, k8s_api=env.k8s_api,
                    k8s_token_file=env.k8s_token_file, k8s_ca_file=env.k8s_ca_file)
 
@@ -75,11 +75,11 @@ class DiscoveryOptions:
 class Discovery(abc.ABC):
     """Where a service's endpoints come from.
 
-    Subclasses (registered by URL scheme in ``_discovery._KINDS``) parse and
-    validate their URL in ``__init__`` (raising ``ConfigError`` naming the URL),
-    and implement :meth:`updates`.
+    Subclasses (registered by URL scheme in `_discovery._KINDS`) parse and
+    validate their URL in `__init__` (raising `ConfigError` naming the URL),
+    and implement `updates()`.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     #: first delay after a failed refresh or a broken watch; it doubles on each
@@ -93,13 +93,13 @@ class Discovery(abc.ABC):
         self.options = options or DiscoveryOptions()
 
     def reconnect(self) -> Reconnect:
-        """A fresh reconnect decision for one run of :meth:`updates`: doubling from
-        :attr:`BACKOFF_INITIAL` up to :attr:`BACKOFF_MAX`."""
+        """A fresh reconnect decision for one run of `updates()`: doubling from
+        `BACKOFF_INITIAL` up to `BACKOFF_MAX`."""
         return Reconnect(base=self.BACKOFF_INITIAL, cap=self.BACKOFF_MAX, multiplier=2.0,
                          jitter=0.0)
 
     def initial(self) -> tuple[Endpoint, ...] | None:
-        """The endpoint set if known without I/O (static lists), else ``None``."""
+        """The endpoint set if known without I/O (static lists), else `None`."""
         return None
 
     @abc.abstractmethod
@@ -107,7 +107,7 @@ class Discovery(abc.ABC):
         """Yield the whole endpoint set, or a failure, each time it may have changed.
 
         Runs until cancelled; must not raise for an ordinary failure (yield a
-        :class:`DiscoveryFailure` and retry with backoff instead).
+        `DiscoveryFailure` and retry with backoff instead).
         """
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, empty by default
@@ -119,13 +119,13 @@ class EndpointSetTracker:
 
     Rules:
 
-    - a :class:`DiscoveryFailure` keeps the last good set; it is logged at
+    - a `DiscoveryFailure` keeps the last good set; it is logged at
       WARNING once when the state turns failing, not on every attempt, and
       the recovery is logged at INFO;
     - an empty answer after a non-empty set is treated as a failure until it
-      has persisted for ``EMPTY_GRACE_SECONDS`` with no non-empty answer and
+      has persisted for `EMPTY_GRACE_SECONDS` with no non-empty answer and
       no failure in between (a service scaled to zero is real, a flapping
-      registry is not); :meth:`due` tells when a pending empty set takes effect;
+      registry is not); `due()` tells when a pending empty set takes effect;
     - the first answer is taken as it is, empty or not.
     """
 
@@ -138,7 +138,7 @@ class EndpointSetTracker:
         self.empty_since: float | None = None
 
     def accept(self, update: Update, now: float) -> tuple[Endpoint, ...] | None:
-        """The new set to apply for ``update`` at ``now``, or ``None`` to keep the current one."""
+        """The new set to apply for `update` at `now`, or `None` to keep the current one."""
         if isinstance(update, DiscoveryFailure):
             self.empty_since = None  # a pending empty answer must persist without failures
             if self.failing is None:
@@ -170,7 +170,7 @@ class EndpointSetTracker:
         return None
 
     def due(self, now: float) -> tuple[Endpoint, ...] | None:
-        """The empty set if a pending empty answer has persisted past the grace, else ``None``."""
+        """The empty set if a pending empty answer has persisted past the grace, else `None`."""
         if self.empty_since is not None and now - self.empty_since >= self.grace:
             self.empty_since = None
             self.current = ()

@@ -1,23 +1,23 @@
-"""``consul://HOST:PORT/SERVICE``: Consul's health API, passing instances, blocking queries.
+"""`consul://HOST:PORT/SERVICE`: Consul's health API, passing instances, blocking queries.
 
-Each refresh is ``GET /v1/health/service/SERVICE?passing=true&index=N&wait=30s``
+Each refresh is `GET /v1/health/service/SERVICE?passing=true&index=N&wait=30s`
 (a blocking query, as Consul documents it): the answer comes back when the
-service's instances change, or after about ``wait``. ``N`` is the last
-``X-Consul-Index``; it is reset to 0 when it goes backwards (a Consul restart
+service's instances change, or after about `wait`. `N` is the last
+`X-Consul-Index`; it is reset to 0 when it goes backwards (a Consul restart
 or a snapshot restore) or is not above 0, and after any error, and requests
-are spaced by at least :attr:`ConsulDiscovery.MIN_INTERVAL` so a misbehaving
+are spaced by at least `ConsulDiscovery.MIN_INTERVAL` so a misbehaving
 server cannot cause a busy loop.
 
 Each instance is read from Consul's documented JSON shape
 ``[{"Node": {"Address", ...}, "Service": {"Address", "Port", "Weights":
 {"Passing", ...}, "Meta": {...}}, "Checks": [...]}]``: the address is
-``Service.Address``, or ``Node.Address`` when that is empty; the weight is
-``Service.Weights.Passing`` (default 1); the zone is ``Service.Meta.zone``. A
+`Service.Address`, or `Node.Address` when that is empty; the weight is
+`Service.Weights.Passing` (default 1); the zone is `Service.Meta.zone`. A
 malformed instance is skipped with a warning; an answer that is not a JSON
-list, or an HTTP error, yields a :class:`DiscoveryFailure` and is retried
+list, or an HTTP error, yields a `DiscoveryFailure` and is retried
 with a doubling, capped backoff.
 
-The URL may add ``?dc=DATACENTER`` and ``?tag=TAG``, passed on to Consul.
+The URL may add `?dc=DATACENTER` and `?tag=TAG`, passed on to Consul.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class _Broken(Exception):
 
 
 def _parse_url(url: str) -> tuple[str, int, str, list[tuple[str, str]]]:
-    """``(host, port, service, extra query)`` of ``consul://HOST:PORT/SERVICE``."""
+    """`(host, port, service, extra query)` of `consul://HOST:PORT/SERVICE`."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "consul":
         raise ConfigError(f"discovery URL {url!r} is not a consul:// URL")
@@ -79,7 +79,7 @@ def _parse_url(url: str) -> tuple[str, int, str, list[tuple[str, str]]]:
 
 
 def _instance(entry: Any) -> Endpoint | None:
-    """One passing instance's endpoint, ``None`` if a check is not passing."""
+    """One passing instance's endpoint, `None` if a check is not passing."""
     if not isinstance(entry, dict):
         raise EntryError(f"an instance must be a JSON object, not {type(entry).__name__}")
     node, service = entry.get("Node") or {}, entry.get("Service")
@@ -129,7 +129,7 @@ _warned: dict[str, set[str]] = {}
 
 
 def _index(response: httpx.Response) -> int:
-    """The ``X-Consul-Index`` of an answer."""
+    """The `X-Consul-Index` of an answer."""
     try:
         return int(response.headers["X-Consul-Index"])
     except (KeyError, ValueError):
@@ -137,7 +137,7 @@ def _index(response: httpx.Response) -> int:
 
 
 class ConsulDiscovery(Discovery):
-    """Consul health API, passing instances only: ``consul://127.0.0.1:8500/users``."""
+    """Consul health API, passing instances only: `consul://127.0.0.1:8500/users`."""
 
     #: the blocking query's ``wait``, in seconds
     WAIT = 30.0

@@ -1,27 +1,27 @@
-"""DNS discovery: ``dns+srv://`` (SRV records) and ``dns://name:port`` (A/AAAA records).
+"""DNS discovery: `dns+srv://` (SRV records) and `dns://name:port` (A/AAAA records).
 
 Both kinds query with dnspython's async resolver, without its cache, and do
 their own TTL handling: the next query is sent when the shortest TTL of the
-records used has run out, never sooner than :attr:`TTL_FLOOR` (1 s). A failed
+records used has run out, never sooner than `TTL_FLOOR` (1 s). A failed
 or garbage answer (NXDOMAIN, no records, timeout, a bad record) yields a
-:class:`DiscoveryFailure` and is retried with a capped, doubling backoff.
+`DiscoveryFailure` and is retried with a capped, doubling backoff.
 
-The nameserver is the URL's ``?nameserver=HOST:PORT`` (repeatable, IPv6 as
-``[::1]:53``), else ``MESHLIB_DNS_NAMESERVER``, else the system resolver. When a
-nameserver is given, ``/etc/resolv.conf`` is never read.
+The nameserver is the URL's `?nameserver=HOST:PORT` (repeatable, IPv6 as
+`[::1]:53`), else `MESHLIB_DNS_NAMESERVER`, else the system resolver. When a
+nameserver is given, `/etc/resolv.conf` is never read.
 
 SRV rules (RFC 2782):
 
-- the SRV priority is carried in :attr:`Endpoint.priority` (lower is preferred);
-- the SRV weight is carried in :attr:`Endpoint.weight`; a weight of 0 becomes
-  :data:`ZERO_WEIGHT` (0.01), so such a target still gets a very small share
+- the SRV priority is carried in `Endpoint.priority` (lower is preferred);
+- the SRV weight is carried in `Endpoint.weight`; a weight of 0 becomes
+  `ZERO_WEIGHT` (0.01), so such a target still gets a very small share
   next to weighted ones, and an equal share when all its peers are 0 too;
 - a target with several addresses (A and AAAA) splits its weight evenly
   between them, so the target as a whole keeps its share;
 - targets are resolved to A and AAAA through the same nameserver, using the
   answer's additional section when it has them; an IP literal target is used
   as it is; a target that does not resolve (NXDOMAIN, no address) is skipped;
-- a single SRV record with target ``.`` means "no service here": an empty set.
+- a single SRV record with target `.` means "no service here": an empty set.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class _Answer:
 
 
 def _ip_literal(text: str) -> str | None:
-    """``text`` normalised if it is an IPv4/IPv6 address, else ``None``."""
+    """`text` normalised if it is an IPv4/IPv6 address, else `None`."""
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
@@ -81,7 +81,7 @@ def _ip_literal(text: str) -> str | None:
 
 
 def _parse_nameservers(url: str, query: str) -> tuple[tuple[str, int], ...]:
-    """The ``nameserver`` query parameters of ``url``; reject any other parameter."""
+    """The `nameserver` query parameters of `url`; reject any other parameter."""
     servers: list[tuple[str, int]] = []
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
@@ -104,7 +104,7 @@ def _parse_nameservers(url: str, query: str) -> tuple[tuple[str, int], ...]:
 
 
 def _parse_name(url: str, text: str) -> dns.name.Name:
-    """``text`` as an absolute DNS name; ``ConfigError`` naming ``url`` if it is not one."""
+    """`text` as an absolute DNS name; `ConfigError` naming `url` if it is not one."""
     if not text or text.startswith(".") or ".." in text:
         raise ConfigError(f"discovery URL {url!r}: {text!r} is not a DNS name")
     try:
@@ -114,7 +114,7 @@ def _parse_name(url: str, text: str) -> dns.name.Name:
 
 
 def _split_url(url: str, scheme: str) -> tuple[str, str]:
-    """The authority and query of ``url``; reject a path, fragment or user part."""
+    """The authority and query of `url`; reject a path, fragment or user part."""
     parts = urlsplit(url)
     if parts.scheme.lower() != scheme:
         raise ConfigError(f"discovery URL {url!r} is not a {scheme}:// URL")
@@ -154,7 +154,7 @@ class DnsDiscovery(Discovery):
             self.nameservers = ((address, port),)
 
     def resolver(self) -> dns.asyncresolver.Resolver:
-        """The resolver, made on first use (the system one reads ``/etc/resolv.conf``)."""
+        """The resolver, made on first use (the system one reads `/etc/resolv.conf`)."""
         if self._resolver is None:
             if self.nameservers:
                 resolver = dns.asyncresolver.Resolver(configure=False)
@@ -175,10 +175,10 @@ class DnsDiscovery(Discovery):
         return await self.resolver().resolve(name, rdtype, search=False)
 
     async def addresses(self, name: dns.name.Name) -> tuple[list[str], float]:
-        """``name``'s A and AAAA addresses and their shortest TTL; ``[]`` if it has none.
+        """`name`'s A and AAAA addresses and their shortest TTL; `[]` if it has none.
 
         NXDOMAIN and "no such record" are answers (no address); a timeout or a
-        server failure raises :class:`_Unresolved`.
+        server failure raises `_Unresolved`.
         """
         results = await asyncio.gather(*(self._address_query(name, t) for t in _ADDRESS_TYPES))
         found: list[str] = []
@@ -191,7 +191,7 @@ class DnsDiscovery(Discovery):
 
     async def _address_query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
                              ) -> dns.rrset.RRset | None:
-        """One A or AAAA rrset of ``name``, ``None`` if the name or record does not exist."""
+        """One A or AAAA rrset of `name`, `None` if the name or record does not exist."""
         try:
             answer = await self.query(name, rdtype)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
@@ -201,7 +201,7 @@ class DnsDiscovery(Discovery):
         return answer.rrset
 
     async def resolve(self) -> _Answer:
-        """Query once and build the endpoint set; raise :class:`_Unresolved` on failure."""
+        """Query once and build the endpoint set; raise `_Unresolved` on failure."""
         raise NotImplementedError
 
     async def updates(self) -> AsyncIterator[Update]:
@@ -248,7 +248,7 @@ class _SrvRecord:
 
 
 def _srv_records(answer: dns.resolver.Answer) -> list[_SrvRecord]:
-    """The SRV records of ``answer``, checked; :class:`_Unresolved` on garbage."""
+    """The SRV records of `answer`, checked; `_Unresolved` on garbage."""
     records: list[_SrvRecord] = []
     rrset = answer.rrset
     if rrset is None:
@@ -291,7 +291,7 @@ def _merge(endpoints: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
 
 
 class SrvDiscovery(DnsDiscovery):
-    """DNS SRV records: ``dns+srv://_http._tcp.users.example.com?nameserver=127.0.0.1:53``."""
+    """DNS SRV records: `dns+srv://_http._tcp.users.example.com?nameserver=127.0.0.1:53`."""
 
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
         super().__init__(url, options)
@@ -349,7 +349,7 @@ class SrvDiscovery(DnsDiscovery):
     @staticmethod
     def _from_additional(target: dns.name.Name, extra: _Extra
                          ) -> tuple[list[str], float]:
-        """``target``'s addresses from the additional section, with their TTL."""
+        """`target`'s addresses from the additional section, with their TTL."""
         hosts: list[str] = []
         ttl = math.inf
         for rdtype in _ADDRESS_TYPES:
@@ -369,7 +369,7 @@ def _endpoints(record: _SrvRecord, hosts: Sequence[str]) -> list[Endpoint]:
 
 
 class AddressDiscovery(DnsDiscovery):
-    """A/AAAA records and a fixed port: ``dns://users.example.com:8080``."""
+    """A/AAAA records and a fixed port: `dns://users.example.com:8080`."""
 
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
         super().__init__(url, options)

@@ -1,7 +1,7 @@
-"""One endpoint entry ``{"host", "port", "weight"?, "zone"?, "priority"?}``, checked.
+"""One endpoint entry `{"host", "port", "weight"?, "zone"?, "priority"?}`, checked.
 
-Shared by the kinds that read such entries (``file://``, ``etcd://``, Consul)
-and by ``meshlib.etcd``, which writes them.
+Shared by the kinds that read such entries (`file://`, `etcd://`, Consul)
+and by `meshlib.etcd`, which writes them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["EntryError", "parse_entry"]
 
 
 class EntryError(ValueError):
-    """An endpoint entry that is not ``{"host", "port", "weight"?, "zone"?, "priority"?}``."""
+    """An endpoint entry that is not `{"host", "port", "weight"?, "zone"?, "priority"?}`."""
 
 
 def _host(value: Any) -> str:
@@ -60,7 +60,7 @@ def _priority(value: Any) -> int:
 
 
 def parse_entry(entry: Any) -> Endpoint:
-    """One endpoint from a decoded JSON object; :class:`EntryError` says what is wrong."""
+    """One endpoint from a decoded JSON object; `EntryError` says what is wrong."""
     if not isinstance(entry, dict):
         raise EntryError(f"an entry must be a JSON object, not {type(entry).__name__}")
     if "host" not in entry or "port" not in entry:

@@ -1,16 +1,16 @@
-"""``etcd://HOST:PORT/PREFIX``: etcd v3 keys under ``PREFIX/``, read then watched.
+"""`etcd://HOST:PORT/PREFIX`: etcd v3 keys under `PREFIX/`, read then watched.
 
 Talks to etcd's v3 JSON gateway over HTTP with httpx (no extra dependency):
-``/v3/kv/range`` reads every key under the prefix, then a ``/v3/watch`` stream
+`/v3/kv/range` reads every key under the prefix, then a `/v3/watch` stream
 from the next revision reports each change (one JSON object per line, int64
-values as strings, defaults omitted: a PUT event has no ``"type"``). The
+values as strings, defaults omitted: a PUT event has no `"type"`). The
 discovery keeps a map of key to endpoint and yields the whole set after the
 initial read and after each batch of changes.
 
-Each value is JSON ``{"host", "port", "weight"?, "zone"?, "priority"?}``; a bad
-value is skipped with a warning on the ``meshlib.discovery`` logger. Any error
+Each value is JSON `{"host", "port", "weight"?, "zone"?, "priority"?}`; a bad
+value is skipped with a warning on the `meshlib.discovery` logger. Any error
 (connection refused, stream closed, etcd restarted, watch compacted) yields a
-:class:`DiscoveryFailure` and the discovery reconnects with a doubling,
+`DiscoveryFailure` and the discovery reconnects with a doubling,
 capped backoff, starting again with a fresh range read.
 """
 
@@ -52,14 +52,14 @@ def b64(raw: bytes) -> str:
 
 
 def prefix_range(prefix: str) -> dict[str, str]:
-    """The ``key``/``range_end`` pair selecting every key that starts with ``prefix``."""
+    """The `key`/`range_end` pair selecting every key that starts with `prefix`."""
     raw = prefix.encode()
     end = raw[:-1] + bytes([raw[-1] + 1])
     return {"key": b64(raw), "range_end": b64(end)}
 
 
 def parse_etcd_url(url: str) -> tuple[str, int, str]:
-    """``(host, port, prefix)`` of ``etcd://HOST:PORT/PREFIX``; the prefix ends with ``/``."""
+    """`(host, port, prefix)` of `etcd://HOST:PORT/PREFIX`; the prefix ends with `/`."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "etcd":
         raise ConfigError(f"discovery URL {url!r} is not an etcd:// URL")
@@ -78,7 +78,7 @@ def parse_etcd_url(url: str) -> tuple[str, int, str]:
 
 
 def _decode(text: Any) -> bytes:
-    """Base64 from the gateway (``None`` or absent means empty)."""
+    """Base64 from the gateway (`None` or absent means empty)."""
     if not text:
         return b""
     try:
@@ -88,7 +88,7 @@ def _decode(text: Any) -> bytes:
 
 
 def _objects(value: Any, what: str) -> list[dict[str, Any]]:
-    """A list of JSON objects from an answer (absent means empty); :class:`_Broken` else."""
+    """A list of JSON objects from an answer (absent means empty); `_Broken` else."""
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
@@ -105,7 +105,7 @@ def _revision(header: Any) -> int:
 
 
 class EtcdDiscovery(Discovery):
-    """etcd v3 keys under a prefix, watched: ``etcd://127.0.0.1:2379/mesh/users``."""
+    """etcd v3 keys under a prefix, watched: `etcd://127.0.0.1:2379/mesh/users`."""
 
     #: seconds to connect and per read of a range answer, which must be whole within twice
     #: this (the watch stream has no read limit)
@@ -118,7 +118,7 @@ class EtcdDiscovery(Discovery):
 
     @property
     def base_url(self) -> str:
-        """The gateway's base URL, ``http://HOST:PORT``."""
+        """The gateway's base URL, `http://HOST:PORT`."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
@@ -145,7 +145,7 @@ class EtcdDiscovery(Discovery):
         self.endpoints.pop(_decode(kv.get("key")).decode(errors="replace"), None)
 
     async def _range(self, client: httpx.AsyncClient) -> int:
-        """Read every key under the prefix into :attr:`endpoints`; the revision read at."""
+        """Read every key under the prefix into `endpoints`; the revision read at."""
         response = await fetch(client, "POST", "/v3/kv/range", json=prefix_range(self.prefix),
                                total=2 * self.REQUEST_TIMEOUT)
         body = _json_response(response)
@@ -155,7 +155,7 @@ class EtcdDiscovery(Discovery):
         return _revision(body.get("header"))
 
     async def _watch(self, client: httpx.AsyncClient, start: int) -> AsyncGenerator[None, None]:
-        """Follow changes from revision ``start``; yield after each batch applied."""
+        """Follow changes from revision `start`; yield after each batch applied."""
         request = {"create_request": {**prefix_range(self.prefix),
                                       "start_revision": str(start)}}
         async with client.stream("POST", "/v3/watch", json=request,
@@ -228,7 +228,7 @@ class EtcdDiscovery(Discovery):
 
 
 def _json_response(response: httpx.Response) -> dict[str, Any]:
-    """The JSON object of a gateway answer; :class:`_Broken` for an error or garbage."""
+    """The JSON object of a gateway answer; `_Broken` for an error or garbage."""
     if response.status_code != 200:
         raise _Broken(f"{response.request.url.path} answered HTTP {response.status_code}: "
                       f"{response.text[:200]}")

@@ -1,20 +1,20 @@
-"""``file:///abs/path.json``: a JSON list of endpoints, re-read when the file changes.
+"""`file:///abs/path.json`: a JSON list of endpoints, re-read when the file changes.
 
 The file holds a JSON list of objects ``{"host", "port", "weight"?, "zone"?,
-"priority"?}``. It is polled cheaply every :attr:`FileDiscovery.POLL_INTERVAL`
-seconds by ``stat()`` and re-read only when its ``(mtime_ns, size, inode)``
+"priority"?}``. It is polled cheaply every `FileDiscovery.POLL_INTERVAL`
+seconds by `stat()` and re-read only when its `(mtime_ns, size, inode)`
 changes, so replacing it by an atomic rename (write a temporary file, then
-``os.replace``) is always seen, and a half-written file is never read twice.
+`os.replace`) is always seen, and a half-written file is never read twice.
 A missing file, unreadable file, garbage JSON or a bad entry yields a
-:class:`DiscoveryFailure` (the mesh keeps the last good set).
+`DiscoveryFailure` (the mesh keeps the last good set).
 
-Only regular files are read: a FIFO, a device (a symlink to ``/dev/zero``), a
-directory or a socket is a failure, found by ``fstat`` on a descriptor opened
-with ``O_NONBLOCK`` (opening a FIFO for reading would otherwise wait for a
-writer for ever). A file larger than :data:`MAX_FILE_BYTES` is a failure too,
+Only regular files are read: a FIFO, a device (a symlink to `/dev/zero`), a
+directory or a socket is a failure, found by `fstat` on a descriptor opened
+with `O_NONBLOCK` (opening a FIFO for reading would otherwise wait for a
+writer for ever). A file larger than `MAX_FILE_BYTES` is a failure too,
 and at most that many bytes (plus one) are ever read.
 
-The entry format is shared with ``etcd://`` and Consul (``_entries.parse_entry``).
+The entry format is shared with `etcd://` and Consul (`_entries.parse_entry`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ _Signature = tuple[int, int, int]
 
 
 def parse_entry_list(text: str | bytes) -> tuple[Endpoint, ...]:
-    """The endpoints of a JSON list; :class:`EntryError` for garbage or any bad entry."""
+    """The endpoints of a JSON list; `EntryError` for garbage or any bad entry."""
     try:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -63,7 +63,7 @@ def parse_entry_list(text: str | bytes) -> tuple[Endpoint, ...]:
 
 
 def _file_path(url: str) -> str:
-    """The absolute path of a ``file://`` URL; ``ConfigError`` naming the URL if it is bad."""
+    """The absolute path of a `file://` URL; `ConfigError` naming the URL if it is bad."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "file":
         raise ConfigError(f"discovery URL {url!r} is not a file:// URL")
@@ -89,7 +89,7 @@ class NotReadable(OSError):
 
 
 def _kind(mode: int) -> str | None:
-    """What a non-regular file is (``None`` for a regular file)."""
+    """What a non-regular file is (`None` for a regular file)."""
     if stat_module.S_ISREG(mode):
         return None
     for test, name in ((stat_module.S_ISFIFO, "a FIFO"), (stat_module.S_ISCHR, "a device"),
@@ -101,7 +101,7 @@ def _kind(mode: int) -> str | None:
 
 
 def _check(info: os.stat_result) -> None:
-    """Raise :class:`NotReadable` unless ``info`` is a regular file within the size cap."""
+    """Raise `NotReadable` unless `info` is a regular file within the size cap."""
     kind = _kind(info.st_mode)
     if kind is not None:
         raise NotReadable(f"{kind}, not a regular file: refused")
@@ -112,7 +112,7 @@ def _check(info: os.stat_result) -> None:
 def _read(path: str) -> tuple[_Signature, bytes]:
     """The file's content and the signature of exactly that content.
 
-    Never blocks: opened with ``O_NONBLOCK`` and checked by ``fstat`` (a regular
+    Never blocks: opened with `O_NONBLOCK` and checked by `fstat` (a regular
     file within the size cap) before a single byte is read.
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -136,7 +136,7 @@ def _read(path: str) -> tuple[_Signature, bytes]:
 
 
 class FileDiscovery(Discovery):
-    """A JSON file of endpoints, polled for changes: ``file:///etc/mesh/users.json``."""
+    """A JSON file of endpoints, polled for changes: `file:///etc/mesh/users.json`."""
 
     #: seconds between two ``stat()`` calls
     POLL_INTERVAL = 0.5

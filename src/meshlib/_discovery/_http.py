@@ -3,13 +3,13 @@
 httpx's timeouts are per operation: a registry (or anything listening on its
 port) that trickles its answer a byte at a time, inside the read timeout, would
 hold a discovery read for ever, and one that sends an endless body would grow
-memory until ``MemoryError``. Every answer etcd, Consul and Kubernetes
-discovery read goes through :func:`fetch` (one whole answer: at most
-:data:`MAX_ANSWER_BYTES`, within a total time) or :func:`lines` (a watch
-stream: each line at most :data:`MAX_ANSWER_BYTES`), and is decoded by
-:func:`json_value` or :func:`json_object`: whatever does not parse (not JSON,
+memory until `MemoryError`. Every answer etcd, Consul and Kubernetes
+discovery read goes through `fetch()` (one whole answer: at most
+`MAX_ANSWER_BYTES`, within a total time) or `lines()` (a watch
+stream: each line at most `MAX_ANSWER_BYTES`), and is decoded by
+`json_value()` or `json_object()`: whatever does not parse (not JSON,
 nested deeper than the parser goes, not the expected shape) is a
-:class:`BadAnswer` naming what was read, never another exception.
+`BadAnswer` naming what was read, never another exception.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class BadAnswer(httpx.HTTPError):
 
 
 def json_value(text: str | bytes, what: str) -> Any:
-    """The JSON value of ``text`` (``what`` names it in the error); :class:`BadAnswer`
+    """The JSON value of `text` (`what` names it in the error); `BadAnswer`
     for anything that does not parse, nesting too deep for the parser included."""
     try:
         return json.loads(text)
@@ -49,8 +49,8 @@ def json_value(text: str | bytes, what: str) -> Any:
 
 
 def json_object(text: str | bytes, what: str) -> dict[str, Any]:
-    """The JSON object of ``text``; :class:`BadAnswer` for anything else (see
-    :func:`json_value`)."""
+    """The JSON object of `text`; `BadAnswer` for anything else (see
+    `json_value()`)."""
     value = json_value(text, what)
     if not isinstance(value, dict):
         raise BadAnswer(f"{what} is not a JSON object: {str(value)[:200]}")
@@ -63,9 +63,9 @@ def _too_large(limit: int) -> BadAnswer:
 
 async def fetch(client: httpx.AsyncClient, method: str, url: str, *, total: float,
                 limit: int | None = None, **kwargs: Any) -> httpx.Response:
-    """``client.request(...)`` whose whole answer (headers and body) arrives within
-    ``total`` seconds and is at most ``limit`` bytes (:data:`MAX_ANSWER_BYTES`);
-    :class:`BadAnswer` otherwise. The returned response has been read."""
+    """`client.request(...)` whose whole answer (headers and body) arrives within
+    `total` seconds and is at most `limit` bytes (`MAX_ANSWER_BYTES`);
+    `BadAnswer` otherwise. The returned response has been read."""
     async def read() -> httpx.Response:
         async with client.stream(method, url, **kwargs) as response:
             return await read_whole(response, limit)
@@ -77,8 +77,8 @@ async def fetch(client: httpx.AsyncClient, method: str, url: str, *, total: floa
 
 
 async def read_whole(response: httpx.Response, limit: int | None = None) -> httpx.Response:
-    """Read a streamed answer of at most ``limit`` bytes (:data:`MAX_ANSWER_BYTES`), else
-    :class:`BadAnswer`; a read copy of it (what ``response.aread()`` would give)."""
+    """Read a streamed answer of at most `limit` bytes (`MAX_ANSWER_BYTES`), else
+    `BadAnswer`; a read copy of it (what `response.aread()` would give)."""
     cap = MAX_ANSWER_BYTES if limit is None else limit
     declared = response.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > cap:
@@ -97,8 +97,8 @@ async def read_whole(response: httpx.Response, limit: int | None = None) -> http
 
 
 async def lines(response: httpx.Response, limit: int | None = None) -> AsyncIterator[str]:
-    """The lines of a streamed answer (a watch), as ``aiter_lines`` gives them, but
-    :class:`BadAnswer` for a line longer than ``limit`` characters (:data:`MAX_ANSWER_BYTES`)."""
+    """The lines of a streamed answer (a watch), as `aiter_lines` gives them, but
+    `BadAnswer` for a line longer than `limit` characters (`MAX_ANSWER_BYTES`)."""
     cap = MAX_ANSWER_BYTES if limit is None else limit
     parts: list[str] = []  # the line read so far, in pieces (no quadratic joining)
     size = 0

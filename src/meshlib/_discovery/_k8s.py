@@ -1,34 +1,34 @@
-"""``k8s://SERVICE.NAMESPACE[:PORT]``: a Kubernetes Service's EndpointSlices, listed then watched.
+"""`k8s://SERVICE.NAMESPACE[:PORT]`: a Kubernetes Service's EndpointSlices, listed then watched.
 
 Talks to the Kubernetes API server over HTTP(S) with httpx (no client library):
 
 * ``GET /apis/discovery.k8s.io/v1/namespaces/NS/endpointslices
   ?labelSelector=kubernetes.io/service-name=SERVICE`` lists every slice of the
-  Service (in pages of :attr:`K8sDiscovery.PAGE_SIZE`, following
-  ``metadata.continue``) and gives the list's ``resourceVersion``;
-* the same path with ``watch=1&resourceVersion=RV&allowWatchBookmarks=true``
-  streams one JSON event per line (``ADDED``, ``MODIFIED``, ``DELETED``,
-  ``BOOKMARK``, ``ERROR``); each event moves the resource version on. The
-  server ends the watch after ``timeoutSeconds``; it is then resumed from the
+  Service (in pages of `K8sDiscovery.PAGE_SIZE`, following
+  `metadata.continue`) and gives the list's `resourceVersion`;
+* the same path with `watch=1&resourceVersion=RV&allowWatchBookmarks=true`
+  streams one JSON event per line (`ADDED`, `MODIFIED`, `DELETED`,
+  `BOOKMARK`, `ERROR`); each event moves the resource version on. The
+  server ends the watch after `timeoutSeconds`; it is then resumed from the
   last resource version without a new list, as client-go's reflector does.
-* ``410 Gone`` (the answer, or an ``ERROR`` event carrying it) means the
+* `410 Gone` (the answer, or an `ERROR` event carrying it) means the
   resource version is too old: the slices are listed again. Any other error
   (connection refused or reset, HTTP error, garbage) yields a
-  :class:`DiscoveryFailure` (the last good set is kept) and the discovery
+  `DiscoveryFailure` (the last good set is kept) and the discovery
   reconnects with a doubling, capped backoff.
 
 Every slice of the Service is merged. Endpoint semantics follow the
-EndpointSlice v1 API reference: ``conditions.ready`` (absent means ready)
-decides membership; a ``terminating`` endpoint takes no new requests (it
+EndpointSlice v1 API reference: `conditions.ready` (absent means ready)
+decides membership; a `terminating` endpoint takes no new requests (it
 leaves the set, so the mesh lets its in-flight requests finish and then
-closes its connections); ``zone`` is the endpoint's zone for zone-aware
-routing; the first of ``addresses`` is used; ``FQDN`` slices are ignored.
-Topology hints (``hints.forZones``) are obeyed when the client's zone
-(``MESHLIB_ZONE``) is set, as kube-proxy does: only when every member carries
+closes its connections); `zone` is the endpoint's zone for zone-aware
+routing; the first of `addresses` is used; `FQDN` slices are ignored.
+Topology hints (`hints.forZones`) are obeyed when the client's zone
+(`MESHLIB_ZONE`) is set, as kube-proxy does: only when every member carries
 hints, and falling back to every member when none is hinted for this zone.
 While hints are in effect the endpoints they assign to the client's zone are
 reported in that zone (the hint is the routing decision; the real zone
-is shown by ``meshlib resolve``).
+is shown by `meshlib resolve`).
 
 A slice that does not parse (garbage) keeps its last good endpoints and is
 logged at WARNING; it never ends the discovery.
@@ -95,9 +95,9 @@ class SliceError(ValueError):
 class SliceEndpoint:
     """One endpoint of the Service as its EndpointSlice describes it.
 
-    ``ready``, ``serving`` and ``terminating`` are the slice's conditions (absent
-    ``ready``/``serving`` mean true, absent ``terminating`` false); ``for_zones`` is
-    ``hints.forZones`` (``None`` when the endpoint carries no hints).
+    `ready`, `serving` and `terminating` are the slice's conditions (absent
+    `ready`/`serving` mean true, absent `terminating` false); `for_zones` is
+    `hints.forZones` (`None` when the endpoint carries no hints).
     """
 
     host: str
@@ -111,7 +111,7 @@ class SliceEndpoint:
 
     @property
     def address(self) -> str:
-        """``host:port``, IPv6 in brackets."""
+        """`host:port`, IPv6 in brackets."""
         return format_address(self.host, self.port)
 
     @property
@@ -121,7 +121,7 @@ class SliceEndpoint:
 
 
 def _default_namespace() -> str:
-    """The pod's own namespace (from the service account), else ``default``."""
+    """The pod's own namespace (from the service account), else `default`."""
     try:
         namespace = (Path(SERVICE_ACCOUNT_DIR) / "namespace").read_text().strip()
     except OSError:
@@ -130,10 +130,10 @@ def _default_namespace() -> str:
 
 
 def parse_k8s_url(url: str) -> tuple[str, str, str | int | None]:
-    """``(service, namespace, port)`` of ``k8s://SERVICE[.NAMESPACE][:PORT]``.
+    """`(service, namespace, port)` of `k8s://SERVICE[.NAMESPACE][:PORT]`.
 
-    ``port`` is a port name, a number, or ``None`` (the slices' only port). The
-    namespace defaults to the pod's own, else ``default``.
+    `port` is a port name, a number, or `None` (the slices' only port). The
+    namespace defaults to the pod's own, else `default`.
     """
     scheme, _, rest = url.partition("://")
     if scheme.lower() != "k8s":
@@ -161,7 +161,7 @@ def parse_k8s_url(url: str) -> tuple[str, str, str | int | None]:
 
 
 def _port_of(obj: dict[str, Any], wanted: str | int | None) -> int | None:
-    """The port of this slice that the URL names; ``None`` when the slice has none."""
+    """The port of this slice that the URL names; `None` when the slice has none."""
     ports = obj.get("ports") or []
     if not isinstance(ports, list):
         raise SliceError("'ports' must be a list")
@@ -190,7 +190,7 @@ def _port_of(obj: dict[str, Any], wanted: str | int | None) -> int | None:
 
 
 def _conditions(raw: Any) -> tuple[bool, bool, bool]:
-    """``(ready, serving, terminating)``; absent ready/serving mean true, terminating false."""
+    """`(ready, serving, terminating)`; absent ready/serving mean true, terminating false."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -208,7 +208,7 @@ def _conditions(raw: Any) -> tuple[bool, bool, bool]:
 
 
 def _hints(raw: Any) -> tuple[str, ...] | None:
-    """``hints.forZones`` as zone names; ``None`` when the endpoint has no hints."""
+    """`hints.forZones` as zone names; `None` when the endpoint has no hints."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -225,7 +225,7 @@ def _hints(raw: Any) -> tuple[str, ...] | None:
 def parse_slice(obj: Any, port: str | int | None) -> tuple[str, list[SliceEndpoint]]:
     """The name and endpoints of one EndpointSlice object (its documented v1 shape).
 
-    Raises :class:`SliceError` for an object that does not follow the shape.
+    Raises `SliceError` for an object that does not follow the shape.
     """
     if not isinstance(obj, dict):
         raise SliceError(f"an EndpointSlice must be an object, not {type(obj).__name__}")
@@ -274,7 +274,7 @@ def parse_slice(obj: Any, port: str | int | None) -> tuple[str, list[SliceEndpoi
 
 def select_endpoints(view: list[SliceEndpoint], zone: str | None) -> tuple[Endpoint, ...]:
     """The endpoint set: members (ready, not terminating), one per address; topology hints
-    applied for the client's ``zone`` as kube-proxy applies them."""
+    applied for the client's `zone` as kube-proxy applies them."""
     members: dict[str, SliceEndpoint] = {}
     for entry in view:
         if entry.member:
@@ -292,7 +292,7 @@ def select_endpoints(view: list[SliceEndpoint], zone: str | None) -> tuple[Endpo
 
 
 class K8sDiscovery(Discovery):
-    """A Kubernetes Service's EndpointSlices, watched: ``k8s://users.shop:http``."""
+    """A Kubernetes Service's EndpointSlices, watched: `k8s://users.shop:http`."""
 
     #: seconds to connect and to read a list answer
     REQUEST_TIMEOUT = 10.0
@@ -339,7 +339,7 @@ class K8sDiscovery(Discovery):
         return f"kubernetes.io/service-name={self.service}"
 
     def view(self) -> list[SliceEndpoint]:
-        """Every endpoint of every slice with its conditions, by address (for ``resolve``)."""
+        """Every endpoint of every slice with its conditions, by address (for `resolve`)."""
         return sorted((e for entries in self.slices.values() for e in entries),
                       key=lambda e: (e.host, e.port, e.slice))
 
@@ -359,7 +359,7 @@ class K8sDiscovery(Discovery):
         return True
 
     def _headers(self) -> dict[str, str]:
-        """``Accept`` and, when there is a token, ``Authorization`` (re-read: tokens rotate)."""
+        """`Accept` and, when there is a token, `Authorization` (re-read: tokens rotate)."""
         headers = {"Accept": "application/json"}
         if self.token_file:
             try:
@@ -374,7 +374,7 @@ class K8sDiscovery(Discovery):
         return headers
 
     async def _list(self, client: httpx.AsyncClient) -> None:
-        """Read every slice of the Service into :attr:`slices`; remember the resource version."""
+        """Read every slice of the Service into `slices`; remember the resource version."""
         slices: dict[str, list[SliceEndpoint]] = {}
         token = ""
         for _ in range(10_000):  # pages; bounded so a looping continue token cannot spin
@@ -404,7 +404,7 @@ class K8sDiscovery(Discovery):
 
     def _take(self, obj: Any, *, into: dict[str, list[SliceEndpoint]],
               previous: dict[str, list[SliceEndpoint]]) -> None:
-        """Parse one slice into ``into``; garbage keeps the slice's previous endpoints."""
+        """Parse one slice into `into`; garbage keeps the slice's previous endpoints."""
         try:
             name, endpoints = parse_slice(obj, self.port)
         except SliceError as exc:
@@ -417,10 +417,10 @@ class K8sDiscovery(Discovery):
         into[name] = endpoints
 
     async def _watch(self, client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
-        """Follow changes from :attr:`resource_version`; yield after each change applied.
+        """Follow changes from `resource_version`; yield after each change applied.
 
-        Returns when the server ends the watch (``timeoutSeconds``); raises
-        :class:`_Gone` when the resource version expired.
+        Returns when the server ends the watch (`timeoutSeconds`); raises
+        `_Gone` when the resource version expired.
         """
         seconds = max(1, round(self.WATCH_SECONDS * (1.0 + random.random())))
         params = {"labelSelector": self.selector, "watch": "1", "allowWatchBookmarks": "true",
@@ -540,14 +540,14 @@ class K8sDiscovery(Discovery):
 
 
 def _name_of(obj: Any) -> str | None:
-    """``metadata.name`` of an object, if it has one."""
+    """`metadata.name` of an object, if it has one."""
     metadata = obj.get("metadata") if isinstance(obj, dict) else None
     name = metadata.get("name") if isinstance(metadata, dict) else None
     return name if isinstance(name, str) and name else None
 
 
 def _json_body(response: httpx.Response) -> dict[str, Any]:
-    """The JSON object of an API answer; :class:`_Gone` for 410, :class:`_Broken` else."""
+    """The JSON object of an API answer; `_Gone` for 410, `_Broken` else."""
     if response.status_code == 410:
         raise _Gone(response.text[:200])
     if response.status_code != 200:
@@ -557,7 +557,7 @@ def _json_body(response: httpx.Response) -> dict[str, Any]:
 
 
 def _status_message(response: httpx.Response) -> str:
-    """The ``message`` of a Kubernetes ``Status`` answer, else the start of the body."""
+    """The `message` of a Kubernetes `Status` answer, else the start of the body."""
     try:
         body = json_value(response.content, "the error answer")
     except BadAnswer:

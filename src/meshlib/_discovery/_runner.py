@@ -1,6 +1,6 @@
 """Running one service's discovery in the background: the loop both transports use.
 
-It drives anything shaped like a service runtime (:class:`Follower`), so the
+It drives anything shaped like a service runtime (`Follower`), so the
 discovery layer needs nothing from the layers above it.
 """
 
@@ -26,8 +26,8 @@ Retired = TypeVar("Retired")
 
 
 class Follower(Protocol[Retired]):
-    """What :func:`follow` drives (``ServiceRuntime``): a name, a discovery, and
-    ``apply``, which takes an answer and returns the endpoints it retired."""
+    """What `follow()` drives (`ServiceRuntime`): a name, a discovery, and
+    `apply`, which takes an answer and returns the endpoints it retired."""
 
     @property
     def name(self) -> str:
@@ -47,9 +47,9 @@ class Follower(Protocol[Retired]):
 async def follow(runtime: Follower[Retired],
                  retire: Callable[[list[Retired]], Awaitable[None] | None],
                  clock: Callable[[], float]) -> None:
-    """Apply every answer of ``runtime``'s discovery until cancelled.
+    """Apply every answer of `runtime`'s discovery until cancelled.
 
-    ``retire`` closes the pools of endpoints that left. A discovery kind that
+    `retire` closes the pools of endpoints that left. A discovery kind that
     raises (a bug, or garbage its parser did not expect) is not allowed to end
     discovery for good: the failure is recorded like any other (the last good
     set is kept and the tracker logs the change of state) and the kind is

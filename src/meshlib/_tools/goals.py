@@ -1,4 +1,4 @@
-"""The one met/missed mark every figure of ``meshlib bench`` carries."""
+"""The one met/missed mark every figure of `meshlib bench` carries."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ NOT_RUN = "n/a"
 
 
 def mark(ok: bool | None, *, has_goal: bool = True) -> str:
-    """``met`` or ``MISSED`` for a goal; ``n/a`` when its comparison was not run."""
+    """`met` or `MISSED` for a goal; `n/a` when its comparison was not run."""
     if not has_goal:
         return NO_GOAL
     if ok is None:

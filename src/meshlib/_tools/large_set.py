@@ -1,11 +1,11 @@
 """Request cost at 1,000 warm endpoints against 4: does the mesh's cost grow with the set?
 
-Servers run in a child process (:class:`meshlib.testing._backend.BackendProcess`).
-For each size, a sync ``MeshClient`` (p2c-ewma, the default) warms every
+Servers run in a child process (`meshlib.testing._backend.BackendProcess`).
+For each size, a sync `MeshClient` (p2c-ewma, the default) warms every
 endpoint first (a pooled connection and a latency sample each; keep-alive is
 raised to 120 s so that connections do not expire between two visits), then
-sends ``requests`` sequential GETs, ``rounds`` times; the figure is the
-client's CPU time per request (``time.process_time``: the servers' work and
+sends `requests` sequential GETs, `rounds` times; the figure is the
+client's CPU time per request (`time.process_time`: the servers' work and
 the machine's other load are not counted), best round. Goal: at most 1.03x
 at 1,000 endpoints of the cost at 4.
 """
@@ -71,12 +71,12 @@ def _cost(n: int, requests: int, rounds: int, budget_s: float) -> dict[str, Any]
 
 def run_large_set(small: int = 4, large: int = 1000, *, requests: int = 2000,
                   rounds: int = 3, budget_s: float = 60.0) -> dict[str, Any]:
-    """Client CPU microseconds per request at ``small`` and ``large`` warm endpoints.
+    """Client CPU microseconds per request at `small` and `large` warm endpoints.
 
-    Returns ``small`` and ``large`` (each ``endpoints``, ``cpu_us``,
-    ``warm_endpoints``: how many had a pool after the warm-up, ``errors``),
-    ``ratio`` (large over small), ``goal`` and ``ok``. Each size stops after
-    ``budget_s`` seconds even if not every request was sent.
+    Returns `small` and `large` (each `endpoints`, `cpu_us`,
+    `warm_endpoints`: how many had a pool after the warm-up, `errors`),
+    `ratio` (large over small), `goal` and `ok`. Each size stops after
+    `budget_s` seconds even if not every request was sent.
     """
     if small < 1 or large <= small:
         raise ValueError(f"need 1 <= small < large, not small={small!r}, large={large!r}")
@@ -90,7 +90,7 @@ def run_large_set(small: int = 4, large: int = 1000, *, requests: int = 2000,
 
 
 def format_large_set(result: dict[str, Any]) -> str:
-    """``run_large_set``'s result as two lines and the ratio."""
+    """`run_large_set`'s result as two lines and the ratio."""
     low, high = result["small"], result["large"]
     verdict = f"goal <= {result['goal']:.2f}x: {mark(result['ok'])}"
     return (f"{low['endpoints']:>5,} endpoints: {low['cpu_us']:8.1f} us client CPU per request\n"

@@ -1,13 +1,13 @@
 """Memory per endpoint: an endpoint's state plus an idle connection pool.
 
-For each pool (the sync ``MeshClient``'s httpcore pool, ``AsyncMeshClient``'s
+For each pool (the sync `MeshClient`'s httpcore pool, `AsyncMeshClient`'s
 httpcore pool and, when aiohttp is installed, its aiohttp pool), with
-:mod:`tracemalloc` on: build a client over a static service of ``n``
+`tracemalloc` on: build a client over a static service of `n`
 endpoints (addresses on 127.0.0.1 that are never contacted), give every
 endpoint a latency sample (a warm state) and create its pool the way the
 first request to it would (for aiohttp, with its session and connector
-open); then the same with ``small`` endpoints. The figure is the marginal
-cost, ``(memory(n) - memory(small)) / (n - small)``, so the client's fixed
+open); then the same with `small` endpoints. The figure is the marginal
+cost, `(memory(n) - memory(small)) / (n - small)`, so the client's fixed
 cost is not spread over the endpoints. An idle pool holds no connection:
 a connection's socket and buffers come on top, and memory that C libraries
 allocate outside Python's allocator (OpenSSL's, say) is not traced.
@@ -51,7 +51,7 @@ def _warm(transport: Any) -> None:
 
 
 def _traced(build: Any) -> int:
-    """Bytes still allocated after ``build()`` (its result alive), traced from a clean start."""
+    """Bytes still allocated after `build()` (its result alive), traced from a clean start."""
     gc.collect()
     tracemalloc.start()
     try:
@@ -115,10 +115,10 @@ def _aiohttp_installed() -> bool:
 def run_memory(n: int = 1000, *, small: int = 10) -> list[dict[str, Any]]:
     """Measure memory per endpoint for each pool; one dict per pool.
 
-    Each dict has ``pool`` (one of :data:`POOLS`), ``endpoints`` (``n``),
-    ``bytes_per_endpoint`` and ``kib_per_endpoint`` (marginal, see the module
-    docstring), ``total_kib`` (the whole client at ``n`` endpoints), ``goal_kib``
-    and ``ok``; for aiohttp when it is not installed, ``skipped`` (why) instead
+    Each dict has `pool` (one of `POOLS`), `endpoints` (`n`),
+    `bytes_per_endpoint` and `kib_per_endpoint` (marginal, see the module
+    docstring), `total_kib` (the whole client at `n` endpoints), `goal_kib`
+    and `ok`; for aiohttp when it is not installed, `skipped` (why) instead
     of the figures.
     """
     if small < 1 or n <= small:
@@ -143,7 +143,7 @@ def run_memory(n: int = 1000, *, small: int = 10) -> list[dict[str, Any]]:
 
 
 def format_memory(rows: list[dict[str, Any]]) -> str:
-    """``run_memory``'s rows as lines: KiB per endpoint for each pool."""
+    """`run_memory`'s rows as lines: KiB per endpoint for each pool."""
     lines = []
     for r in rows:
         if "skipped" in r:

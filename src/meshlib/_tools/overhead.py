@@ -5,14 +5,14 @@ rounds of each client are interleaved (the order alternates between rounds)
 to cancel drift; the time per request is the median over rounds and the
 ratio the median of per-round ratios. Every request's latency is kept for
 p50, p99 and p99.9, and the CPU time the client's thread spent on each
-(``time.thread_time``: what the request cost the client, without the time
+(`time.thread_time`: what the request cost the client, without the time
 it waited for a CPU, so a loaded machine's scheduling does not make its
-tail). With ``envoy_url`` (a sidecar in front of the same server), the sync
-run adds a third side: a bare ``httpx.Client`` through it.
+tail). With `envoy_url` (a sidecar in front of the same server), the sync
+run adds a third side: a bare `httpx.Client` through it.
 
-Goals: the time per request at most :data:`OVERHEAD_GOAL` times bare httpx's;
-p50 at most :data:`P50_GOAL_US` microseconds above bare; p99 at most
-:data:`P99_GOAL` times bare's (and, with a sidecar, at most its p99).
+Goals: the time per request at most `OVERHEAD_GOAL` times bare httpx's;
+p50 at most `P50_GOAL_US` microseconds above bare; p99 at most
+`P99_GOAL` times bare's (and, with a sidecar, at most its p99).
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ def _deltas(start: float, stamps: list[float]) -> list[float]:
 def _sync_segment(client: httpx.Client, url: str, n: int, deadline: float,
                   sink: list[float] | None = None,
                   cpu_sink: list[float] | None = None) -> tuple[float, int]:
-    """Send up to ``n`` sequential GETs; return (seconds per request, non-200 count).
+    """Send up to `n` sequential GETs; return (seconds per request, non-200 count).
 
-    With ``sink``, each request's latency is appended to it (seconds); with
-    ``cpu_sink``, the CPU time this thread spent on each (``time.thread_time``).
+    With `sink`, each request's latency is appended to it (seconds); with
+    `cpu_sink`, the CPU time this thread spent on each (`time.thread_time`).
     """
     gc.collect()
     bad = 0
@@ -78,7 +78,7 @@ async def _async_segment(
     client: httpx.AsyncClient, url: str, n: int, deadline: float,
     sink: list[float] | None = None, cpu_sink: list[float] | None = None,
 ) -> tuple[float, int]:
-    """Async version of :func:`_sync_segment`."""
+    """Async version of `_sync_segment()`."""
     gc.collect()
     bad = 0
     done = 0
@@ -142,12 +142,12 @@ def _summarise(times: dict[str, list[float]], samples: dict[str, list[float]],
 def run_overhead_sync(static_url: str, url: str, *, rounds: int, per_round: int, warmup: int,
                       budget_s: float, samples: dict[str, list[float]] | None = None,
                       envoy_url: str | None = None) -> dict[str, Any]:
-    """MeshClient against httpx.Client (and through ``envoy_url`` when given).
+    """MeshClient against httpx.Client (and through `envoy_url` when given).
 
-    ``static_url`` is the server as a ``static://`` URL, ``url`` its
-    ``http://`` URL. ``samples`` receives each side's per-request latencies
-    (seconds) under ``"baseline"``, ``"mesh"`` (and ``"envoy"``). Stops
-    after ``budget_s`` seconds once three rounds are done.
+    `static_url` is the server as a `static://` URL, `url` its
+    `http://` URL. `samples` receives each side's per-request latencies
+    (seconds) under `"baseline"`, `"mesh"` (and `"envoy"`). Stops
+    after `budget_s` seconds once three rounds are done.
     """
     import meshlib
 
@@ -184,7 +184,7 @@ def run_overhead_sync(static_url: str, url: str, *, rounds: int, per_round: int,
 def run_overhead_async(static_url: str, url: str, *, rounds: int, per_round: int, warmup: int,
                        budget_s: float,
                        samples: dict[str, list[float]] | None = None) -> dict[str, Any]:
-    """AsyncMeshClient against httpx.AsyncClient, as :func:`run_overhead_sync`."""
+    """AsyncMeshClient against httpx.AsyncClient, as `run_overhead_sync()`."""
     import meshlib
 
     each: dict[str, list[float]] = {} if samples is None else samples

@@ -1,11 +1,11 @@
 """The balancer's pick cost at 10, 100 and 1,000 warm endpoints.
 
-Times :meth:`meshlib._service.ServiceRuntime.pick` (choose an endpoint and ask
+Times `meshlib._service.ServiceRuntime.pick()` (choose an endpoint and ask
 its breaker for admission: what every attempt does before it sends) in this
-process, with no network: a runtime over ``n`` static endpoints whose states
+process, with no network: a runtime over `n` static endpoints whose states
 are warm (each has a latency sample, so p2c-ewma compares real scores), once
 with every breaker closed and once with one endpoint's breaker open. The
-figure is the best of ``repeats`` timed loops of ``picks`` picks, in
+figure is the best of `repeats` timed loops of `picks` picks, in
 microseconds per pick (the best, because on a shared machine only slower
 loops are noise). Goal: at most 5 us at 1,000 endpoints in CPython (Finagle's
 p2c on the JVM: about 1.7 us).
@@ -27,7 +27,7 @@ BALANCERS = ("p2c-ewma", "least-request", "round-robin", "random")
 
 
 def _runtime(n: int) -> Any:
-    """A service runtime over ``n`` warm static endpoints (no traffic, no discovery task)."""
+    """A service runtime over `n` warm static endpoints (no traffic, no discovery task)."""
     from .._balancer import FAILURE_PENALTY
     from .._discovery._static import StaticDiscovery
     from .._endpoint import Endpoint
@@ -55,7 +55,7 @@ def _open_one(rt: Any) -> None:
 
 
 def _per_pick(rt: Any, balancer: str, picks: int, repeats: int) -> float:
-    """Best of ``repeats`` loops, microseconds per pick."""
+    """Best of `repeats` loops, microseconds per pick."""
     b = rt.balancer(balancer)
     pick = rt.pick
     clock = time.monotonic
@@ -75,9 +75,9 @@ def run_pick_cost(sizes: Sequence[int] = (10, 100, 1000), *,
                   repeats: int = 5) -> list[dict[str, Any]]:
     """Time one pick per balancer and endpoint count, breakers all closed and one open.
 
-    Returns one dict per (balancer, endpoints, open breaker) with ``balancer``,
-    ``endpoints``, ``open_breakers`` (0 or 1), ``us`` (microseconds per pick,
-    best loop) and ``picks`` (per loop).
+    Returns one dict per (balancer, endpoints, open breaker) with `balancer`,
+    `endpoints`, `open_breakers` (0 or 1), `us` (microseconds per pick,
+    best loop) and `picks` (per loop).
     """
     if not sizes or any(n < 2 for n in sizes):
         raise ValueError(f"sizes must be endpoint counts of at least 2, not {sizes!r}")
@@ -97,7 +97,7 @@ def run_pick_cost(sizes: Sequence[int] = (10, 100, 1000), *,
 
 
 def format_pick(rows: list[dict[str, Any]]) -> str:
-    """``run_pick_cost``'s rows as a table: microseconds per pick by endpoint count."""
+    """`run_pick_cost`'s rows as a table: microseconds per pick by endpoint count."""
     sizes = sorted({r["endpoints"] for r in rows})
     cell = {(r["balancer"], r["open_breakers"], r["endpoints"]): r["us"] for r in rows}
     keys = list(dict.fromkeys((r["balancer"], r["open_breakers"]) for r in rows))

@@ -1,16 +1,16 @@
-"""``meshlib bench --plot DIR``: PNG plots of a benchmark run (needs matplotlib).
+"""`meshlib bench --plot DIR`: PNG plots of a benchmark run (needs matplotlib).
 
-* ``latency-<scenario>.png``: the per-request latency CDF of each scenario,
+* `latency-<scenario>.png`: the per-request latency CDF of each scenario,
   baseline and meshlib on one log-scaled time axis;
-* ``throughput.png``: requests per second against concurrent tasks, one line
+* `throughput.png`: requests per second against concurrent tasks, one line
   per client (bare httpx, AsyncMeshClient on each pool);
-* ``pick-cost.png``: microseconds per balancer pick against endpoint count;
-* ``sidecar.png``: bare httpx, the Envoy sidecar and meshlib side by side:
+* `pick-cost.png`: microseconds per balancer pick against endpoint count;
+* `sidecar.png`: bare httpx, the Envoy sidecar and meshlib side by side:
   the slow replica's p99 and share to the slow one, the outage's attempts
   and client CPU per request, and the route table's CPU against none.
 
-matplotlib is an optional extra (``pip install 'httpx-mesh[plot]'``); it is
-imported only here, with the non-interactive ``Agg`` backend.
+matplotlib is an optional extra (`pip install 'httpx-mesh[plot]'`); it is
+imported only here, with the non-interactive `Agg` backend.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _CLIENT_LABELS = {"httpx": "bare httpx.AsyncClient",
 
 
 def require_matplotlib() -> None:
-    """Raise ``ConfigError`` naming ``httpx-mesh[plot]`` if matplotlib cannot be imported."""
+    """Raise `ConfigError` naming `httpx-mesh[plot]` if matplotlib cannot be imported."""
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
@@ -181,13 +181,13 @@ def write_plots(directory: str | Path, latencies: Mapping[str, Mapping[str, Sequ
                 pick: Sequence[Mapping[str, Any]] | None = None,
                 pick_goal_us: float = 5.0, *,
                 scenarios: Mapping[str, Any] | None = None) -> list[Path]:
-    """Write the PNG plots into ``directory`` (created if missing); return their paths.
+    """Write the PNG plots into `directory` (created if missing); return their paths.
 
-    ``latencies`` maps a scenario name to its series (``"baseline"``, ``"mesh"``)
-    of per-request latencies in seconds; ``throughput`` and ``pick`` are the rows
-    of :func:`~.throughput.run_throughput` and :func:`~.pick.run_pick_cost`;
-    ``scenarios`` (with ``slow_replica`` and ``outage``) adds ``sidecar.png``.
-    Raises ``ConfigError`` naming ``httpx-mesh[plot]`` when matplotlib is missing.
+    `latencies` maps a scenario name to its series (`"baseline"`, `"mesh"`)
+    of per-request latencies in seconds; `throughput` and `pick` are the rows
+    of `run_throughput()` and `run_pick_cost()`;
+    `scenarios` (with `slow_replica` and `outage`) adds `sidecar.png`.
+    Raises `ConfigError` naming `httpx-mesh[plot]` when matplotlib is missing.
     """
     plt = _pyplot()
     out = Path(directory)

@@ -1,9 +1,9 @@
-"""``meshlib bench``'s table: every figure with its goal and one met/missed mark.
+"""`meshlib bench`'s table: every figure with its goal and one met/missed mark.
 
 One row per figure: the bare httpx baseline, the Envoy sidecar (where the
-scenario runs through one), meshlib, the goal and the mark (:mod:`.goals`:
-``met``, ``MISSED``, ``n/a`` when the goal compares with a sidecar that was
-not run, ``-`` for a figure shown for context). Below the table, the
+scenario runs through one), meshlib, the goal and the mark (`.goals`:
+`met`, `MISSED`, `n/a` when the goal compares with a sidecar that was
+not run, `-` for a figure shown for context). Below the table, the
 detailed sections of the measurements that have their own modules.
 """
 
@@ -198,7 +198,7 @@ def _render(rows: list[Row]) -> list[str]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Render :func:`~.bench.run_bench`'s result as a plain-text table."""
+    """Render `run_bench()`'s result as a plain-text table."""
     meta = result["meta"]
     sc = result["scenarios"]
     envoy = meta.get("envoy")

@@ -1,7 +1,7 @@
-"""``meshlib resolve xds:///LISTENER``: what a control plane gives, as meshlib reads it.
+"""`meshlib resolve xds:///LISTENER`: what a control plane gives, as meshlib reads it.
 
 Prints the routes (their matches and weighted clusters), then each cluster
-with its endpoints (weight, zone, priority), once or, with ``--watch``, on
+with its endpoints (weight, zone, priority), once or, with `--watch`, on
 every change.
 """
 
@@ -55,7 +55,7 @@ def _text(described: dict[str, Any]) -> str:
 
 
 async def resolve_routes(url: str, watch: bool, timeout: float, as_json: bool) -> int:
-    """Print what the control plane of ``url`` gives; the exit status."""
+    """Print what the control plane of `url` gives; the exit status."""
     source = route_source(url, os.environ)
     updates = source.updates()
     last = ""

@@ -1,20 +1,22 @@
 """What a route table costs: client CPU per request with three rules against none.
 
-One loopback server in a child process. Two sync ``MeshClient``\\ s over it:
-one with ``services={"svc": ...}`` only, one with a route table of three
-rules for the host ``svc`` (a header match, a path prefix that does not
+One loopback server in a child process. Two sync `MeshClient`\\ s over it:
+one with `services={"svc": ...}` only, one with a route table of three
+rules for the host `svc` (a header match, a path prefix that does not
 match, then the path prefix that does), the way a canary and an admin route
-are configured::
+are configured:
 
-    routes={"svc": [Route(Match(headers={"x-canary": "1"}), to="svc-canary"),
-                    Route(Match(path_prefix="/admin"), to="svc-admin"),
-                    Route(Match(path_prefix="/api"), to="svc")]}
+```
+routes={"svc": [Route(Match(headers={"x-canary": "1"}), to="svc-canary"),
+                Route(Match(path_prefix="/admin"), to="svc-admin"),
+                Route(Match(path_prefix="/api"), to="svc")]}
+```
 
-Both send sequential GETs to ``http://svc/api/items``, so the routed client
+Both send sequential GETs to `http://svc/api/items`, so the routed client
 evaluates every rule on every request. Rounds of the two are interleaved
 (the order alternates); each round's figure is the client process's CPU
-time per request (``time.process_time``), and the result is the median of
-the per-round ratios. Goal: at most :data:`ROUTES_GOAL`.
+time per request (`time.process_time`), and the result is the median of
+the per-round ratios. Goal: at most `ROUTES_GOAL`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _routes() -> dict[str, Any]:
 
 
 def _segment(client: Any, n: int, deadline: float) -> tuple[float, int]:
-    """CPU seconds per request over ``n`` sequential GETs, and the non-200 count."""
+    """CPU seconds per request over `n` sequential GETs, and the non-200 count."""
     gc.collect()
     bad = 0
     done = 0
@@ -60,9 +62,9 @@ def run_routes_cost(*, rounds: int = 11, per_round: int = 400, budget_s: float =
                     cpu: int | None = None) -> dict[str, Any]:
     """Client CPU per request with and without the three-rule table.
 
-    Returns ``plain_us`` and ``routed_us`` (medians over rounds), ``ratio``
-    (median of per-round ratios), ``ratios``, ``rounds``, ``errors``,
-    ``goal`` and ``ok``. Stops after ``budget_s`` once three rounds are done.
+    Returns `plain_us` and `routed_us` (medians over rounds), `ratio`
+    (median of per-round ratios), `ratios`, `rounds`, `errors`,
+    `goal` and `ok`. Stops after `budget_s` once three rounds are done.
     """
     import meshlib
 
@@ -102,6 +104,6 @@ def run_routes_cost(*, rounds: int = 11, per_round: int = 400, budget_s: float =
 
 
 def format_routes(result: dict[str, Any]) -> str:
-    """``run_routes_cost``'s result as one line."""
+    """`run_routes_cost`'s result as one line."""
     return (f"no routes {result['plain_us']:.1f} us, three rules {result['routed_us']:.1f} us "
             f"client CPU per request: {result['ratio']:.3f}x")

@@ -1,29 +1,29 @@
 """Slow replica and outage: bare httpx, an Envoy sidecar and AsyncMeshClient, side by side.
 
 Each scenario runs loopback servers in a child process and the same load
-through each client in turn: ``tasks`` asyncio tasks sharing one counter
-send ``requests`` GETs in all (bounded in time too).
+through each client in turn: `tasks` asyncio tasks sharing one counter
+send `requests` GETs in all (bounded in time too).
 
-* ``httpx``: a bare ``httpx.AsyncClient`` cycling over the servers' URLs
+* `httpx`: a bare `httpx.AsyncClient` cycling over the servers' URLs
   (round robin, what a DNS name with several A records gives);
-* ``envoy``: the same ``httpx.AsyncClient`` sending every request to an Envoy
-  sidecar in front of the servers (:mod:`.envoy`), when a binary is found;
-* ``meshlib``: ``AsyncMeshClient(services={"svc": ...})`` with its defaults.
+* `envoy`: the same `httpx.AsyncClient` sending every request to an Envoy
+  sidecar in front of the servers (`.envoy`), when a binary is found;
+* `meshlib`: `AsyncMeshClient(services={"svc": ...})` with its defaults.
 
 What the servers received is counted on the servers, so attempts (retries
 included) are counted the same way for every client.
 
-``slow_replica``: three servers, one at 10x the others' latency. Figures:
+`slow_replica`: three servers, one at 10x the others' latency. Figures:
 p50, p99, p99.9 and the share of requests the slow one received. Goals:
-meshlib's p99 at most :data:`SLOW_P99_GOAL` times Envoy's, and at most
-:data:`SLOW_SHARE_GOAL` of the requests to the slow one.
+meshlib's p99 at most `SLOW_P99_GOAL` times Envoy's, and at most
+`SLOW_SHARE_GOAL` of the requests to the slow one.
 
-``outage``: five servers, all answering 503. Figures: attempts per request,
-p50, and the client process's CPU time per request (``time.process_time``:
+`outage`: five servers, all answering 503. Figures: attempts per request,
+p50, and the client process's CPU time per request (`time.process_time`:
 the servers' and Envoy's work is not counted; Envoy's own CPU is reported
 beside it). Goals: meshlib's attempts per request at most
-:data:`OUTAGE_ATTEMPTS_GOAL` and at most Envoy's, its p50 at most Envoy's,
-its CPU per request under :data:`OUTAGE_CPU_GOAL_MS`.
+`OUTAGE_ATTEMPTS_GOAL` and at most Envoy's, its p50 at most Envoy's,
+its CPU per request under `OUTAGE_CPU_GOAL_MS`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ _SERVICE = "svc"
 
 async def _load(client: httpx.AsyncClient, urls: list[str], *, tasks: int, requests: int,
                 budget_s: float, latencies: list[float]) -> dict[str, Any]:
-    """``requests`` GETs from ``tasks`` tasks; latencies appended; counts and CPU returned."""
+    """`requests` GETs from `tasks` tasks; latencies appended; counts and CPU returned."""
     counter = itertools.count()
     deadline = time.perf_counter() + budget_s
     ok = 0
@@ -123,7 +123,7 @@ def _side(fleet: Fleet, name: str, envoy: EnvoySidecar | None, *, tasks: int, re
 
 def _run(fleet: Fleet, envoy_binary: str | None, *, tasks: int, requests: int,
          budget_s: float, samples: dict[str, list[float]]) -> dict[str, Any]:
-    """Every side over ``fleet``; ``envoy`` holds why it was skipped without a binary."""
+    """Every side over `fleet`; `envoy` holds why it was skipped without a binary."""
     rows: dict[str, Any] = {}
     for name in SIDES:
         if name == "envoy":
@@ -140,17 +140,17 @@ def _run(fleet: Fleet, envoy_binary: str | None, *, tasks: int, requests: int,
 
 
 def _goal(check: Callable[[], bool], *needs: dict[str, Any]) -> bool | None:
-    """``check()``, or ``None`` when a side it compares with was skipped."""
+    """`check()`, or `None` when a side it compares with was skipped."""
     return None if any("skipped" in side for side in needs) else check()
 
 
 def run_slow_replica(envoy_binary: str | None, *, base_ms: float = 5.0, tasks: int = 4,
                      requests: int = 600, budget_s: float = 30.0, cpu: int | None = None,
                      samples: dict[str, list[float]] | None = None) -> dict[str, Any]:
-    """Three servers, the second at 10x ``base_ms``; each side sends ``requests`` GETs.
+    """Three servers, the second at 10x `base_ms`; each side sends `requests` GETs.
 
-    Returns ``sides`` (per client: p50/p99/p99.9, ``share_to_slow``, counts;
-    or ``skipped``), the goals and ``p99_ok`` / ``share_ok`` (``None`` when
+    Returns `sides` (per client: p50/p99/p99.9, `share_to_slow`, counts;
+    or `skipped`), the goals and `p99_ok` / `share_ok` (`None` when
     Envoy, the comparison, was not run).
     """
     samples = {} if samples is None else samples
@@ -172,12 +172,12 @@ def run_slow_replica(envoy_binary: str | None, *, base_ms: float = 5.0, tasks: i
 def run_outage(envoy_binary: str | None, *, tasks: int = 4, requests: int = 1000,
                budget_s: float = 30.0, cpu: int | None = None,
                samples: dict[str, list[float]] | None = None) -> dict[str, Any]:
-    """Five servers answering 503; each side sends ``requests`` GETs.
+    """Five servers answering 503; each side sends `requests` GETs.
 
-    Returns ``sides`` (per client: ``attempts_per_request`` counted on the
-    servers, p50/p99/p99.9, ``cpu_ms_per_request`` of this process, and for
-    Envoy ``sidecar_cpu_ms_per_request``; or ``skipped``), the goals and
-    ``attempts_ok``, ``p50_ok``, ``cpu_ok`` (``None`` where Envoy was needed
+    Returns `sides` (per client: `attempts_per_request` counted on the
+    servers, p50/p99/p99.9, `cpu_ms_per_request` of this process, and for
+    Envoy `sidecar_cpu_ms_per_request`; or `skipped`), the goals and
+    `attempts_ok`, `p50_ok`, `cpu_ok` (`None` where Envoy was needed
     and not run).
     """
     samples = {} if samples is None else samples

@@ -1,4 +1,4 @@
-"""Summaries of measured latencies, shared by ``meshlib bench`` and ``meshlib demo``."""
+"""Summaries of measured latencies, shared by `meshlib bench` and `meshlib demo`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ __all__ = ["latency_summary", "percentile"]
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile (``pct`` in 0..100) of ``values``; NaN if empty."""
+    """Nearest-rank percentile (`pct` in 0..100) of `values`; NaN if empty."""
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -19,7 +19,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     """p50, p90, p99, p99.9 and max of per-request latencies, in milliseconds.
 
-    Empty input gives an empty dict. ``requests`` is the sample count: with
+    Empty input gives an empty dict. `requests` is the sample count: with
     fewer than 1,000 samples p99.9 is the maximum, and with fewer than 100
     p99 is too (the figures are then indicative only).
     """

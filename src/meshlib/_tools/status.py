@@ -1,9 +1,9 @@
-"""``meshlib status URL``: show the mesh snapshot a running service exposes.
+"""`meshlib status URL`: show the mesh snapshot a running service exposes.
 
-The URL is the ``snapshot_path`` of a :class:`meshlib.asgi.MeshMiddleware` or
-:class:`meshlib.wsgi.MeshMiddleware`. The snapshot is fetched with plain httpx
+The URL is the `snapshot_path` of a `meshlib.asgi.MeshMiddleware` or
+`meshlib.wsgi.MeshMiddleware`. The snapshot is fetched with plain httpx
 (not through the mesh), with a 5 s timeout, and printed as one table per
-service, or as JSON with ``--json``.
+service, or as JSON with `--json`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _endpoint_row(entry: Mapping[str, Any]) -> list[str]:
 
 
 def format_snapshot(snapshot: Mapping[str, Any]) -> str:
-    """A readable text rendering of a ``{"services": ...}`` snapshot: per service, its
+    """A readable text rendering of a `{"services": ...}` snapshot: per service, its
     routes and its endpoints with their golden signals of the last 60 s."""
     services = snapshot.get("services")
     if not isinstance(services, Mapping) or not services:
@@ -121,18 +121,18 @@ def format_snapshot(snapshot: Mapping[str, Any]) -> str:
 def run_status(url: str, as_json: bool = False, *, watch: float | None = None,
                rounds: int | None = None, out: TextIO | None = None,
                err: TextIO | None = None) -> int:
-    """Fetch the snapshot at ``url`` and print it; return the exit status.
+    """Fetch the snapshot at `url` and print it; return the exit status.
 
-    Prints a table per service (or the JSON with ``as_json``) to ``out``
+    Prints a table per service (or the JSON with `as_json`) to `out`
     (standard output by default) and returns 0. A snapshot that lists no
-    service is printed too but returns 1, with a hint on ``err``. On a connection error, a
+    service is printed too but returns 1, with a hint on `err`. On a connection error, a
     timeout, an HTTP error status, a body that is not JSON, or JSON without a
-    ``"services"`` mapping, prints one clear line to ``err`` (standard error by
+    `"services"` mapping, prints one clear line to `err` (standard error by
     default) and returns 1.
 
-    With ``watch`` (seconds), fetches and prints again every ``watch`` seconds
+    With `watch` (seconds), fetches and prints again every `watch` seconds
     (clearing a terminal first) until interrupted (then returns 0), or for
-    ``rounds`` rounds; a failed fetch is printed and retried at the next round.
+    `rounds` rounds; a failed fetch is printed and retried at the next round.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err

@@ -2,11 +2,11 @@
 
 Three loopback servers: one healthy, one slow (10x the base delay) and one
 failing 20% of requests with 503. A round-robin client (a plain
-``httpx.Client`` cycling over the three URLs, what a DNS name with three A
-records gives) against a ``MeshClient`` with the ``p2c-ewma`` balancer and
+`httpx.Client` cycling over the three URLs, what a DNS name with three A
+records gives) against a `MeshClient` with the `p2c-ewma` balancer and
 default retries: p50, p99, p99.9, success rate and attempts per request.
-Goals: meshlib's p99 at most :data:`TAIL_P99_GOAL` times round robin's, and
-a success rate of at least :data:`TAIL_SUCCESS_GOAL`.
+Goals: meshlib's p99 at most `TAIL_P99_GOAL` times round robin's, and
+a success rate of at least `TAIL_SUCCESS_GOAL`.
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ def _mesh(static_url: str, n: int, budget_s: float, latencies: list[float]) -> d
 def run_tail(*, n: int, base_delay_ms: float, budget_s: float,
              mode: Literal["process", "thread"],
              samples: dict[str, list[float]] | None = None) -> dict[str, Any]:
-    """Round robin against ``MeshClient`` over the three servers; ``n`` requests each.
+    """Round robin against `MeshClient` over the three servers; `n` requests each.
 
-    ``samples`` receives per-request latencies (seconds) under ``"baseline"``
-    and ``"mesh"``. Each side stops after ``budget_s / 2`` seconds.
+    `samples` receives per-request latencies (seconds) under `"baseline"`
+    and `"mesh"`. Each side stops after `budget_s / 2` seconds.
     """
     samples = {} if samples is None else samples
     samples.setdefault("baseline", [])

@@ -1,26 +1,26 @@
 """Throughput at 1, 16 and 64 concurrent tasks: bare httpx against AsyncMeshClient on each pool.
 
 Four loopback servers answer at 0 ms in a child process
-(:class:`meshlib.testing._backend.BackendProcess`), so they do not share the
+(`meshlib.testing._backend.BackendProcess`), so they do not share the
 client's interpreter lock; with two CPUs or more the servers are pinned to the
 last one and this process to the others for the run (its affinity is restored
 afterwards). In one run,
-for each concurrency, each client sends ``requests`` GETs from that many tasks
+for each concurrency, each client sends `requests` GETs from that many tasks
 that share one counter:
 
-* ``httpx``: a bare ``httpx.AsyncClient`` cycling over the four servers' URLs;
-* ``mesh-httpcore``: ``AsyncMeshClient(services={"bench": ...})`` (the default pool);
-* ``mesh-aiohttp``: the same with ``pool="aiohttp"`` (skipped when aiohttp is missing).
+* `httpx`: a bare `httpx.AsyncClient` cycling over the four servers' URLs;
+* `mesh-httpcore`: `AsyncMeshClient(services={"bench": ...})` (the default pool);
+* `mesh-aiohttp`: the same with `pool="aiohttp"` (skipped when aiohttp is missing).
 
 Clients take turns within a round (the order rotates between rounds, to cancel
-drift), and the best of ``rounds`` is kept per client and concurrency, as
+drift), and the best of `rounds` is kept per client and concurrency, as
 requests per second and as a ratio to bare httpx at the same concurrency,
 with the client process's CPU time per request beside it (the least over
 rounds; on a loaded machine it moves less than requests per second do).
-Every loop is bounded in count and in time (``budget_s`` per measurement).
+Every loop is bounded in count and in time (`budget_s` per measurement).
 
-Self-contained: ``run_throughput()`` returns a list of dicts, one per
-(concurrency, client); ``format_throughput()`` renders them as a table.
+Self-contained: `run_throughput()` returns a list of dicts, one per
+(concurrency, client); `format_throughput()` renders them as a table.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _backend_cpu() -> int | None:
 
 async def _load(client: httpx.AsyncClient, urls: Sequence[str], *, tasks: int, requests: int,
                 budget_s: float) -> tuple[int, int, float, float]:
-    """``requests`` GETs from ``tasks`` tasks; returns (done, errors, seconds, CPU seconds)."""
+    """`requests` GETs from `tasks` tasks; returns (done, errors, seconds, CPU seconds)."""
     counter = itertools.count()
     deadline = time.perf_counter() + budget_s
     errors = 0
@@ -142,15 +142,15 @@ def run_throughput(concurrency: Sequence[int] = (1, 16, 64), requests: int = 300
                    clients: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Measure requests per second of bare httpx and AsyncMeshClient on each pool.
 
-    Returns one dict per (concurrency, client) with ``concurrency``, ``client``
-    (``"httpx"``, ``"mesh-httpcore"``, ``"mesh-aiohttp"``), ``requests`` (sent in
-    the best round), ``errors``, ``seconds``, ``rps``, ``ratio`` (``rps`` over
-    bare httpx's at the same concurrency), ``cpu_us`` (this process's CPU time
+    Returns one dict per (concurrency, client) with `concurrency`, `client`
+    (`"httpx"`, `"mesh-httpcore"`, `"mesh-aiohttp"`), `requests` (sent in
+    the best round), `errors`, `seconds`, `rps`, `ratio` (`rps` over
+    bare httpx's at the same concurrency), `cpu_us` (this process's CPU time
     per request, least over rounds: less sensitive to the machine's other load
-    than ``rps``) and ``cpu_ratio`` (over bare httpx's). When aiohttp is not installed (and
-    ``clients`` is not given), the ``mesh-aiohttp`` rows say so: ``skipped``
-    (why) in place of the figures, as :func:`format_throughput` shows them.
-    Each measurement stops after ``budget_s`` seconds even if ``requests``
+    than `rps`) and `cpu_ratio` (over bare httpx's). When aiohttp is not installed (and
+    `clients` is not given), the `mesh-aiohttp` rows say so: `skipped`
+    (why) in place of the figures, as `format_throughput()` shows them.
+    Each measurement stops after `budget_s` seconds even if `requests`
     were not all sent.
     """
     missing: list[dict[str, Any]] = []
@@ -185,7 +185,7 @@ def run_throughput(concurrency: Sequence[int] = (1, 16, 64), requests: int = 300
 
 
 def format_throughput(rows: list[dict[str, Any]]) -> str:
-    """``run_throughput``'s rows as a table: requests/s (and ratio to httpx) per concurrency."""
+    """`run_throughput`'s rows as a table: requests/s (and ratio to httpx) per concurrency."""
     levels = sorted({r["concurrency"] for r in rows})
     names = [c for c in CLIENTS if any(r["client"] == c for r in rows)]
     cell = {(r["client"], r["concurrency"]): r for r in rows}

@@ -2,17 +2,17 @@
 
 Module map (each module's docstring says more):
 
-- :mod:`.messages`: the protobuf messages, in a private descriptor pool;
-- :mod:`.bootstrap`: gRPC's bootstrap file (which control plane, which node);
-- :mod:`.resources`: decoded, validated resources as frozen dataclasses, and
-  :class:`~.resources.XdsConfig`, the complete graph a client routes by;
-- :mod:`.protocol`: the ADS state machine (subscriptions, ACK/NACK, timers), no I/O;
-- :mod:`.backoff`: when to reconnect;
-- :mod:`.client`: :class:`~.client.XdsClient`, the grpcio driver (needs the
-  ``xds`` extra: grpcio and protobuf).
+- `.messages`: the protobuf messages, in a private descriptor pool;
+- `.bootstrap`: gRPC's bootstrap file (which control plane, which node);
+- `.resources`: decoded, validated resources as frozen dataclasses, and
+  `XdsConfig`, the complete graph a client routes by;
+- `.protocol`: the ADS state machine (subscriptions, ACK/NACK, timers), no I/O;
+- `.backoff`: when to reconnect;
+- `.client`: `XdsClient`, the grpcio driver (needs the
+  `xds` extra: grpcio and protobuf).
 
-Nothing here is imported by ``import meshlib``; grpcio is imported only by
-:mod:`.client`.
+Nothing here is imported by `import meshlib`; grpcio is imported only by
+`.client`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ __all__ = ["load_client"]
 
 
 def load_client() -> type[XdsClient]:
-    """:class:`~.client.XdsClient`, importing grpcio and protobuf on first use.
+    """`XdsClient`, importing grpcio and protobuf on first use.
 
-    Raises :class:`~meshlib.ConfigError` naming the ``xds`` extra when they are
+    Raises `ConfigError` naming the `xds` extra when they are
     not installed.
     """
     try:

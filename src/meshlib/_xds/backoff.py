@@ -1,7 +1,7 @@
 """When to reconnect to the control plane after its stream failed.
 
 The decision object every watching client of meshlib shares,
-:class:`~meshlib._reconnect.Reconnect`, with gRPC's connection backoff
+`Reconnect`, with gRPC's connection backoff
 settings (base 1 s, multiplier 1.6, jitter +/-20%; capped at 30 s here rather
 than gRPC's 120 s, so that a client sees a recovered control plane sooner).
 """

@@ -1,34 +1,36 @@
 """The xDS bootstrap: which control plane to talk to, and who this client is.
 
 The format is gRPC's (gRFC A27, with A47's federation fields and A65's
-``tls`` credentials), so the bootstrap files that Istio's proxyless injection
-and Traffic Director's setup write work unchanged::
+`tls` credentials), so the bootstrap files that Istio's proxyless injection
+and Traffic Director's setup write work unchanged:
 
-    {
-      "xds_servers": [{"server_uri": "127.0.0.1:15010",
-                       "channel_creds": [{"type": "insecure"}],
-                       "server_features": ["xds_v3"]}],
-      "node": {"id": "sidecar~10.0.0.1~users-1.shop~shop.svc.cluster.local",
-               "cluster": "users", "metadata": {"ISTIO_VERSION": "1.24"},
-               "locality": {"region": "eu", "zone": "eu-1a"}}
-    }
+```
+{
+  "xds_servers": [{"server_uri": "127.0.0.1:15010",
+                   "channel_creds": [{"type": "insecure"}],
+                   "server_features": ["xds_v3"]}],
+  "node": {"id": "sidecar~10.0.0.1~users-1.shop~shop.svc.cluster.local",
+           "cluster": "users", "metadata": {"ISTIO_VERSION": "1.24"},
+           "locality": {"region": "eu", "zone": "eu-1a"}}
+}
+```
 
 Where it comes from, first found wins:
 
-1. ``MESHLIB_XDS_BOOTSTRAP``: a file path, or the JSON itself when the value
-   starts with ``{`` (after leading white space);
-2. ``GRPC_XDS_BOOTSTRAP``: a file path (gRPC's variable);
-3. ``GRPC_XDS_BOOTSTRAP_CONFIG``: the JSON itself (gRPC's variable).
+1. `MESHLIB_XDS_BOOTSTRAP`: a file path, or the JSON itself when the value
+   starts with `{` (after leading white space);
+2. `GRPC_XDS_BOOTSTRAP`: a file path (gRPC's variable);
+3. `GRPC_XDS_BOOTSTRAP_CONFIG`: the JSON itself (gRPC's variable).
 
-Only the first of ``xds_servers`` is used. Its ``channel_creds`` are tried in
+Only the first of `xds_servers` is used. Its `channel_creds` are tried in
 order, as gRPC does: the first entry of a type meshlib knows decides.
-``insecure`` and ``tls`` (A65: ``ca_certificate_file``, and
-``certificate_file`` with ``private_key_file`` for a client certificate) are
-honoured; a type gRPC defines that meshlib cannot honour (``google_default``)
-is a :class:`~meshlib.ConfigError` rather than a silent downgrade; types
-unknown to gRPC too are skipped. The node's ``id``, ``cluster``, ``metadata``
-and ``locality`` are sent exactly as given. ``certificate_providers`` and
-``server_listener_resource_name_template`` are read and kept (for status
+`insecure` and `tls` (A65: `ca_certificate_file`, and
+`certificate_file` with `private_key_file` for a client certificate) are
+honoured; a type gRPC defines that meshlib cannot honour (`google_default`)
+is a `ConfigError` rather than a silent downgrade; types
+unknown to gRPC too are skipped. The node's `id`, `cluster`, `metadata`
+and `locality` are sent exactly as given. `certificate_providers` and
+`server_listener_resource_name_template` are read and kept (for status
 and for xdstp:// names) but not used: meshlib does not implement xDS
 credentials or server-side listeners.
 
@@ -73,12 +75,12 @@ MAX_BOOTSTRAP_BYTES = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """One entry of ``xds_servers``: where the control plane is and how to connect.
+    """One entry of `xds_servers`: where the control plane is and how to connect.
 
-    ``creds`` is ``insecure`` or ``tls``. For ``tls``, ``ca_certificate_file``
-    (``None``: the system's roots) verifies the server; ``certificate_file``
-    and ``private_key_file`` (both or neither) are the client's certificate.
-    ``server_features`` as given (``xds_v3``, ``ignore_resource_deletion``...).
+    `creds` is `insecure` or `tls`. For `tls`, `ca_certificate_file`
+    (`None`: the system's roots) verifies the server; `certificate_file`
+    and `private_key_file` (both or neither) are the client's certificate.
+    `server_features` as given (`xds_v3`, `ignore_resource_deletion`...).
     """
 
     server_uri: str
@@ -96,9 +98,9 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """The ``node`` this client presents: ``id``, ``cluster``, ``metadata`` (a JSON
-    object, sent as a ``google.protobuf.Struct``) and ``locality`` (``region``,
-    ``zone``, ``sub_zone``), all exactly as the bootstrap gives them."""
+    """The `node` this client presents: `id`, `cluster`, `metadata` (a JSON
+    object, sent as a `google.protobuf.Struct`) and `locality` (`region`,
+    `zone`, `sub_zone`), all exactly as the bootstrap gives them."""
 
     id: str = ""
     cluster: str = ""
@@ -108,7 +110,7 @@ class NodeInfo:
 
 @dataclass(frozen=True, slots=True)
 class Authority:
-    """An entry of ``authorities`` (gRFC A47): its listener name template and servers."""
+    """An entry of `authorities` (gRFC A47): its listener name template and servers."""
 
     client_listener_resource_name_template: str
     servers: tuple[ServerConfig, ...] = ()
@@ -116,7 +118,7 @@ class Authority:
 
 @dataclass(frozen=True, slots=True)
 class Bootstrap:
-    """A parsed bootstrap. ``source`` says where it came from (``GRPC_XDS_BOOTSTRAP=/path``),
+    """A parsed bootstrap. `source` says where it came from (`GRPC_XDS_BOOTSTRAP=/path`),
     for messages."""
 
     servers: tuple[ServerConfig, ...]
@@ -130,14 +132,14 @@ class Bootstrap:
 
     @property
     def server(self) -> ServerConfig:
-        """The control plane meshlib talks to: the first of ``xds_servers``."""
+        """The control plane meshlib talks to: the first of `xds_servers`."""
         return self.servers[0]
 
 
 def load_bootstrap(environ: Mapping[str, str] | None = None) -> Bootstrap:
     """The bootstrap the environment names (see the module docstring for the order).
 
-    Raises :class:`~meshlib.ConfigError` when no variable is set, or the one
+    Raises `ConfigError` when no variable is set, or the one
     that wins cannot be read or is not a valid bootstrap.
     """
     env = os.environ if environ is None else environ
@@ -167,9 +169,9 @@ def load_bootstrap(environ: Mapping[str, str] | None = None) -> Bootstrap:
 
 
 def parse_bootstrap(text: str, *, source: str = "bootstrap") -> Bootstrap:
-    """A :class:`Bootstrap` from its JSON text; ``source`` names it in errors.
+    """A `Bootstrap` from its JSON text; `source` names it in errors.
 
-    Raises :class:`~meshlib.ConfigError` naming ``source`` and the field.
+    Raises `ConfigError` naming `source` and the field.
     """
     if len(text) > MAX_BOOTSTRAP_BYTES:
         raise ConfigError(f"{source}: the bootstrap is larger than "
@@ -307,9 +309,9 @@ def _node(raw: Any, source: str) -> NodeInfo:
 
 
 def parse_xds_url(url: str) -> tuple[str | None, str]:
-    """``(authority, target)`` of ``xds:///TARGET`` or ``xds://AUTHORITY/TARGET``.
+    """`(authority, target)` of `xds:///TARGET` or `xds://AUTHORITY/TARGET`.
 
-    Raises :class:`~meshlib.ConfigError` for another scheme or an empty target.
+    Raises `ConfigError` for another scheme or an empty target.
     """
     scheme, sep, rest = url.partition("://")
     if scheme.lower() != "xds" or not sep:
@@ -323,14 +325,14 @@ def parse_xds_url(url: str) -> tuple[str | None, str]:
 
 def listener_resource_name(bootstrap: Bootstrap, target: str,
                            authority: str | None = None) -> str:
-    """The Listener name to subscribe to for ``target`` (gRFC A47's templates).
+    """The Listener name to subscribe to for `target` (gRFC A47's templates).
 
-    Without an authority, ``client_default_listener_resource_name_template``
-    (default ``%s``) gives it; an ``xdstp://`` template gets the target
+    Without an authority, `client_default_listener_resource_name_template`
+    (default `%s`) gives it; an `xdstp://` template gets the target
     percent-encoded. An authority must be one of the bootstrap's
-    ``authorities``; meshlib talks to one control plane, so an authority with
+    `authorities`; meshlib talks to one control plane, so an authority with
     servers of its own (other than the top-level one) is a
-    :class:`~meshlib.ConfigError`.
+    `ConfigError`.
     """
     if authority is None:
         template = bootstrap.client_default_listener_resource_name_template

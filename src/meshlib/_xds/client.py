@@ -1,26 +1,26 @@
-"""``XdsClient``: one listener's configuration from an xDS control plane, over ADS.
+"""`XdsClient`: one listener's configuration from an xDS control plane, over ADS.
 
-A thin grpcio.aio driver around the sans-I/O :class:`~.protocol.AdsProtocol`:
-it opens the bidirectional ``StreamAggregatedResources`` stream to the
+A thin grpcio.aio driver around the sans-I/O `AdsProtocol`:
+it opens the bidirectional `StreamAggregatedResources` stream to the
 bootstrap's first server, writes the requests the protocol decides, hands it
-the responses, fires its timers, and reconnects with :class:`~.backoff.Backoff`
-when the stream fails. Consumers read :meth:`XdsClient.snapshot` (or are
-called back by :meth:`XdsClient.on_update`) and only ever see a complete,
-consistent :class:`~.resources.XdsConfig`.
+the responses, fires its timers, and reconnects with `Backoff`
+when the stream fails. Consumers read `XdsClient.snapshot()` (or are
+called back by `XdsClient.on_update()`) and only ever see a complete,
+consistent `XdsConfig`.
 
 Bounds:
 
-- a response larger than ``max_response_bytes`` (16 MiB by default, grpcio's
-  ``max_receive_message_length``) is refused by grpcio before it is decoded:
-  the stream fails with ``RESOURCE_EXHAUSTED``, the client keeps its last good
+- a response larger than `max_response_bytes` (16 MiB by default, grpcio's
+  `max_receive_message_length`) is refused by grpcio before it is decoded:
+  the stream fails with `RESOURCE_EXHAUSTED`, the client keeps its last good
   configuration and reconnects with backoff (a NACK is impossible: the
-  response's nonce was never read). ``status()["last_error"]`` says so.
-- a control plane that never answers: :meth:`XdsClient.wait_ready` (and
-  :meth:`XdsClient.wait_ready_async`) raise :class:`XdsNotReady` after their
+  response's nonce was never read). `status()["last_error"]` says so.
+- a control plane that never answers: `XdsClient.wait_ready()` (and
+  `XdsClient.wait_ready_async()`) raise `XdsNotReady` after their
   timeout, saying what is missing; resources never sent are reported as not
-  existing after ``resource_timeout``.
+  existing after `resource_timeout`.
 
-Needs the ``xds`` extra (grpcio, protobuf): this is the only module of
+Needs the `xds` extra (grpcio, protobuf): this is the only module of
 meshlib that imports grpcio.
 """
 
@@ -65,7 +65,7 @@ _END = object()
 class XdsNotReady(NoEndpointsError):
     """No configuration from the control plane yet (within the time allowed).
 
-    A :class:`~meshlib.NoEndpointsError`, so that a request that waited for
+    A `NoEndpointsError`, so that a request that waited for
     the first configuration fails the way a request to a service without
     endpoints does. The message names the listener, the control plane, the
     stream's state and what is still missing.
@@ -73,11 +73,11 @@ class XdsNotReady(NoEndpointsError):
 
 
 class XdsClient:
-    """Follows ``listener_name`` on the control plane of ``bootstrap``.
+    """Follows `listener_name` on the control plane of `bootstrap`.
 
-    ``clock`` (seconds, monotonic) drives the does-not-exist timers
-    (``resource_timeout``, 15 s as in gRPC) and the reconnect ``backoff``.
-    Run :meth:`run` on an event loop (a task of the async client, or the
+    `clock` (seconds, monotonic) drives the does-not-exist timers
+    (`resource_timeout`, 15 s as in gRPC) and the reconnect `backoff`.
+    Run `run()` on an event loop (a task of the async client, or the
     discovery thread's loop of the sync client); every other method may be
     called from any thread.
     """
@@ -110,9 +110,9 @@ class XdsClient:
     @classmethod
     def for_url(cls, url: str, *, environ: Mapping[str, str] | None = None,
                 **kwargs: Any) -> XdsClient:
-        """A client for ``xds:///TARGET`` with the bootstrap the environment names.
+        """A client for `xds:///TARGET` with the bootstrap the environment names.
 
-        Raises :class:`~meshlib.ConfigError` for a bad URL or bootstrap.
+        Raises `ConfigError` for a bad URL or bootstrap.
         """
         authority, target = parse_xds_url(url)
         bootstrap = load_bootstrap(environ)
@@ -121,11 +121,11 @@ class XdsClient:
     # -- what consumers use ---------------------------------------------------------------
 
     def snapshot(self) -> XdsConfig | None:
-        """The last complete, consistent configuration, or ``None`` before the first."""
+        """The last complete, consistent configuration, or `None` before the first."""
         return self._protocol.config
 
     def on_update(self, callback: Callable[[XdsConfig], None]) -> Callable[[], None]:
-        """Call ``callback(config)`` with each new configuration (on :meth:`run`'s loop).
+        """Call `callback(config)` with each new configuration (on `run()`'s loop).
 
         Returns a function that removes the callback. A callback that raises is
         logged; it does not stop the client.
@@ -140,10 +140,10 @@ class XdsClient:
         return remove
 
     def wait_ready(self, timeout: float) -> XdsConfig:
-        """The configuration, waiting up to ``timeout`` seconds for the first one.
+        """The configuration, waiting up to `timeout` seconds for the first one.
 
-        Call it from another thread than the one running :meth:`run`. Raises
-        :class:`XdsNotReady` when there is none in time.
+        Call it from another thread than the one running `run()`. Raises
+        `XdsNotReady` when there is none in time.
         """
         if not self._ready.wait(timeout):
             raise XdsNotReady(self._not_ready(timeout))
@@ -152,9 +152,9 @@ class XdsClient:
         return config
 
     async def wait_ready_async(self, timeout: float) -> XdsConfig:
-        """The configuration, waiting up to ``timeout`` seconds for the first one.
+        """The configuration, waiting up to `timeout` seconds for the first one.
 
-        Works on any event loop. Raises :class:`XdsNotReady` when there is none in time.
+        Works on any event loop. Raises `XdsNotReady` when there is none in time.
         """
         config = self.snapshot()
         if config is not None:
@@ -178,14 +178,14 @@ class XdsClient:
     def status(self) -> dict[str, Any]:
         """The client's state, JSON-serialisable.
 
-        ``server_uri``; ``connected`` (the stream is open over a ready connection);
-        ``stream_open``; ``streams`` (opened so far); ``last_error`` (why the
-        last stream ended, ``None`` if none did); ``ready`` (a configuration is
-        held); ``listener``; per type (``lds``, ``rds``, ``cds``, ``eds``):
-        ``version``, ``nonce``, ``subscribed`` and ``held`` names;
-        ``does_not_exist`` names per type; ``last_nack`` (``type``, ``resource``,
-        ``error``, ``at`` on the client's clock and ``ago`` in seconds) or
-        ``None``; ``waiting_for``: what the newest configuration still lacks.
+        `server_uri`; `connected` (the stream is open over a ready connection);
+        `stream_open`; `streams` (opened so far); `last_error` (why the
+        last stream ended, `None` if none did); `ready` (a configuration is
+        held); `listener`; per type (`lds`, `rds`, `cds`, `eds`):
+        `version`, `nonce`, `subscribed` and `held` names;
+        `does_not_exist` names per type; `last_nack` (`type`, `resource`,
+        `error`, `at` on the client's clock and `ago` in seconds) or
+        `None`; `waiting_for`: what the newest configuration still lacks.
         """
         with self._lock:
             state = self._protocol.status()
@@ -304,7 +304,7 @@ class XdsClient:
             await channel.close()
 
     async def _mark_connected(self, channel: grpc.aio.Channel) -> None:
-        """``connected`` once the channel to the control plane is up (a resumed stream may
+        """`connected` once the channel to the control plane is up (a resumed stream may
         get no response at all when nothing changed)."""
         await channel.channel_ready()
         self._connected = True
@@ -361,7 +361,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 async def _read(call: Any, queue: asyncio.Queue[Any]) -> None:
-    """Move responses from the stream into ``queue``; then ``_END`` or the error."""
+    """Move responses from the stream into `queue`; then `_END` or the error."""
     try:
         async for response in call:
             await queue.put(response)
@@ -374,7 +374,7 @@ async def _read(call: Any, queue: asyncio.Queue[Any]) -> None:
 
 
 def _node_message(bootstrap: Bootstrap) -> Any:
-    """The ``core.v3.Node`` of the bootstrap, plus meshlib's user agent and features."""
+    """The `core.v3.Node` of the bootstrap, plus meshlib's user agent and features."""
     from .. import __version__
 
     node = messages.message_class("envoy.config.core.v3.Node")()

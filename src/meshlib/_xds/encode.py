@@ -1,10 +1,10 @@
 """Resource dataclasses back to Envoy's JSON form: what a control plane would send.
 
-The inverse of :mod:`.resources`' decoders, used by
-:class:`meshlib.testing.XdsServer` to serve the dataclasses, and by tests
+The inverse of `.resources`' decoders, used by
+`meshlib.testing.XdsServer` to serve the dataclasses, and by tests
 (decoding what this encodes gives back the same dataclass, except that
 endpoints are grouped by locality and priority, and a single cluster of
-weight 1 is written as ``cluster``).
+weight 1 is written as `cluster`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _Spec = ListenerSpec | RouteConfigSpec | ClusterSpec | EndpointsSpec
 
 
 def to_envoy(spec: _Spec) -> tuple[str, dict[str, Any]]:
-    """``(type_url, Envoy JSON)`` of a listener, route configuration, cluster or endpoints."""
+    """`(type_url, Envoy JSON)` of a listener, route configuration, cluster or endpoints."""
     if isinstance(spec, ListenerSpec):
         return messages.LISTENER, _listener(spec)
     if isinstance(spec, RouteConfigSpec):
@@ -46,7 +46,7 @@ def to_envoy(spec: _Spec) -> tuple[str, dict[str, Any]]:
 
 
 def duration(seconds: float) -> str:
-    """A protobuf JSON duration: ``1.5`` -> ``"1.500s"``."""
+    """A protobuf JSON duration: `1.5` -> `"1.500s"`."""
     return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 

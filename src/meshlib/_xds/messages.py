@@ -1,22 +1,22 @@
 """xDS protobuf messages, built in a private descriptor pool.
 
 The message definitions are upstream's (Envoy's data-plane-api, cncf/xds,
-protoc-gen-validate, googleapis), compiled by ``scripts/xds_protos.py`` into
-``descriptors.bin`` beside this module. They are loaded into a
-:class:`~google.protobuf.descriptor_pool.DescriptorPool` of meshlib's own, never
+protoc-gen-validate, googleapis), compiled by `scripts/xds_protos.py` into
+`descriptors.bin` beside this module. They are loaded into a
+`DescriptorPool` of meshlib's own, never
 protobuf's default pool, so that meshlib can share a process with any other
-package that generated the same files (``xds-protos``, a service's own stubs,
+package that generated the same files (`xds-protos`, a service's own stubs,
 OpenTelemetry's protos) without "duplicate file name" errors either way. Type
-URLs stay upstream's (``type.googleapis.com/envoy.config.listener.v3.Listener``).
+URLs stay upstream's (`type.googleapis.com/envoy.config.listener.v3.Listener`).
 
 Unknown fields are kept (protobuf's default): a resource from a newer control
 plane decodes, and encodes back to the same bytes.
 
 The well-known types (Any, Duration, Struct, wrappers...) are the installed
-protobuf's, added to the private pool first, so :mod:`google.protobuf.json_format`
-resolves every ``@type`` it meets through :data:`POOL`.
+protobuf's, added to the private pool first, so `google.protobuf.json_format`
+resolves every `@type` it meets through `POOL`.
 
-Message classes are typed ``Any`` here: protobuf's dynamic classes have no
+Message classes are typed `Any` here: protobuf's dynamic classes have no
 static attribute types (decoding code validates what it reads instead).
 """
 
@@ -94,23 +94,23 @@ POOL = _load()
 
 
 def message_class(full_name: str) -> Any:
-    """The message class of ``full_name`` (``envoy.config.cluster.v3.Cluster``) in :data:`POOL`.
+    """The message class of `full_name` (`envoy.config.cluster.v3.Cluster`) in `POOL`.
 
-    Raises ``KeyError`` for a name the pool does not hold.
+    Raises `KeyError` for a name the pool does not hold.
     """
     return message_factory.GetMessageClass(POOL.FindMessageTypeByName(full_name))
 
 
 def type_url(full_name: str) -> str:
-    """``type.googleapis.com/`` + ``full_name``."""
+    """`type.googleapis.com/` + `full_name`."""
     return TYPE_PREFIX + full_name
 
 
 def from_dict(value: dict[str, Any], full_name: str) -> Any:
-    """A message of type ``full_name`` from its protobuf JSON form (Envoy's config JSON).
+    """A message of type `full_name` from its protobuf JSON form (Envoy's config JSON).
 
-    ``@type`` inside ``Any`` fields is resolved in :data:`POOL`. Unknown field
-    names raise :class:`google.protobuf.json_format.ParseError`.
+    `@type` inside `Any` fields is resolved in `POOL`. Unknown field
+    names raise `google.protobuf.json_format.ParseError`.
     """
     message = message_class(full_name)()
     json_format.ParseDict(value, message, descriptor_pool=POOL)
@@ -118,13 +118,13 @@ def from_dict(value: dict[str, Any], full_name: str) -> Any:
 
 
 def serialize(message: Any) -> bytes:
-    """``message``'s wire bytes (the serializer handed to grpcio)."""
+    """`message`'s wire bytes (the serializer handed to grpcio)."""
     data: bytes = message.SerializeToString()
     return data
 
 
 def to_dict(message: Any) -> dict[str, Any]:
-    """The protobuf JSON form of ``message`` (field names in lowerCamelCase, as Envoy prints)."""
+    """The protobuf JSON form of `message` (field names in lowerCamelCase, as Envoy prints)."""
     result: dict[str, Any] = json_format.MessageToDict(message, descriptor_pool=POOL)
     return result
 

@@ -1,24 +1,24 @@
 """The ADS subscription state machine (state of the world, by name), without I/O.
 
-:class:`AdsProtocol` decides what to send and what to believe; the driver
-(:mod:`meshlib._xds.client`) only carries :class:`Request` objects to the
+`AdsProtocol` decides what to send and what to believe; the driver
+(`meshlib._xds.client`) only carries `Request` objects to the
 stream and responses back, and tells it when a stream starts and ends. The
 clock is injected, so that the does-not-exist timers can be tested without
 waiting.
 
 What it subscribes to follows the graph, by name, as gRPC's client does:
 the listener; the RouteConfiguration its HttpConnectionManager names (unless
-the routes are inline); the clusters its routes name (``cluster`` and
-``weighted_clusters``) together with those of the configuration in use (make
+the routes are inline); the clusters its routes name (`cluster` and
+`weighted_clusters`) together with those of the configuration in use (make
 before break: a cluster stays subscribed until a configuration that no
 longer needs it is in use); the ClusterLoadAssignment of each EDS cluster
-(its ``eds_service_name``, or its name).
+(its `eds_service_name`, or its name).
 
 The rules, per resource type:
 
 - each type has its own version and nonce. An ACK is a request with the
   response's version and nonce; a NACK carries the last accepted version, the
-  response's nonce and ``error_detail`` naming the resource and the reason. A
+  response's nonce and `error_detail` naming the resource and the reason. A
   request that changes the names of a type carries the type's current
   version and nonce (a re-request, not an ACK).
 - a response is accepted or rejected whole: if any resource it holds that
@@ -27,19 +27,19 @@ The rules, per resource type:
   Resources nobody asked for are ignored.
 - a response carrying the nonce of the response just handled is a duplicate
   and is ignored; a response of a type never asked for is ignored (as Envoy
-  and gRPC do) and shows in :meth:`AdsProtocol.status`.
-- a name asked for and not delivered within ``resource_timeout`` (15 s, as
+  and gRPC do) and shows in `AdsProtocol.status()`.
+- a name asked for and not delivered within `resource_timeout` (15 s, as
   gRPC) of the request is reported as not existing; timers run only while a
   stream is up, and start again on the next stream.
 - a listener or cluster missing from a response of its type has been
   deleted (LDS and CDS responses list every resource asked for), unless the
-  server has the ``ignore_resource_deletion`` feature; a missing route
+  server has the `ignore_resource_deletion` feature; a missing route
   configuration or endpoint assignment is not a deletion.
 - on a new stream every type asked for is requested again with the version
   held, so that a server may skip what did not change.
 
-What consumers see is :attr:`AdsProtocol.config`: the last complete,
-consistent :class:`~meshlib._xds.resources.XdsConfig`. It changes only to
+What consumers see is `AdsProtocol.config`: the last complete,
+consistent `XdsConfig`. It changes only to
 another complete graph: when the newest resources make one, that one; when
 they do not (a route names a cluster not yet received, the listener was
 deleted), the configuration in use keeps its routes and takes the newest
@@ -100,8 +100,8 @@ INVALID_ARGUMENT = 3
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A DiscoveryRequest to send: ``kind`` says why (``subscribe``: a first request or a
-    change of names; ``ack``; ``nack``, with ``error`` for ``error_detail.message``)."""
+    """A DiscoveryRequest to send: `kind` says why (`subscribe`: a first request or a
+    change of names; `ack`; `nack`, with `error` for `error_detail.message`)."""
 
     type_url: str
     version_info: str
@@ -114,7 +114,7 @@ class Request:
 @dataclass(frozen=True, slots=True)
 class Nack:
     """The last response this client NACKed: its type, the first resource named in the
-    error (``None`` when it could not be named), the error, and the clock's time."""
+    error (`None` when it could not be named), the error, and the clock's time."""
 
     type_url: str
     resource: str | None
@@ -154,9 +154,9 @@ class _TypeState:
 class AdsProtocol:
     """The subscription state machine of one ADS stream's worth of resources.
 
-    ``listener_name`` is the Listener to follow; ``clock`` returns seconds
-    (monotonic); ``resource_timeout`` is the does-not-exist timer;
-    ``ignore_resource_deletion`` keeps listeners and clusters that a response
+    `listener_name` is the Listener to follow; `clock` returns seconds
+    (monotonic); `resource_timeout` is the does-not-exist timer;
+    `ignore_resource_deletion` keeps listeners and clusters that a response
     stops listing (the server feature of that name).
     """
 
@@ -210,12 +210,12 @@ class AdsProtocol:
     # -- timers -------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """When :meth:`poll` next has something to do (``None``: nothing pending)."""
+        """When `poll()` next has something to do (`None`: nothing pending)."""
         deadlines = [t for s in self._types.values() for t in s.timers.values()]
         return min(deadlines) if deadlines else None
 
     def poll(self) -> bool:
-        """Fire due does-not-exist timers; whether :attr:`config` changed."""
+        """Fire due does-not-exist timers; whether `config` changed."""
         now = self.clock()
         fired = False
         for state in self._types.values():
@@ -232,7 +232,7 @@ class AdsProtocol:
 
     def receive(self, response: Any) -> tuple[list[Request], bool]:
         """Handle one DiscoveryResponse: the requests to send (ACK or NACK first, then any
-        change of names), and whether :attr:`config` changed."""
+        change of names), and whether `config` changed."""
         type_url = response.type_url
         state = self._types.get(type_url)
         if state is None:
@@ -385,7 +385,7 @@ class AdsProtocol:
     # -- the configuration ------------------------------------------------------------------
 
     def _rebuild(self) -> bool:
-        """Make :attr:`config` the newest complete graph; whether it changed."""
+        """Make `config` the newest complete graph; whether it changed."""
         new = self._build_candidate() or self._refresh_current()
         if new is None or new == self.config:
             return False
@@ -470,8 +470,8 @@ class AdsProtocol:
         return lacking
 
     def status(self) -> dict[str, Any]:
-        """Per type: ``version``, ``nonce``, ``subscribed`` names and ``held`` names;
-        ``does_not_exist`` names per type; ``last_nack`` (or ``None``); ``waiting_for``."""
+        """Per type: `version`, `nonce`, `subscribed` names and `held` names;
+        `does_not_exist` names per type; `last_nack` (or `None`); `waiting_for`."""
         types = {}
         missing = {}
         for type_url, state in self._types.items():
@@ -493,7 +493,7 @@ class AdsProtocol:
 
 def _with_default_timeout(virtual_hosts: tuple[VirtualHostSpec, ...],
                           default: float) -> tuple[VirtualHostSpec, ...]:
-    """The virtual hosts with ``default`` as the timeout of routes that have none."""
+    """The virtual hosts with `default` as the timeout of routes that have none."""
     return tuple(
         replace(vhost, routes=tuple(route if route.timeout is not None or route.kind != "route"
                                     else replace(route, timeout=default)

@@ -1,28 +1,30 @@
 """Decoded, validated xDS resources: what meshlib takes from a control plane.
 
 Everything here is a frozen dataclass of plain Python values: no protobuf
-type leaks out. The ``decode_*`` functions turn the four resource messages
+type leaks out. The `decode_*` functions turn the four resource messages
 (Listener, RouteConfiguration, Cluster, ClusterLoadAssignment) into them and
-raise :class:`ResourceError` for anything meshlib would have to get wrong:
+raise `ResourceError` for anything meshlib would have to get wrong:
 an invalid value, or a feature that would change where or how a request is
 routed and that meshlib does not implement. That error becomes a NACK naming
 the resource and the reason, as gRPC's xDS client does; a feature that
 changes nothing about routing (header mutations, tracing, access logs,
 stats names) is ignored, and docs/xds.md lists which is which.
 
-The graph a client uses::
+The graph a client uses:
 
-    ListenerSpec ── route_config_name ──► RouteConfigSpec (or inline)
-                                            └─ VirtualHostSpec ─ RouteSpec ─ clusters ─►
-    ClusterSpec ── eds_service_name or name ──► EndpointsSpec ─ EndpointSpec
+```
+ListenerSpec ── route_config_name ──► RouteConfigSpec (or inline)
+                                        └─ VirtualHostSpec ─ RouteSpec ─ clusters ─►
+ClusterSpec ── eds_service_name or name ──► EndpointsSpec ─ EndpointSpec
+```
 
-:class:`XdsConfig` is one complete, consistent snapshot of that graph for one
-listener. The ``matches`` methods are the reference semantics of Envoy's
+`XdsConfig` is one complete, consistent snapshot of that graph for one
+listener. The `matches` methods are the reference semantics of Envoy's
 matchers (what Envoy and gRPC do with the same configuration), so that the
 route layer can use them or test itself against them.
 
 Regular expressions: Envoy and gRPC use RE2; meshlib compiles with Python's
-:mod:`re` (at most :data:`MAX_REGEX_LENGTH` characters) and refuses what RE2
+`re` (at most `MAX_REGEX_LENGTH` characters) and refuses what RE2
 refuses and Python would accept (look-around, back-references, atomic groups,
 possessive quantifiers, conditionals), so that a pattern meshlib accepts has
 the meaning it has in Envoy and cannot backtrack without bound.
@@ -132,9 +134,9 @@ def _refuse_non_re2(parsed: Any, pattern: str) -> None:
 
 
 def compile_regex(pattern: str, *, ignore_case: bool = False) -> re.Pattern[str]:
-    """``pattern`` compiled, or :class:`ResourceError` saying why it cannot be used.
+    """`pattern` compiled, or `ResourceError` saying why it cannot be used.
 
-    Refused: an empty pattern, one longer than :data:`MAX_REGEX_LENGTH`
+    Refused: an empty pattern, one longer than `MAX_REGEX_LENGTH`
     characters, one Python cannot compile, and constructs RE2 does not accept.
     """
     if not pattern:
@@ -166,12 +168,12 @@ def _cached_regex(pattern: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True, slots=True)
 class StringMatch:
-    """``type.matcher.v3.StringMatcher``: how a string (a header or parameter value) matches.
+    """`type.matcher.v3.StringMatcher`: how a string (a header or parameter value) matches.
 
-    ``kind`` is ``exact``, ``prefix``, ``suffix``, ``contains`` or ``regex``
-    (RE2 ``safe_regex``: the whole value must match); ``ignore_case`` applies to
-    every kind but ``regex`` (as in Envoy, where it has no effect on regexes: it
-    is always ``False`` for them here).
+    `kind` is `exact`, `prefix`, `suffix`, `contains` or `regex`
+    (RE2 `safe_regex`: the whole value must match); `ignore_case` applies to
+    every kind but `regex` (as in Envoy, where it has no effect on regexes: it
+    is always `False` for them here).
     """
 
     kind: StringMatchKind
@@ -179,7 +181,7 @@ class StringMatch:
     ignore_case: bool = False
 
     def matches(self, text: str) -> bool:
-        """Whether ``text`` matches."""
+        """Whether `text` matches."""
         if self.kind == "regex":
             return _cached_regex(self.value).fullmatch(text) is not None
         value = self.value
@@ -196,17 +198,17 @@ class StringMatch:
 
 @dataclass(frozen=True, slots=True)
 class HeaderMatch:
-    """``route.v3.HeaderMatcher``: one condition on a request header.
+    """`route.v3.HeaderMatcher`: one condition on a request header.
 
-    Exactly one of ``match`` (a :class:`StringMatch` on the value), ``present``
-    (``True``: the header is there; ``False``: it is absent) and ``range``
-    (``(start, end)``: the value is a base-10 integer with start <= value < end)
-    is set. ``invert`` flips the result. A missing header matches no ``match``
-    or ``range`` condition, inverted or not, unless ``missing_as_empty``
-    (``treat_missing_header_as_empty``), when it is matched as the empty string.
-    ``name`` is lower-cased; pseudo-headers keep their colon (``:method``,
-    ``:authority``, ``:path``). A header sent several times is matched as its
-    values joined with ``,``, as Envoy does.
+    Exactly one of `match` (a `StringMatch` on the value), `present`
+    (`True`: the header is there; `False`: it is absent) and `range`
+    (`(start, end)`: the value is a base-10 integer with start <= value < end)
+    is set. `invert` flips the result. A missing header matches no `match`
+    or `range` condition, inverted or not, unless `missing_as_empty`
+    (`treat_missing_header_as_empty`), when it is matched as the empty string.
+    `name` is lower-cased; pseudo-headers keep their colon (`:method`,
+    `:authority`, `:path`). A header sent several times is matched as its
+    values joined with `,`, as Envoy does.
     """
 
     name: str
@@ -217,7 +219,7 @@ class HeaderMatch:
     missing_as_empty: bool = False
 
     def matches(self, value: str | None) -> bool:
-        """Whether a request whose header value is ``value`` (``None``: absent) matches."""
+        """Whether a request whose header value is `value` (`None`: absent) matches."""
         if self.present is not None:
             return (value is not None) == (self.present != self.invert)
         if value is None:
@@ -235,10 +237,10 @@ class HeaderMatch:
 
 @dataclass(frozen=True, slots=True)
 class QueryMatch:
-    """``route.v3.QueryParameterMatcher``: one condition on a query parameter.
+    """`route.v3.QueryParameterMatcher`: one condition on a query parameter.
 
-    The parameter must be present; with ``match`` its (first, percent-decoded)
-    value must match too. Envoy treats ``present_match`` of either value as
+    The parameter must be present; with `match` its (first, percent-decoded)
+    value must match too. Envoy treats `present_match` of either value as
     "present", and so does this.
     """
 
@@ -246,7 +248,7 @@ class QueryMatch:
     match: StringMatch | None = None
 
     def matches(self, value: str | None) -> bool:
-        """Whether a request whose parameter value is ``value`` (``None``: absent) matches."""
+        """Whether a request whose parameter value is `value` (`None`: absent) matches."""
         if value is None:
             return False
         return self.match is None or self.match.matches(value)
@@ -254,12 +256,12 @@ class QueryMatch:
 
 @dataclass(frozen=True, slots=True)
 class PathMatch:
-    """``route.v3.RouteMatch``'s path specifier, on the path without its query string.
+    """`route.v3.RouteMatch`'s path specifier, on the path without its query string.
 
-    ``kind``: ``prefix`` (``""`` matches every path), ``exact``, ``regex`` (RE2
-    ``safe_regex``: the whole path must match; ``case_sensitive`` does not apply,
-    as in Envoy) or ``separated_prefix`` (``path_separated_prefix``: the path is
-    the value, or starts with the value followed by ``/``).
+    `kind`: `prefix` (`""` matches every path), `exact`, `regex` (RE2
+    `safe_regex`: the whole path must match; `case_sensitive` does not apply,
+    as in Envoy) or `separated_prefix` (`path_separated_prefix`: the path is
+    the value, or starts with the value followed by `/`).
     """
 
     kind: PathMatchKind
@@ -267,7 +269,7 @@ class PathMatch:
     case_sensitive: bool = True
 
     def matches(self, path: str) -> bool:
-        """Whether ``path`` (no query string) matches."""
+        """Whether `path` (no query string) matches."""
         if self.kind == "regex":
             return _cached_regex(self.value).fullmatch(path) is not None
         value = self.value
@@ -285,17 +287,17 @@ class PathMatch:
 
 @dataclass(frozen=True, slots=True)
 class RetrySpec:
-    """``route.v3.RetryPolicy`` (the route's, else its virtual host's; never merged).
+    """`route.v3.RetryPolicy` (the route's, else its virtual host's; never merged).
 
-    ``retry_on`` holds the policy's conditions as sent, lower-cased (Envoy's
-    ``5xx``, ``gateway-error``, ``reset``, ``reset-before-request``,
-    ``connect-failure``, ``retriable-4xx``, ``refused-stream``,
-    ``retriable-status-codes``, ``http3-post-connect-failure``,
-    ``envoy-ratelimited``; gRPC's ``cancelled``, ``deadline-exceeded``,
-    ``internal``, ``resource-exhausted``, ``unavailable``; anything else too).
-    ``status_codes`` is ``retriable_status_codes`` (used with
-    ``retriable-status-codes``). ``num_retries`` defaults to 1 as in Envoy.
-    Durations are seconds; ``None`` where the control plane set none (Envoy's
+    `retry_on` holds the policy's conditions as sent, lower-cased (Envoy's
+    `5xx`, `gateway-error`, `reset`, `reset-before-request`,
+    `connect-failure`, `retriable-4xx`, `refused-stream`,
+    `retriable-status-codes`, `http3-post-connect-failure`,
+    `envoy-ratelimited`; gRPC's `cancelled`, `deadline-exceeded`,
+    `internal`, `resource-exhausted`, `unavailable`; anything else too).
+    `status_codes` is `retriable_status_codes` (used with
+    `retriable-status-codes`). `num_retries` defaults to 1 as in Envoy.
+    Durations are seconds; `None` where the control plane set none (Envoy's
     defaults then: no per-try limit, backoff base 25 ms, max 10 x base).
     """
 
@@ -309,23 +311,23 @@ class RetrySpec:
 
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
-    """``route.v3.Route``: a match and what to do with the requests it matches.
+    """`route.v3.Route`: a match and what to do with the requests it matches.
 
-    Routes are tried in order; the first whose ``path``, every ``headers`` and
-    every ``query`` condition hold wins. ``kind`` is the route's action:
-    ``route`` forwards to ``clusters``; ``redirect``, ``direct_response``,
-    ``non_forwarding`` and ``filter_action`` are kept (so that matching
-    requests still stop at them, as gRPC does) with ``clusters=()``: a request
+    Routes are tried in order; the first whose `path`, every `headers` and
+    every `query` condition hold wins. `kind` is the route's action:
+    `route` forwards to `clusters`; `redirect`, `direct_response`,
+    `non_forwarding` and `filter_action` are kept (so that matching
+    requests still stop at them, as gRPC does) with `clusters=()`: a request
     matching one must fail, not fall through to a later route.
 
-    ``clusters``: ``((name, 1),)`` for ``cluster``; the ``(name, weight)`` pairs
-    of ``weighted_clusters`` (pairs of weight 0 dropped, as gRPC does; the total
-    is positive). ``timeout`` (seconds): ``RouteAction.timeout``, else
-    ``max_stream_duration.max_stream_duration``, else the listener's
-    ``common_http_protocol_options.max_stream_duration``; ``None`` when none
+    `clusters`: `((name, 1),)` for `cluster`; the `(name, weight)` pairs
+    of `weighted_clusters` (pairs of weight 0 dropped, as gRPC does; the total
+    is positive). `timeout` (seconds): `RouteAction.timeout`, else
+    `max_stream_duration.max_stream_duration`, else the listener's
+    `common_http_protocol_options.max_stream_duration`; `None` when none
     is set or it is 0 (Envoy's "no limit"; meshlib's own policy still applies;
-    Envoy itself would default to 15 s). ``grpc_timeout_header_max`` is not
-    used (it caps a gRPC ``grpc-timeout`` header). ``retry``: the route's
+    Envoy itself would default to 15 s). `grpc_timeout_header_max` is not
+    used (it caps a gRPC `grpc-timeout` header). `retry`: the route's
     retry policy, else its virtual host's. Hash policies are ignored (they only
     serve ring-hash and Maglev, which are NACKed).
     """
@@ -341,9 +343,9 @@ class RouteSpec:
 
     def matches(self, path: str, headers: Mapping[str, str] | None = None,
                 query: Mapping[str, str] | None = None) -> bool:
-        """Whether a request matches: ``path`` without its query string, ``headers``
-        keyed by lower-case name (values of repeated headers joined with ``,``),
-        ``query`` by parameter name (first values, percent-decoded)."""
+        """Whether a request matches: `path` without its query string, `headers`
+        keyed by lower-case name (values of repeated headers joined with `,`),
+        `query` by parameter name (first values, percent-decoded)."""
         headers = headers or {}
         query = query or {}
         return (self.path.matches(path)
@@ -353,11 +355,11 @@ class RouteSpec:
 
 @dataclass(frozen=True, slots=True)
 class VirtualHostSpec:
-    """``route.v3.VirtualHost``: the routes for a set of authorities (``domains``).
+    """`route.v3.VirtualHost`: the routes for a set of authorities (`domains`).
 
-    ``domains`` are lower-cased; each is an exact host (``users``,
-    ``users:8080``), a suffix wildcard (``*.example.com``, ``*-users``), a
-    prefix wildcard (``users.*``) or ``*``. :func:`select_virtual_host` picks one.
+    `domains` are lower-cased; each is an exact host (`users`,
+    `users:8080`), a suffix wildcard (`*.example.com`, `*-users`), a
+    prefix wildcard (`users.*`) or `*`. `select_virtual_host()` picks one.
     """
 
     name: str
@@ -367,7 +369,7 @@ class VirtualHostSpec:
 
 @dataclass(frozen=True, slots=True)
 class RouteConfigSpec:
-    """``route.v3.RouteConfiguration`` (from RDS, or inline in the listener)."""
+    """`route.v3.RouteConfiguration` (from RDS, or inline in the listener)."""
 
     name: str
     virtual_hosts: tuple[VirtualHostSpec, ...]
@@ -384,12 +386,12 @@ class RouteConfigSpec:
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
-    """``listener.v3.Listener`` as a client reads it: the ``api_listener``'s
-    ``HttpConnectionManager``.
+    """`listener.v3.Listener` as a client reads it: the `api_listener`'s
+    `HttpConnectionManager`.
 
-    Exactly one of ``route_config_name`` (RDS, over ADS) and ``route_config``
-    (inline) is set. ``max_stream_duration`` (seconds) is the connection
-    manager's ``common_http_protocol_options.max_stream_duration``, the
+    Exactly one of `route_config_name` (RDS, over ADS) and `route_config`
+    (inline) is set. `max_stream_duration` (seconds) is the connection
+    manager's `common_http_protocol_options.max_stream_duration`, the
     default route timeout.
     """
 
@@ -404,11 +406,11 @@ class ListenerSpec:
 
 @dataclass(frozen=True, slots=True)
 class OutlierSpec:
-    """``cluster.v3.OutlierDetection``, every field with Envoy's default when absent.
+    """`cluster.v3.OutlierDetection`, every field with Envoy's default when absent.
 
-    Counts are integers; ``*_percent``/``enforcing_*``/``*_threshold`` are
-    percentages 0..100; ``success_rate_stdev_factor`` is Envoy's value divided
-    by 1000 (1900 -> 1.9); durations are seconds. ``enforcing_*`` is the
+    Counts are integers; `*_percent`/`enforcing_*`/`*_threshold` are
+    percentages 0..100; `success_rate_stdev_factor` is Envoy's value divided
+    by 1000 (1900 -> 1.9); durations are seconds. `enforcing_*` is the
     chance (in %) that a detected outlier is really ejected; Envoy's defaults
     enforce consecutive 5xx, local-origin failures and success rate (100) but
     not consecutive gateway failures or failure percentage (0).
@@ -441,16 +443,16 @@ class OutlierSpec:
 
 @dataclass(frozen=True, slots=True)
 class EndpointSpec:
-    """``endpoint.v3.LbEndpoint`` with its ``LocalityLbEndpoints``' locality and priority.
+    """`endpoint.v3.LbEndpoint` with its `LocalityLbEndpoints`' locality and priority.
 
-    ``host`` is an IP address or a host name as sent; ``weight`` is the
-    endpoint's ``load_balancing_weight`` (default 1, never 0); ``health`` is
-    one of :data:`HEALTH_STATUSES`; ``zone``, ``region``, ``sub_zone`` are the
-    locality's (``None`` when empty); ``locality_weight`` is the locality's
-    ``load_balancing_weight`` (``None`` when unset: gRPC then ignores the
+    `host` is an IP address or a host name as sent; `weight` is the
+    endpoint's `load_balancing_weight` (default 1, never 0); `health` is
+    one of `HEALTH_STATUSES`; `zone`, `region`, `sub_zone` are the
+    locality's (`None` when empty); `locality_weight` is the locality's
+    `load_balancing_weight` (`None` when unset: gRPC then ignores the
     locality, Envoy uses it unless locality-weighted balancing is on);
-    ``priority`` is the locality's (0 is the highest; priorities are contiguous).
-    ``hostname`` is the endpoint's ``hostname`` (``None`` when empty).
+    `priority` is the locality's (0 is the highest; priorities are contiguous).
+    `hostname` is the endpoint's `hostname` (`None` when empty).
     """
 
     host: str
@@ -466,15 +468,15 @@ class EndpointSpec:
 
     @property
     def address(self) -> str:
-        """``host:port``, IPv6 in brackets."""
+        """`host:port`, IPv6 in brackets."""
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
 class EndpointsSpec:
-    """``endpoint.v3.ClusterLoadAssignment``: a cluster's endpoints, every locality flattened.
+    """`endpoint.v3.ClusterLoadAssignment`: a cluster's endpoints, every locality flattened.
 
-    ``cluster_name`` is the resource's name (the cluster's ``eds_service_name``,
+    `cluster_name` is the resource's name (the cluster's `eds_service_name`,
     or the cluster's name). The endpoints keep the order they were sent in.
     """
 
@@ -484,15 +486,15 @@ class EndpointsSpec:
 
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
-    """``cluster.v3.Cluster``: how to balance and protect requests to a cluster.
+    """`cluster.v3.Cluster`: how to balance and protect requests to a cluster.
 
-    ``type``: ``EDS`` (endpoints from EDS, by ``eds_service_name`` or, when that
-    is ``None``, the cluster's name) or ``STATIC`` (endpoints inline, in
-    ``load_assignment``). ``lb_policy``: ``round-robin``, ``least-request``
-    (two choices) or ``random``. ``outlier``: ``None`` when the cluster has no
-    ``outlier_detection`` (no ejection). ``max_requests``: the DEFAULT-priority
+    `type`: `EDS` (endpoints from EDS, by `eds_service_name` or, when that
+    is `None`, the cluster's name) or `STATIC` (endpoints inline, in
+    `load_assignment`). `lb_policy`: `round-robin`, `least-request`
+    (two choices) or `random`. `outlier`: `None` when the cluster has no
+    `outlier_detection` (no ejection). `max_requests`: the DEFAULT-priority
     circuit-breaker threshold when set (Envoy's default is 1024).
-    ``connect_timeout`` in seconds, ``None`` when unset (Envoy's default is 5 s).
+    `connect_timeout` in seconds, `None` when unset (Envoy's default is 5 s).
     """
 
     name: str
@@ -506,7 +508,7 @@ class ClusterSpec:
 
     @property
     def eds_name(self) -> str | None:
-        """The EDS resource this cluster's endpoints come from (``None`` for STATIC)."""
+        """The EDS resource this cluster's endpoints come from (`None` for STATIC)."""
         if self.type != "EDS":
             return None
         return self.eds_service_name or self.name
@@ -516,12 +518,12 @@ class ClusterSpec:
 class XdsConfig:
     """One complete, consistent configuration for a listener: what a client routes by.
 
-    Every cluster a route of ``virtual_hosts`` names is in ``clusters`` (by
-    cluster name), and every one of those clusters has its ``endpoints`` (by
+    Every cluster a route of `virtual_hosts` names is in `clusters` (by
+    cluster name), and every one of those clusters has its `endpoints` (by
     cluster name; an EDS cluster's come from its EDS resource, a STATIC
-    cluster's from its ``load_assignment``). ``versions`` holds the version of
-    each resource type the configuration was built from (``lds``, ``rds``,
-    ``cds``, ``eds``; ``rds`` is ``""`` for an inline route configuration).
+    cluster's from its `load_assignment`). `versions` holds the version of
+    each resource type the configuration was built from (`lds`, `rds`,
+    `cds`, `eds`; `rds` is `""` for an inline route configuration).
     A client swaps its whole configuration at once, so nothing ever sees one
     type's update without the others it needs.
     """
@@ -541,18 +543,18 @@ class XdsConfig:
                 object.__setattr__(self, name, MappingProxyType(dict(value)))
 
     def virtual_host(self, authority: str) -> VirtualHostSpec | None:
-        """The virtual host for ``authority`` (see :func:`select_virtual_host`)."""
+        """The virtual host for `authority` (see `select_virtual_host()`)."""
         return select_virtual_host(self.virtual_hosts, authority)
 
 
 def select_virtual_host(virtual_hosts: Sequence[VirtualHostSpec],
                         authority: str) -> VirtualHostSpec | None:
-    """The virtual host whose ``domains`` best match ``authority``, as Envoy and gRPC choose.
+    """The virtual host whose `domains` best match `authority`, as Envoy and gRPC choose.
 
-    An exact domain wins; then the longest suffix wildcard (``*.example.com``);
-    then the longest prefix wildcard (``users.*``); then ``*``. Matching ignores
-    case; ``authority`` is compared as given (with its port, if any).
-    ``None`` when no domain matches.
+    An exact domain wins; then the longest suffix wildcard (`*.example.com`);
+    then the longest prefix wildcard (`users.*`); then `*`. Matching ignores
+    case; `authority` is compared as given (with its port, if any).
+    `None` when no domain matches.
     """
     host = authority.lower()
     best: tuple[int, int] | None = None  # (rank: 0 exact .. 3 "*", -length)
@@ -593,7 +595,7 @@ def _seconds(duration: Any, what: str) -> float:
 
 
 def _opt_seconds(message: Any, name: str, what: str) -> float | None:
-    """A Duration field in seconds; ``None`` when unset or 0."""
+    """A Duration field in seconds; `None` when unset or 0."""
     if not message.HasField(name):
         return None
     value = _seconds(getattr(message, name), what)
@@ -657,12 +659,12 @@ _HCM_NAME = "envoy.extensions.filters.network.http_connection_manager.v3.HttpCon
 
 
 def decode_listener(listener: Any) -> ListenerSpec:
-    """A ``Listener`` as a client uses it: its ``api_listener`` (as gRPC reads it).
+    """A `Listener` as a client uses it: its `api_listener` (as gRPC reads it).
 
-    Raises :class:`ResourceError` for a listener without an API listener, a
+    Raises `ResourceError` for a listener without an API listener, a
     route configuration not over ADS, scoped routes, and an HTTP filter chain
     that is empty, does not end in the router or holds a filter meshlib cannot honour
-    (filters marked ``is_optional`` or ``disabled`` are skipped).
+    (filters marked `is_optional` or `disabled` are skipped).
     """
     if not listener.name:
         raise ResourceError("the listener has no name")
@@ -722,9 +724,9 @@ def decode_listener(listener: Any) -> ListenerSpec:
 
 
 def decode_route_configuration(config: Any) -> RouteConfigSpec:
-    """A ``RouteConfiguration``: its virtual hosts and their routes.
+    """A `RouteConfiguration`: its virtual hosts and their routes.
 
-    Raises :class:`ResourceError` naming the virtual host and route of the first
+    Raises `ResourceError` naming the virtual host and route of the first
     problem (see docs/xds.md for what is refused).
     """
     name = config.name
@@ -1004,11 +1006,11 @@ def _enum_name(message: Any, field_name: str) -> str:
 
 
 def decode_cluster(cluster: Any) -> ClusterSpec:
-    """A ``Cluster``: its type, balancing policy, outlier detection and limits.
+    """A `Cluster`: its type, balancing policy, outlier detection and limits.
 
-    Raises :class:`ResourceError` for a cluster type other than EDS (over ADS)
+    Raises `ResourceError` for a cluster type other than EDS (over ADS)
     or STATIC, a balancing policy meshlib does not have, TLS to the endpoints
-    (``transport_socket``) and other settings that would change how requests
+    (`transport_socket`) and other settings that would change how requests
     are sent (see docs/xds.md).
     """
     name = cluster.name
@@ -1147,10 +1149,10 @@ def _outlier(od: Any) -> OutlierSpec:
 
 
 def decode_endpoints(assignment: Any, *, name: str | None = None) -> EndpointsSpec:
-    """A ``ClusterLoadAssignment``: every endpoint of every locality, flattened.
+    """A `ClusterLoadAssignment`: every endpoint of every locality, flattened.
 
-    ``name`` is used when the assignment has no ``cluster_name`` (a STATIC
-    cluster's inline one). Raises :class:`ResourceError` for drop overloads,
+    `name` is used when the assignment has no `cluster_name` (a STATIC
+    cluster's inline one). Raises `ResourceError` for drop overloads,
     named or non-IP-socket endpoints, an endpoint weight of 0, an address
     given twice, a locality given twice at one priority, and gaps in the
     priorities.

@@ -1,34 +1,40 @@
 """Tools for the tests of code that uses meshlib: testing mode and a fault fleet.
 
-Testing mode (as stamina's ``set_testing``)::
+Testing mode (as stamina's `set_testing`):
 
-    import meshlib.testing
+```
+import meshlib.testing
 
-    meshlib.testing.set_testing(True)              # backoff and Retry-After no longer sleep
-    with meshlib.testing.set_testing(attempts=1):  # ... and one attempt per request
-        ...                                        # (the previous state is back on exit)
+meshlib.testing.set_testing(True)              # backoff and Retry-After no longer sleep
+with meshlib.testing.set_testing(attempts=1):  # ... and one attempt per request
+    ...                                        # (the previous state is back on exit)
+```
 
-A fleet of misbehaving endpoints::
+A fleet of misbehaving endpoints:
 
-    with meshlib.testing.Fleet(3, latency=0.01) as fleet:
-        fleet.set(0, refuse=True)                  # nothing listens on the first one
-        with meshlib.MeshClient(services={"users": fleet.url}) as client:
-            client.get("http://users/me")          # answered by another endpoint
-        print(fleet.hits())
+```
+with meshlib.testing.Fleet(3, latency=0.01) as fleet:
+    fleet.set(0, refuse=True)                  # nothing listens on the first one
+    with meshlib.MeshClient(services={"users": fleet.url}) as client:
+        client.get("http://users/me")          # answered by another endpoint
+    print(fleet.hits())
+```
 
 respx mocks keyed on service URLs need no helper: they match requests made
-through ``MeshClient`` as they match plain httpx. The pytest plugin
-(:mod:`meshlib.testing._plugin`, registered as ``meshlib``) offers the
-fixtures ``mesh_fleet`` and ``mesh_testing``. See docs/testing.md.
+through `MeshClient` as they match plain httpx. The pytest plugin
+(`meshlib.testing._plugin`, registered as `meshlib`) offers the
+fixtures `mesh_fleet` and `mesh_testing`. See docs/testing.md.
 
-An xDS control plane for tests (extra ``xds``; see docs/xds.md)::
+An xDS control plane for tests (extra `xds`; see docs/xds.md):
 
-    with meshlib.testing.XdsServer() as server:
-        server.set(clusters=[{"name": "users", "type": "EDS",
-                              "eds_cluster_config": {"eds_config": {"ads": {}}}}])
-        ...                                        # server.bootstrap, server.acks()
+```
+with meshlib.testing.XdsServer() as server:
+    server.set(clusters=[{"name": "users", "type": "EDS",
+                          "eds_cluster_config": {"eds_config": {"ads": {}}}}])
+    ...                                        # server.bootstrap, server.acks()
+```
 
-.. versionadded:: 0.1
+Added in version 0.1.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``meshlib.testing.Fleet``: real, misbehaving HTTP/1.1 endpoints on 127.0.0.1 for tests."""
+"""`meshlib.testing.Fleet`: real, misbehaving HTTP/1.1 endpoints on 127.0.0.1 for tests."""
 
 from __future__ import annotations
 
@@ -17,22 +17,22 @@ _RECORD_LIMIT = 10_000
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-    """One request as an endpoint of a :class:`Fleet` received it.
+    """One request as an endpoint of a `Fleet` received it.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     endpoint: str
-    """``host:port`` of the endpoint that received it."""
+    """`host:port` of the endpoint that received it."""
     method: str
     path: str
     """The path, without the query string."""
     query: str
     headers: dict[str, str]
-    """Lower-cased header names; repeated headers joined with ``", "``."""
+    """Lower-cased header names; repeated headers joined with `", "`."""
     body: bytes
     time: float
-    """``time.monotonic()`` when the request had been read completely."""
+    """`time.monotonic()` when the request had been read completely."""
 
     @property
     def target(self) -> str:
@@ -51,7 +51,7 @@ class _Behaviour:
     drop: float = 0.0
 
     def settings(self) -> dict[str, Any]:
-        """The backend server settings that produce this behaviour (all but ``refuse``)."""
+        """The backend server settings that produce this behaviour (all but `refuse`)."""
         return {"delay_ms": self.latency * 1000.0, "fail_pct": self.error_rate * 100.0,
                 "fail_status": self.status, "retry_after": self.retry_after,
                 "mode": "stall" if self.stall else "normal", "drop_pct": self.drop * 100.0}
@@ -67,7 +67,7 @@ def _fraction(name: str, value: object) -> float:
 
 
 def _checked(base: _Behaviour, changes: dict[str, Any]) -> _Behaviour:
-    """``base`` with ``changes`` applied, each validated; ConfigError names a bad field."""
+    """`base` with `changes` applied, each validated; ConfigError names a bad field."""
     unknown = sorted(set(changes) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"Fleet has no behaviour {', '.join(map(repr, unknown))} "
@@ -103,48 +103,48 @@ def _checked(base: _Behaviour, changes: dict[str, Any]) -> _Behaviour:
 
 
 class Fleet:
-    """``n`` real HTTP/1.1 endpoints on 127.0.0.1 whose faults a test controls.
+    """`n` real HTTP/1.1 endpoints on 127.0.0.1 whose faults a test controls.
 
-    ::
+    ```
+    with Fleet(3, latency=0.01) as fleet:
+        fleet.set(0, refuse=True)           # endpoint 0: connection refused
+        client = meshlib.MeshClient(services={"users": fleet.url})
+        ...
+        assert len(fleet.hits()[1]) == 1    # requests endpoint 1 received
+    ```
 
-        with Fleet(3, latency=0.01) as fleet:
-            fleet.set(0, refuse=True)           # endpoint 0: connection refused
-            client = meshlib.MeshClient(services={"users": fleet.url})
-            ...
-            assert len(fleet.hits()[1]) == 1    # requests endpoint 1 received
-
-    Started by ``with`` / ``async with`` (or :meth:`start`), stopped on exit
-    (or :meth:`close`), leaving no thread, process or open socket behind.
+    Started by `with` / `async with` (or `start()`), stopped on exit
+    (or `close()`), leaving no thread, process or open socket behind.
     The endpoints run on an event loop in a thread of this process, or in a
-    child process with ``process=True`` (so that a load test's client does
+    child process with `process=True` (so that a load test's client does
     not share the interpreter lock with them).
 
     Behaviour fields, given here for every endpoint, changed with
-    :meth:`set` for all or one, at any time, also while requests run:
+    `set()` for all or one, at any time, also while requests run:
 
-    * ``latency`` (seconds, default 0): wait before answering;
-    * ``error_rate`` (0..1, default 0): the share of requests answered with
-      ``status`` instead of 200;
-    * ``status`` (default 503): the error status;
-    * ``retry_after`` (header value, or ``None``, the default): a
-      ``Retry-After`` header on error answers;
-    * ``refuse`` (bool): nothing listens, a connect is refused; open
+    * `latency` (seconds, default 0): wait before answering;
+    * `error_rate` (0..1, default 0): the share of requests answered with
+      `status` instead of 200;
+    * `status` (default 503): the error status;
+    * `retry_after` (header value, or `None`, the default): a
+      `Retry-After` header on error answers;
+    * `refuse` (bool): nothing listens, a connect is refused; open
       connections are closed, as when a process dies;
-    * ``stall`` (bool): accept and read requests, never answer (requests
+    * `stall` (bool): accept and read requests, never answer (requests
       already stalled stay so until the client gives up or the fleet stops);
-    * ``drop`` (0..1): the share of requests whose connection is closed
+    * `drop` (0..1): the share of requests whose connection is closed
       after the request was read, unanswered.
 
-    Precedence: ``refuse``, then ``stall``, then ``drop``, then
-    ``error_rate`` (the ``latency`` applies to every answer). Every answer
+    Precedence: `refuse`, then `stall`, then `drop`, then
+    `error_rate` (the `latency` applies to every answer). Every answer
     is JSON naming the endpoint: ``{"endpoint": "127.0.0.1:4711", "method":
-    "GET", "path": "/x", ...}`` (also in the ``X-Backend`` header).
-    ``seed`` makes ``error_rate`` and ``drop`` draws repeatable (endpoint
-    ``i`` uses ``seed + i``). ``cpu`` pins the child process to one CPU
-    (``process=True`` only; for benchmarks). A bad value raises
-    :class:`meshlib.ConfigError` naming the field.
+    "GET", "path": "/x", ...}` (also in the `X-Backend`` header).
+    `seed` makes `error_rate` and `drop` draws repeatable (endpoint
+    `i` uses `seed + i`). `cpu` pins the child process to one CPU
+    (`process=True` only; for benchmarks). A bad value raises
+    `meshlib.ConfigError` naming the field.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     def __init__(self, n: int = 1, *, latency: float = 0.0, error_rate: float = 0.0,
@@ -171,7 +171,7 @@ class Fleet:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> Fleet:
-        """Start every endpoint with its behaviour; return ``self``."""
+        """Start every endpoint with its behaviour; return `self`."""
         if self.running:
             raise RuntimeError("the fleet is already started")
         options: dict[str, Any] = {"query_overrides": False, "record_limit": _RECORD_LIMIT,
@@ -205,7 +205,7 @@ class Fleet:
 
     @property
     def running(self) -> bool:
-        """Whether the endpoints run (between :meth:`start` and :meth:`close`)."""
+        """Whether the endpoints run (between `start()` and `close()`)."""
         return self._thread is not None or self._child is not None
 
     def __enter__(self) -> Fleet:
@@ -232,23 +232,23 @@ class Fleet:
     # -- addresses ----------------------------------------------------------------
     @property
     def endpoints(self) -> list[str]:
-        """``host:port`` of every endpoint, in index order (set once started)."""
+        """`host:port` of every endpoint, in index order (set once started)."""
         self._require_running()
         return list(self._endpoints)
 
     @property
     def url(self) -> str:
-        """A ``static://`` discovery URL of every endpoint, for ``services={...}``."""
+        """A `static://` discovery URL of every endpoint, for `services={...}`."""
         return "static://" + ",".join(self.endpoints)
 
     # -- behaviour ----------------------------------------------------------------
     def set(self, index: int | None = None, /, **behaviour: Any) -> None:
-        """Change behaviour fields of every endpoint, or of endpoint ``index`` only.
+        """Change behaviour fields of every endpoint, or of endpoint `index` only.
 
-        ``fleet.set(latency=0.2)`` changes all; ``fleet.set(1, refuse=True)``
+        `fleet.set(latency=0.2)` changes all; `fleet.set(1, refuse=True)`
         one. Fields not named keep their value. Takes effect for the next
-        request an endpoint reads (``refuse`` at once). Raises
-        :class:`meshlib.ConfigError` for an unknown field or a bad value,
+        request an endpoint reads (`refuse` at once). Raises
+        `meshlib.ConfigError` for an unknown field or a bad value,
         changing nothing.
         """
         if index is None:
@@ -265,7 +265,7 @@ class Fleet:
                 self._apply(i, b, old)
 
     def behaviour(self, index: int) -> dict[str, Any]:
-        """The current behaviour fields of endpoint ``index``."""
+        """The current behaviour fields of endpoint `index`."""
         return dataclasses.asdict(self._behaviours[index])
 
     def _apply(self, index: int, new: _Behaviour, old: _Behaviour) -> None:
@@ -286,7 +286,7 @@ class Fleet:
     def hits(self) -> list[list[Hit]]:
         """The requests each endpoint received, in arrival order; one list per endpoint.
 
-        Indexed as :attr:`endpoints`. A request counts once it has been read
+        Indexed as `endpoints`. A request counts once it has been read
         completely, whatever the endpoint then did with it (answered,
         stalled, dropped). At most the last 10,000 per endpoint are kept.
         """
@@ -317,11 +317,11 @@ def _hit(r: RecordedRequest) -> Hit:
 
 
 class FleetFactory(Protocol):
-    """The type of the ``mesh_fleet`` fixture: ``mesh_fleet(n=1, **behaviour) -> Fleet``.
+    """The type of the `mesh_fleet` fixture: `mesh_fleet(n=1, **behaviour) -> Fleet`.
 
     The fleet it returns is started, and closed at the end of the test.
 
-    .. versionadded:: 0.1
+    Added in version 0.1.
     """
 
     def __call__(self, n: int = 1, **behaviour: Any) -> Fleet: ...

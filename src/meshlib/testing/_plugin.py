@@ -1,22 +1,24 @@
-"""meshlib's pytest plugin (entry point ``pytest11``, name ``meshlib``): fleets, testing mode.
+"""meshlib's pytest plugin (entry point `pytest11`, name `meshlib`): fleets, testing mode.
 
-Loaded automatically when meshlib is installed; disable with ``-p no:meshlib``.
+Loaded automatically when meshlib is installed; disable with `-p no:meshlib`.
 
-* ``mesh_fleet``: a factory. ``mesh_fleet(3, latency=0.01)`` returns a
-  started :class:`meshlib.testing.Fleet` (arguments as ``Fleet``); every
+* `mesh_fleet`: a factory. `mesh_fleet(3, latency=0.01)` returns a
+  started `meshlib.testing.Fleet` (arguments as `Fleet`); every
   fleet it started is closed at the end of the test.
-* ``mesh_testing``: testing mode on for the test (no backoff or
-  ``Retry-After`` sleeps), the previous state restored afterwards. It gives
-  :func:`meshlib.testing.set_testing`, so a test may narrow it further:
-  ``mesh_testing(attempts=1)``.
+* `mesh_testing`: testing mode on for the test (no backoff or
+  `Retry-After` sleeps), the previous state restored afterwards. It gives
+  `meshlib.testing.set_testing()`, so a test may narrow it further:
+  `mesh_testing(attempts=1)`.
 
-A user's integration test under faults::
+A user's integration test under faults:
 
-    def test_survives_one_dead_endpoint(mesh_fleet, mesh_testing):
-        fleet = mesh_fleet(3)
-        fleet.set(0, refuse=True)
-        with meshlib.MeshClient(services={"users": fleet.url}) as client:
-            assert client.get("http://users/me").status_code == 200
+```
+def test_survives_one_dead_endpoint(mesh_fleet, mesh_testing):
+    fleet = mesh_fleet(3)
+    fleet.set(0, refuse=True)
+    with meshlib.MeshClient(services={"users": fleet.url}) as client:
+        assert client.get("http://users/me").status_code == 200
+```
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ __all__ = ["mesh_fleet", "mesh_testing"]
 
 @pytest.fixture
 def mesh_fleet() -> Iterator[FleetFactory]:
-    """Factory of started :class:`meshlib.testing.Fleet` s, each closed at teardown."""
+    """Factory of started `meshlib.testing.Fleet` s, each closed at teardown."""
     from ._fleet import Fleet
 
     started: list[Fleet] = []
@@ -53,7 +55,7 @@ def mesh_fleet() -> Iterator[FleetFactory]:
 
 @pytest.fixture
 def mesh_testing() -> Iterator[type[set_testing]]:
-    """meshlib's testing mode for the test; yields ``set_testing`` to narrow it further."""
+    """meshlib's testing mode for the test; yields `set_testing` to narrow it further."""
     from . import set_testing
 
     with set_testing(True):

@@ -1,4 +1,4 @@
-"""``XdsServer``: a real ADS control plane on 127.0.0.1, for tests.
+"""`XdsServer`: a real ADS control plane on 127.0.0.1, for tests.
 
 It speaks state-of-the-world ADS as production control planes do (Istio's
 istiod, go-control-plane):
@@ -6,29 +6,29 @@ istiod, go-control-plane):
 - per-type versions and per-stream nonces; a new version of a type is
   pushed to every stream subscribed to it;
 - wildcard subscriptions (Envoy: an empty first request for listeners or
-  clusters, or ``*``) and subscriptions by name (gRPC, Istio's proxyless
+  clusters, or `*`) and subscriptions by name (gRPC, Istio's proxyless
   clients, meshlib); a later request changes the names (an empty list, for
   a client that subscribed by name, unsubscribes from everything);
 - a request carrying the nonce of the last response is its ACK (or NACK,
-  with ``error_detail``); one carrying that nonce again is a re-request and
+  with `error_detail`); one carrying that nonce again is a re-request and
   is answered (Envoy re-requests endpoints that way after a cluster
   change); a request carrying an older nonce is stale and ignored;
 - a client that reconnects with the version it holds, for names it had
   acknowledged at that version, is not sent them again;
-- nothing is sent for a type before the first :meth:`XdsServer.set` that
+- nothing is sent for a type before the first `XdsServer.set()` that
   includes it (as go-control-plane waits for a snapshot).
 
 Resources are given as meshlib's resource dataclasses
-(:mod:`meshlib._xds.resources`), as dicts in Envoy's JSON form (what Envoy's
-docs and ``config_dump`` show; converted with protobuf's ``json_format`` in
+(`meshlib._xds.resources`), as dicts in Envoy's JSON form (what Envoy's
+docs and `config_dump` show; converted with protobuf's `json_format` in
 meshlib's private descriptor pool), or as messages of that pool.
 
 It runs on its own thread and event loop, so it serves sync and async tests
-alike. Test hooks make it misbehave: :meth:`XdsServer.send_raw` (anything, garbage
-included), :meth:`XdsServer.hold` (never answer), :meth:`XdsServer.drop_streams`,
-and :meth:`XdsServer.stop` / :meth:`XdsServer.start` (the same port).
+alike. Test hooks make it misbehave: `XdsServer.send_raw()` (anything, garbage
+included), `XdsServer.hold()` (never answer), `XdsServer.drop_streams()`,
+and `XdsServer.stop()` / `XdsServer.start()` (the same port).
 
-Needs the ``xds`` extra (grpcio, protobuf).
+Needs the `xds` extra (grpcio, protobuf).
 """
 
 from __future__ import annotations
@@ -77,12 +77,12 @@ Resource = ListenerSpec | RouteConfigSpec | ClusterSpec | EndpointsSpec | dict[s
 class XdsRequest:
     """One DiscoveryRequest received, and how the server read it.
 
-    ``kind``: ``subscribe`` (a first request, or one changing the names),
-    ``ack``, ``nack`` (``error`` holds ``error_detail.message``),
-    ``re-request`` (the last response's nonce again: answered again) or
-    ``stale`` (an older nonce: ignored). ``type`` is ``lds``, ``rds``, ``cds``
-    or ``eds`` (``type_url`` in full); ``node`` is the stream's node id;
-    ``stream`` numbers the streams from 1; ``at`` is ``time.monotonic()``.
+    `kind`: `subscribe` (a first request, or one changing the names),
+    `ack`, `nack` (`error` holds `error_detail.message`),
+    `re-request` (the last response's nonce again: answered again) or
+    `stale` (an older nonce: ignored). `type` is `lds`, `rds`, `cds`
+    or `eds` (`type_url` in full); `node` is the stream's node id;
+    `stream` numbers the streams from 1; `at` is `time.monotonic()`.
     """
 
     stream: int
@@ -97,7 +97,7 @@ class XdsRequest:
 
     @property
     def type(self) -> str:
-        """``lds``, ``rds``, ``cds``, ``eds``, or the type URL for other types."""
+        """`lds`, `rds`, `cds`, `eds`, or the type URL for other types."""
         return _SHORT.get(self.type_url, self.type_url)
 
 
@@ -125,12 +125,12 @@ class _Abort:
 
 
 class XdsServer:
-    """An ADS control plane on 127.0.0.1 (``port=0``: a free port), for tests.
+    """An ADS control plane on 127.0.0.1 (`port=0`: a free port), for tests.
 
-    Use it as a context manager (``with`` or ``async with``), or call
-    :meth:`start` and :meth:`close`. :attr:`bootstrap` is a gRPC bootstrap
-    JSON pointing at it. ``tls`` (a certificate chain and its private key, PEM)
-    makes it serve TLS; pass the CA's file to :meth:`bootstrap_for`.
+    Use it as a context manager (`with` or `async with`), or call
+    `start()` and `close()`. `bootstrap` is a gRPC bootstrap
+    JSON pointing at it. `tls` (a certificate chain and its private key, PEM)
+    makes it serve TLS; pass the CA's file to `bootstrap_for()`.
     """
 
     def __init__(self, *, port: int = 0, node_id: str = "meshlib-test",
@@ -158,7 +158,7 @@ class XdsServer:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> XdsServer:
-        """Start serving (again, on the same port after :meth:`stop`)."""
+        """Start serving (again, on the same port after `stop()`)."""
         if self._loop is None:
             loop = asyncio.new_event_loop()
             thread = threading.Thread(target=loop.run_forever, name="meshlib-xds-server",
@@ -235,13 +235,13 @@ class XdsServer:
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:PORT``."""
+        """`127.0.0.1:PORT`."""
         return f"{self.host}:{self.port}"
 
     @property
     def bootstrap(self) -> str:
-        """A gRPC bootstrap JSON pointing at this server (insecure), node id ``node_id``
-        (for a TLS server, use :meth:`bootstrap_for` with the CA's file)."""
+        """A gRPC bootstrap JSON pointing at this server (insecure), node id `node_id`
+        (for a TLS server, use `bootstrap_for()` with the CA's file)."""
         return self.bootstrap_for(self.node_id)
 
     def bootstrap_for(self, node_id: str, *, cluster: str = "meshlib-test",
@@ -249,8 +249,8 @@ class XdsServer:
                       locality: dict[str, str] | None = None,
                       server_features: Sequence[str] = ("xds_v3",),
                       ca_certificate_file: str | None = None) -> str:
-        """A gRPC bootstrap JSON pointing at this server, for the node given: ``insecure``
-        creds, or ``tls`` verified with ``ca_certificate_file`` when it is given."""
+        """A gRPC bootstrap JSON pointing at this server, for the node given: `insecure`
+        creds, or `tls` verified with `ca_certificate_file` when it is given."""
         node: dict[str, Any] = {"id": node_id, "cluster": cluster}
         if metadata:
             node["metadata"] = metadata
@@ -270,13 +270,13 @@ class XdsServer:
         return len(self._streams)
 
     def versions(self) -> dict[str, str]:
-        """The current version of each type set so far (``lds``, ``rds``, ``cds``, ``eds``)."""
+        """The current version of each type set so far (`lds`, `rds`, `cds`, `eds`)."""
         return {_SHORT[t]: v for t, v in self._versions.items()}
 
     def requests(self, kind: Kind | None = None, *, type: str | None = None,
                  node: str | None = None) -> list[XdsRequest]:
-        """Every request received, oldest first; filtered by ``kind``, ``type`` (``lds``...
-        or a type URL) and ``node`` (id) when given."""
+        """Every request received, oldest first; filtered by `kind`, `type` (`lds`...
+        or a type URL) and `node` (id) when given."""
         type_url = _BY_SHORT.get(type, type) if type else None
         with self._changed:
             return [r for r in self._records
@@ -285,24 +285,24 @@ class XdsServer:
                     and (node is None or r.node == node)]
 
     def nodes(self) -> list[dict[str, Any]]:
-        """The ``node`` of each stream's first request, in Envoy's JSON form, oldest first."""
+        """The `node` of each stream's first request, in Envoy's JSON form, oldest first."""
         with self._changed:
             return list(self._nodes)
 
     def acks(self, *, type: str | None = None, node: str | None = None) -> list[XdsRequest]:
-        """The ACKs received (see :meth:`requests`)."""
+        """The ACKs received (see `requests()`)."""
         return self.requests("ack", type=type, node=node)
 
     def nacks(self, *, type: str | None = None, node: str | None = None) -> list[XdsRequest]:
-        """The NACKs received (see :meth:`requests`); ``error`` says why."""
+        """The NACKs received (see `requests()`); `error` says why."""
         return self.requests("nack", type=type, node=node)
 
     def wait_for(self, kind: Kind | None = None, *, type: str | None = None,
                  node: str | None = None, version: str | None = None, after: int = 0,
                  timeout: float = 10.0) -> XdsRequest:
-        """The first request (from the ``after``-th on) matching, waiting up to ``timeout``.
+        """The first request (from the `after`-th on) matching, waiting up to `timeout`.
 
-        Raises ``TimeoutError`` naming what was awaited and what arrived.
+        Raises `TimeoutError` naming what was awaited and what arrived.
         """
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -323,7 +323,7 @@ class XdsServer:
                 self._changed.wait(left)
 
     def mark(self) -> int:
-        """How many requests were received so far: pass it as ``after`` to :meth:`wait_for`."""
+        """How many requests were received so far: pass it as `after` to `wait_for()`."""
         with self._changed:
             return len(self._records)
 
@@ -334,10 +334,10 @@ class XdsServer:
             clusters: Iterable[Resource] | None = None,
             endpoints: Iterable[Resource] | None = None) -> dict[str, str]:
         """Replace the resources of each type given, as a new version pushed to every
-        stream subscribed to that type. Returns the versions (``{"cds": "3", ...}``).
+        stream subscribed to that type. Returns the versions (`{"cds": "3", ...}`).
 
         Each resource is a resource dataclass, a dict in Envoy's JSON form, or a
-        message of meshlib's pool. Raises ``ValueError`` for one that does not
+        message of meshlib's pool. Raises `ValueError` for one that does not
         convert (the server is unchanged).
         """
         given = {"listeners": listeners, "routes": routes, "clusters": clusters,
@@ -355,12 +355,12 @@ class XdsServer:
 
     def send_raw(self, type_url: str, resources: Sequence[bytes | tuple[str, bytes] | Any], *,
                  version: str | None = None) -> None:
-        """Send a response of ``type_url`` holding ``resources`` to every open stream.
+        """Send a response of `type_url` holding `resources` to every open stream.
 
-        Each resource is bytes (sent as an ``Any`` of ``type_url``: garbage is
-        welcome), a ``(type_url, bytes)`` pair, or an ``Any``/resource message of
-        meshlib's pool. It bypasses :meth:`set` (nothing is stored); ``type_url``
-        may be a short name (``cds``).
+        Each resource is bytes (sent as an `Any` of `type_url`: garbage is
+        welcome), a `(type_url, bytes)` pair, or an `Any`/resource message of
+        meshlib's pool. It bypasses `set()` (nothing is stored); `type_url`
+        may be a short name (`cds`).
         """
         type_url = _BY_SHORT.get(type_url, type_url)
         anys = []
@@ -384,7 +384,7 @@ class XdsServer:
 
     def drop_streams(self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
                      details: str = "XdsServer dropped the stream") -> None:
-        """End every open stream with ``code`` (the server keeps listening)."""
+        """End every open stream with `code` (the server keeps listening)."""
         self._call(self._drop(code, details))
 
     # -- the server's loop ----------------------------------------------------------------
@@ -539,7 +539,7 @@ class XdsServer:
 
 
 def _convert_all(type_url: str, items: Iterable[Resource]) -> dict[str, Any]:
-    """name -> ``Any`` of each resource, in order; ``ValueError`` naming a bad one."""
+    """name -> `Any` of each resource, in order; `ValueError` naming a bad one."""
     if isinstance(items, (dict, str, bytes)):
         raise ValueError("XdsServer.set: give a list of resources for each type")
     converted: dict[str, Any] = {}

@@ -1,4 +1,4 @@
-"""``python -m meshlib.testing._backend``: loopback servers until stdin closes."""
+"""`python -m meshlib.testing._backend`: loopback servers until stdin closes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Control of the loopback backend: one :class:`Server`, its settings and records.
+"""Control of the loopback backend: one `Server`, its settings and records.
 
-A :class:`Server` is one listening socket of a :class:`~.runner.Backend`; its
+A `Server` is one listening socket of a `Backend`; its
 setters may be called from any thread but the backend's own event-loop thread.
 """
 
@@ -22,7 +22,7 @@ from .settings import Mode, RecordedRequest, ServerSettings, check_loopback, for
 
 
 class Owner(Protocol):
-    """What a :class:`Server` needs of the backend that runs it (:class:`~.runner.Backend`)."""
+    """What a `Server` needs of the backend that runs it (`Backend`)."""
 
     _loop: asyncio.AbstractEventLoop | None
 
@@ -36,7 +36,7 @@ __all__ = ["Mode", "Owner", "RecordedRequest", "Server", "ServerSettings", "chec
            "format_address"]
 
 class Server:
-    """One loopback HTTP server of a :class:`Backend`.
+    """One loopback HTTP server of a `Backend`.
 
     Behaviour setters and readers are thread-safe; they may be called from
     any thread except the backend's own event-loop thread (which only runs
@@ -67,12 +67,12 @@ class Server:
     # -- identity ----------------------------------------------------------
     @property
     def address(self) -> str:
-        """``host:port`` (IPv6 as ``[::1]:port``)."""
+        """`host:port` (IPv6 as `[::1]:port`)."""
         return format_address(self.host, self.port)
 
     @property
     def url(self) -> str:
-        """``http://host:port``."""
+        """`http://host:port`."""
         return f"http://{self.address}"
 
     def __repr__(self) -> str:
@@ -98,7 +98,7 @@ class Server:
     ) -> ServerSettings:
         """Change some of the behaviour; unspecified fields keep their value.
 
-        ``retry_after=None`` removes the header (``False``, the default,
+        `retry_after=None` removes the header (`False`, the default,
         leaves it unchanged).  Returns the new settings.
         """
         changes: dict[str, Any] = {}
@@ -123,7 +123,7 @@ class Server:
             return self._settings
 
     def reset_settings(self) -> None:
-        """Back to a healthy, fast server (``ServerSettings()``)."""
+        """Back to a healthy, fast server (`ServerSettings()`)."""
         with self._lock:
             self._settings = ServerSettings()
 
@@ -147,7 +147,7 @@ class Server:
 
     @property
     def fail_pct(self) -> float:
-        """Percentage (0..100) of requests answered with ``fail_status``."""
+        """Percentage (0..100) of requests answered with `fail_status`."""
         return self._settings.fail_pct
 
     @fail_pct.setter
@@ -156,7 +156,7 @@ class Server:
 
     @property
     def mode(self) -> Mode:
-        """``normal``, ``close``, ``reset`` or ``stall``."""
+        """`normal`, `close`, `reset` or `stall`."""
         return self._settings.mode
 
     @mode.setter
@@ -171,12 +171,12 @@ class Server:
         """Stop listening, so that new connects are refused.
 
         By default the open connections are dropped as well, as when a
-        process dies.  :meth:`restore` listens on the same port again.
+        process dies.  `restore()` listens on the same port again.
         """
         self._owner._call(lambda: self._refuse(close_connections))
 
     def restore(self) -> None:
-        """Listen again on the same port after :meth:`refuse`."""
+        """Listen again on the same port after `refuse()`."""
         self._owner._call_coro(self._listen())
 
     @property
@@ -209,7 +209,7 @@ class Server:
 
     @property
     def stalled_count(self) -> int:
-        """Connections currently stalled by ``mode="stall"``."""
+        """Connections currently stalled by `mode="stall"`."""
         return len(self._stalled)
 
     def reset_counts(self) -> None:
@@ -219,7 +219,7 @@ class Server:
             self._records.clear()
 
     def wait_for_count(self, n: int, timeout: float = 5.0) -> bool:
-        """Poll until :attr:`count` reaches ``n``; return whether it did."""
+        """Poll until `count` reaches `n`; return whether it did."""
         deadline = time.monotonic() + timeout
         while self._count < n:
             if time.monotonic() >= deadline:

@@ -16,7 +16,7 @@ NO_BODY_STATUSES = frozenset({204, 304})
 
 
 def reason(status: int) -> str:
-    """The reason phrase of ``status`` (``"Unknown"`` for an unregistered code)."""
+    """The reason phrase of `status` (`"Unknown"` for an unregistered code)."""
     try:
         return http.HTTPStatus(status).phrase
     except ValueError:
@@ -27,10 +27,10 @@ REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in http.HTTPStatus
 
 
 def parse_chunked(buf: bytearray, start: int) -> tuple[bytes, int] | None:
-    """Parse a complete chunked body in ``buf`` from ``start``.
+    """Parse a complete chunked body in `buf` from `start`.
 
-    Return ``(body, end)`` with ``end`` just after the final CRLF, or
-    ``None`` if the body is not complete yet.  Raise ``ValueError`` when
+    Return `(body, end)` with `end` just after the final CRLF, or
+    `None` if the body is not complete yet.  Raise `ValueError` when
     the framing is invalid.
     """
     pos = start
@@ -94,10 +94,10 @@ class BadRequest(Exception):
 def parse_request(
     buf: bytearray, expect_continue: Callable[[dict[str, str]], None]
 ) -> Request | None:
-    """Take one complete request off the front of ``buf``, or return ``None`` if incomplete.
+    """Take one complete request off the front of `buf`, or return `None` if incomplete.
 
-    ``expect_continue(headers)`` is called while the body is still awaited, so that
-    the caller may answer ``Expect: 100-continue``. Raises :class:`BadRequest`.
+    `expect_continue(headers)` is called while the body is still awaited, so that
+    the caller may answer `Expect: 100-continue`. Raises `BadRequest`.
     """
     head_end = buf.find(b"\r\n\r\n")
     if head_end < 0:

@@ -1,9 +1,9 @@
-"""The loopback backend in a child process: :class:`BackendProcess` and its child's ``main``.
+"""The loopback backend in a child process: `BackendProcess` and its child's `main`.
 
-The child (``python -m meshlib.testing._backend``) runs a :class:`~.runner.Backend`
+The child (`python -m meshlib.testing._backend`) runs a `Backend`
 and obeys one JSON command per stdin line, answering one JSON line on stdout:
-``{"index": i|null, "set": {...}}``, ``{"index": i|null, "refuse": bool}``,
-``{"requests": true}`` (every server's recorded requests) and ``{"reset": true}``.
+`{"index": i|null, "set": {...}}`, `{"index": i|null, "refuse": bool}`,
+`{"requests": true}` (every server's recorded requests) and `{"reset": true}`.
 Closing its stdin stops it.
 """
 
@@ -29,12 +29,12 @@ __all__ = ["BackendProcess", "main"]
 
 
 class BackendProcess:
-    """The servers of a :class:`~.runner.Backend` in a child Python process.
+    """The servers of a `Backend` in a child Python process.
 
     Used by benchmarks so that client and servers do not share one
-    interpreter lock. Keyword arguments as :class:`~.runner.Backend` (JSON
-    values), plus ``cpu``: pin the child to that CPU. Behaviour changes go
-    through :meth:`set` and :meth:`refuse`; :meth:`requests` fetches what the
+    interpreter lock. Keyword arguments as `Backend` (JSON
+    values), plus `cpu`: pin the child to that CPU. Behaviour changes go
+    through `set()` and `refuse()`; `requests()` fetches what the
     servers recorded.
     """
 
@@ -46,12 +46,12 @@ class BackendProcess:
 
     @property
     def urls(self) -> list[str]:
-        """``http://host:port`` of every server."""
+        """`http://host:port` of every server."""
         return [f"http://{a}" for a in self.addresses]
 
     @property
     def static_url(self) -> str:
-        """A ``static://`` discovery URL naming every server."""
+        """A `static://` discovery URL naming every server."""
         return "static://" + ",".join(self.addresses)
 
     @property
@@ -60,7 +60,7 @@ class BackendProcess:
         return None if self._proc is None else self._proc.pid
 
     def start(self) -> BackendProcess:
-        """Spawn the child and wait until it listens; return ``self``."""
+        """Spawn the child and wait until it listens; return `self`."""
         # Make sure the child imports this very meshlib (installed or not).
         package_root = str(Path(__file__).resolve().parents[3])
         env = dict(os.environ)
@@ -102,11 +102,11 @@ class BackendProcess:
         return reply
 
     def set(self, index: int | None = None, **changes: Any) -> None:
-        """:meth:`~.control.Server.set` in the child (``index=None``: every server)."""
+        """`set()` in the child (`index=None`: every server)."""
         self._command({"index": index, "set": changes})
 
     def refuse(self, index: int | None = None, refuse: bool = True) -> None:
-        """Stop listening (``refuse=True``) or listen again, in the child."""
+        """Stop listening (`refuse=True`) or listen again, in the child."""
         self._command({"index": index, "refuse": refuse})
 
     def requests(self) -> list[list[RecordedRequest]]:
@@ -200,9 +200,9 @@ def _serve_child(config: dict[str, Any]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run backend servers until stdin closes (``python -m meshlib.testing._backend``).
+    """Run backend servers until stdin closes (`python -m meshlib.testing._backend`).
 
-    With one JSON argument (as :class:`BackendProcess` passes), serve that
+    With one JSON argument (as `BackendProcess` passes), serve that
     configuration.  Otherwise parse options, print the URLs, and serve.
     """
     args = list(sys.argv[1:] if argv is None else argv)

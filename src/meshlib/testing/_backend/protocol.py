@@ -1,10 +1,10 @@
 """The loopback backend's behaviour: one asyncio protocol per connection.
 
-It reads requests (:mod:`.parsing`), records each on its
-:class:`~.control.Server`, then acts on the server's current settings: stall,
+It reads requests (`.parsing`), records each on its
+`Server`, then acts on the server's current settings: stall,
 drop or reset the connection, or answer (after a delay, possibly with the
-error status and ``Retry-After``) with a JSON body naming the endpoint.
-Refusing connections is the listener's job (:meth:`.control.Server.refuse`).
+error status and `Retry-After`) with a JSON body naming the endpoint.
+Refusing connections is the listener's job (`.control.Server.refuse()`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ __all__ = ["HTTPProtocol", "Served"]
 
 
 class Served(Protocol):
-    """What a connection needs of the server that accepted it (:class:`~.control.Server`)."""
+    """What a connection needs of the server that accepted it (`Server`)."""
 
     _connections: set[HTTPProtocol]
     _stalled: set[HTTPProtocol]

@@ -1,4 +1,4 @@
-"""The loopback backend in a thread: :class:`Backend` runs its servers on a private event loop."""
+"""The loopback backend in a thread: `Backend` runs its servers on a private event loop."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ __all__ = ["Backend", "per_server"]
 
 
 def per_server(value: Any, n: int, name: str) -> list[Any]:
-    """Expand one value, or check a sequence of ``n`` values (one per server)."""
+    """Expand one value, or check a sequence of `n` values (one per server)."""
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise ValueError(f"{name} has {len(value)} values for {n} servers")
@@ -29,17 +29,17 @@ def per_server(value: Any, n: int, name: str) -> list[Any]:
 class Backend:
     """A set of loopback HTTP/1.1 test servers on a background event loop.
 
-    ::
-
-        with Backend(3, delay_ms=[0, 0, 50]) as backend:
-            httpx.get(backend.urls[0] + "/hello?status=503")
-            backend[2].set(mode="stall")
-            assert backend[0].count == 1
+    ```
+    with Backend(3, delay_ms=[0, 0, 50]) as backend:
+        httpx.get(backend.urls[0] + "/hello?status=503")
+        backend[2].set(mode="stall")
+        assert backend[0].count == 1
+    ```
 
     Per-server arguments take one value for every server or a sequence with
-    one value per server.  ``host`` is ``"127.0.0.1"``, ``"::1"`` or a
-    sequence of them (one per server).  ``seed`` makes ``fail_pct``
-    deterministic (server ``i`` uses ``seed + i``).
+    one value per server.  `host` is `"127.0.0.1"`, `"::1"` or a
+    sequence of them (one per server).  `seed` makes `fail_pct`
+    deterministic (server `i` uses `seed + i`).
     """
 
     def __init__(
@@ -99,7 +99,7 @@ class Backend:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> Backend:
-        """Start the event-loop thread and every server; return ``self``."""
+        """Start the event-loop thread and every server; return `self`."""
         if self._thread is not None:
             raise RuntimeError("backend already started")
         loop = asyncio.new_event_loop()
@@ -207,7 +207,7 @@ class Backend:
         return f"<Backend {self.addresses}>"
 
     def server(self, address: str) -> Server:
-        """The server whose ``host:port`` is ``address``."""
+        """The server whose `host:port` is `address`."""
         for server in self.servers:
             if server.address == address:
                 return server
@@ -215,17 +215,17 @@ class Backend:
 
     @property
     def addresses(self) -> list[str]:
-        """``host:port`` of every server (IPv6 as ``[::1]:port``)."""
+        """`host:port` of every server (IPv6 as `[::1]:port`)."""
         return [s.address for s in self.servers]
 
     @property
     def urls(self) -> list[str]:
-        """``http://host:port`` of every server."""
+        """`http://host:port` of every server."""
         return [s.url for s in self.servers]
 
     @property
     def static_url(self) -> str:
-        """A ``static://`` discovery URL naming every server."""
+        """A `static://` discovery URL naming every server."""
         return "static://" + ",".join(self.addresses)
 
     @property
@@ -253,7 +253,7 @@ class Backend:
             server.reset_counts()
 
     def set(self, **changes: Any) -> None:
-        """:meth:`Server.set` on every server."""
+        """`Server.set()` on every server."""
         for server in self.servers:
             server.set(**changes)
 
@@ -265,7 +265,7 @@ class Backend:
                 server.restore()
 
     def wait_for_count(self, n: int, timeout: float = 5.0) -> bool:
-        """Poll until :attr:`count` reaches ``n``; return whether it did."""
+        """Poll until `count` reaches `n`; return whether it did."""
         deadline = time.monotonic() + timeout
         while self._total < n:
             if time.monotonic() >= deadline:

@@ -1,7 +1,7 @@
 """The loopback backend's data: behaviour settings, recorded requests, addresses.
 
-Plain values shared by :mod:`.protocol` (which acts on them), :mod:`.control`
-(which holds them per server) and :mod:`.runner`; this module imports none of them.
+Plain values shared by `.protocol` (which acts on them), `.control`
+(which holds them per server) and `.runner`; this module imports none of them.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ class ServerSettings:
     drop_pct: float = 0.0
     """Percentage of requests whose connection is closed, unanswered, once read."""
     query_overrides: bool = True
-    """Whether ``?delay_ms=``, ``?status=``, ``?fail_pct=``, ``?retry_after=`` apply."""
+    """Whether `?delay_ms=`, `?status=`, `?fail_pct=`, `?retry_after=` apply."""
 
     def validated(self) -> ServerSettings:
-        """Return ``self`` after checking every field, or raise ``ValueError``."""
+        """Return `self` after checking every field, or raise `ValueError`."""
         if self.delay_ms < 0:
             raise ValueError(f"delay_ms must be >= 0, not {self.delay_ms!r}")
         if not 100 <= self.status <= 999 or not 100 <= self.fail_status <= 999:
@@ -51,16 +51,16 @@ class RecordedRequest:
     """One request as a server received it."""
 
     backend: str
-    """``host:port`` of the server that received it."""
+    """`host:port` of the server that received it."""
     method: str
     path: str
     """Path without the query string."""
     query: str
     headers: dict[str, str]
-    """Lower-cased header names; repeated headers joined with ``", "``."""
+    """Lower-cased header names; repeated headers joined with `", "`."""
     body: bytes
     time: float
-    """``time.monotonic()`` when the request had been read completely."""
+    """`time.monotonic()` when the request had been read completely."""
     n: int
     """1-based sequence number of this request on its server."""
 
@@ -72,12 +72,12 @@ class RecordedRequest:
 
 
 def format_address(host: str, port: int) -> str:
-    """``host:port``, with IPv6 hosts in brackets."""
+    """`host:port`, with IPv6 hosts in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def check_loopback(host: str) -> str:
-    """``host`` as a loopback IP address, or ``ValueError``."""
+    """`host` as a loopback IP address, or `ValueError`."""
     if host == "localhost":
         return "127.0.0.1"
     try:
