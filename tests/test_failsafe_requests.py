@@ -153,3 +153,35 @@ def test_a_one_shot_stream_is_still_never_replayed() -> None:
                                 policy=Policy(retries=2)) as client:
             with pytest.raises(httpx.ConnectError):
                 client.post("http://svc/up", content=body())
+
+
+async def test_a_stream_the_clients_own_http2_connection_refuses_is_sent_elsewhere(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """h2's "Max outbound streams" (httpcore's stream count can drift from h2's under
+    cancellation) means nothing was sent: a POST is sent once, on another endpoint, and
+    the refusal counts against no endpoint."""
+    from meshlib._async.pool import AsyncEndpointPool
+
+    real_send = AsyncEndpointPool.send
+    refused: list[str] = []
+
+    async def send(self: AsyncEndpointPool, request: httpx.Request, *args: Any,
+                   **kwargs: Any) -> httpx.Response:
+        if not refused:
+            refused.append(request.url.netloc.decode())
+            raise httpx.LocalProtocolError("Max outbound streams is 100, 100 open")
+        return await real_send(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncEndpointPool, "send", send)
+    with Fleet(2) as fleet:
+        policy = Policy(breaker=meshlib.Breaker(failures=1))
+        async with meshlib.AsyncMeshClient(services={"svc": fleet.url}, policy=policy) as client:
+            response = await client.post("http://svc/orders", content=b"{}")
+            assert response.status_code == 200
+            assert response.extensions["meshlib"]["attempts"] == 2
+            assert response.extensions["meshlib"]["endpoint"] != refused[0]
+            snap = client.snapshot()["services"]["svc"]
+        hits = [len(h) for h in fleet.hits()]
+    assert sum(hits) == 1  # sent once
+    assert {e["breaker"] for e in snap["endpoints"]} == {"closed"}
+    assert snap["routes"].get("POST /orders", {}).get("consecutive_failures", 0) == 0

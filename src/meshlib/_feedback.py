@@ -33,7 +33,7 @@ import httpx
 
 from ._balancer import FAILURE_PENALTY
 from ._breaker import ADMITTED, TRIAL
-from ._gate import sent_before_failure
+from ._gate import sent_before_failure, stream_refused_locally
 from ._route_health import streak_needed
 from ._window import Window
 
@@ -71,7 +71,8 @@ def classify(call: Call, attempt: Launch, response: httpx.Response | None,
         return ANSWER_FAILURE if response.status_code >= 500 else SUCCESS
     if call.runtime.closed:
         return CALLERS_FAULT  # the caller closed the client under its own requests
-    if isinstance(error, httpx.PoolTimeout):
+    if isinstance(error, httpx.PoolTimeout) or (
+            error is not None and stream_refused_locally(error)):
         return CALLERS_FAULT  # the client's own pool was full: never the endpoint's fault
     if isinstance(error, httpx.TimeoutException):
         phase = next((p for kind, p in _PHASES if isinstance(error, kind)), "read")

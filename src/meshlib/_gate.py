@@ -56,9 +56,21 @@ def is_bytes_body(request: httpx.Request) -> bool:
     return isinstance(request.stream, httpx.ByteStream)
 
 
+def stream_refused_locally(error: BaseException) -> bool:
+    """Whether an HTTP/2 connection of the client's own pool refused to open one more
+    stream (h2's "Max outbound streams"): nothing was sent.
+
+    httpcore's count of open streams can drift from h2's when requests are cancelled
+    (encode/httpcore#1022), so a connection may refuse a stream although fewer are
+    in flight. That is the client's own state, never the endpoint's fault.
+    """
+    return isinstance(error, httpx.LocalProtocolError) and "Max outbound streams" in str(error)
+
+
 def sent_before_failure(error: BaseException) -> bool:
-    """`False` if `error` proves the request never left (refused, connect or pool timeout)."""
-    return not isinstance(error, _NOT_SENT)
+    """`False` if `error` proves the request never left (refused, connect or pool timeout,
+    a stream the client's own HTTP/2 connection would not open)."""
+    return not isinstance(error, _NOT_SENT) and not stream_refused_locally(error)
 
 
 #: ``Retry-After`` in seconds: ASCII digits only, as urllib3 (``str.isdigit`` takes ``²``)
