@@ -211,8 +211,7 @@ def test_soak_sync_32_threads(tmp_path: Path) -> None:
         assert _recovers(client), client.snapshot()
         for i in range(20):
             key = f"s-after-{i}"
-            answered[key] = client.post("http://svc/order", content=b"{}",
-                                        headers={ID_HEADER: key}).status_code
+            answered[key] = _post_when_open(client, key)
         assert _inflight(client) == 0, client.snapshot()
         routes = client.snapshot()["services"]["svc"]["routes"]
         assert routes["svc#orders"]["window"]["requests"] > 0, routes  # the table was used
@@ -283,8 +282,7 @@ def test_soak_async_1000_tasks(tmp_path: Path, http2: bool) -> None:
             # the storm itself may, on a busy machine, let few requests through
             for i in range(20):
                 key = f"a-after-{i}"
-                answered[key] = (await client.post("http://svc/order", content=b"{}",
-                                                   headers={ID_HEADER: key})).status_code
+                answered[key] = await _apost_when_open(client, key)
             assert _inflight(client) == 0, client.snapshot()
 
     with _fault_matrix(tmp_path) as (backend, path, stop):
@@ -353,6 +351,19 @@ def _post_when_open(client: meshlib.MeshClient, key: str) -> int:
             if time.monotonic() > limit:
                 raise
             time.sleep(0.05)
+
+
+async def _apost_when_open(client: meshlib.AsyncMeshClient, key: str) -> int:
+    """`_post_when_open` for the async client."""
+    limit = time.monotonic() + RECOVERY_SECONDS
+    while True:
+        try:
+            return (await client.post("http://svc/order", content=b"{}",
+                                      headers={ID_HEADER: key})).status_code
+        except meshlib.CircuitOpenError:
+            if time.monotonic() > limit:
+                raise
+            await asyncio.sleep(0.05)
 
 
 def test_soak_forked_child_serves_traffic(tmp_path: Path) -> None:
