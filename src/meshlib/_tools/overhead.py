@@ -54,7 +54,6 @@ def _sync_segment(client: httpx.Client, url: str, n: int, deadline: float,
     """
     gc.collect()
     bad = 0
-    done = 0
     stamps: list[float] = []
     cpu: list[float] = []
     clock, cpu_clock = time.perf_counter, time.thread_time
@@ -64,14 +63,20 @@ def _sync_segment(client: httpx.Client, url: str, n: int, deadline: float,
             bad += 1
         stamps.append(clock())
         cpu.append(cpu_clock())
-        done += 1
-        if done % 64 == 0 and stamps[-1] > deadline:
+        if len(stamps) % 64 == 0 and stamps[-1] > deadline:
             break
+    return _segment_result(start, cpu_start, stamps, cpu, bad, sink, cpu_sink)
+
+
+def _segment_result(start: float, cpu_start: float, stamps: list[float], cpu: list[float],
+                    bad: int, sink: list[float] | None,
+                    cpu_sink: list[float] | None) -> tuple[float, int]:
+    """Hand a segment's per-request times to the sinks; its mean time and failures."""
     if sink is not None:
         sink.extend(_deltas(start, stamps))
     if cpu_sink is not None:
         cpu_sink.extend(_deltas(cpu_start, cpu))
-    return (stamps[-1] - start) / done, bad
+    return (stamps[-1] - start) / len(stamps), bad
 
 
 async def _async_segment(
@@ -81,7 +86,6 @@ async def _async_segment(
     """Async version of `_sync_segment()`."""
     gc.collect()
     bad = 0
-    done = 0
     stamps: list[float] = []
     cpu: list[float] = []
     clock, cpu_clock = time.perf_counter, time.thread_time
@@ -91,14 +95,9 @@ async def _async_segment(
             bad += 1
         stamps.append(clock())
         cpu.append(cpu_clock())
-        done += 1
-        if done % 64 == 0 and stamps[-1] > deadline:
+        if len(stamps) % 64 == 0 and stamps[-1] > deadline:
             break
-    if sink is not None:
-        sink.extend(_deltas(start, stamps))
-    if cpu_sink is not None:
-        cpu_sink.extend(_deltas(cpu_start, cpu))
-    return (stamps[-1] - start) / done, bad
+    return _segment_result(start, cpu_start, stamps, cpu, bad, sink, cpu_sink)
 
 
 def _summarise(times: dict[str, list[float]], samples: dict[str, list[float]],
