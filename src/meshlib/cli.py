@@ -17,6 +17,7 @@ from typing import Any
 from ._config import parse_services, read_env
 from ._discovery import DiscoveryFailure, DiscoveryOptions, discovery_from_url
 from ._errors import ConfigError
+from ._tools.printing import print_change
 
 __all__ = ["main"]
 
@@ -93,16 +94,6 @@ def _discovery_url(target: str) -> str:
                       f"MESHLIB_SERVICES (which names {', '.join(sorted(services))})")
 
 
-def _print_change(text: str, last: object, *, watch: bool, as_json: bool) -> str:
-    """Print `text` unless it is `last` (then a `--` line under `--watch`);
-    return it, the new `last`."""
-    if text != last:
-        print(text, flush=True)
-        if watch and not as_json:
-            print("--", flush=True)
-    return text
-
-
 async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
     discovery = discovery_from_url(url, _options())
     updates = discovery.updates()
@@ -134,7 +125,7 @@ async def _resolve(url: str, watch: bool, timeout: float, as_json: bool) -> int:
                      "zone": e.zone, "priority": e.priority} for e in update])
             else:
                 text = _format_set(update) if details is None else _format_details(details)
-            last = _print_change(text, last, watch=watch, as_json=as_json)
+            last = print_change(text, last, watch=watch, as_json=as_json)
             if not watch:
                 return 0
     finally:

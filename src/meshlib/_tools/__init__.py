@@ -12,7 +12,9 @@ load it, when used. It holds what surrounds the runtime:
   each have a module (`.overhead`, `.sidecar` with `.envoy`,
   `.tail`, `.routes_cost`, `.throughput`, `.pick`,
   `.memory`, `.large_set`) and `.report` prints the table;
-* `.demo_baseline`: httpx + tenacity retries, the demo's second baseline.
+* `.demo_baseline`: httpx + tenacity retries, the demo's second baseline;
+* `.resolve_routes` and `.printing`: `meshlib resolve xds:///...` and the
+  print-on-change of every `--watch`.
 
 Not public API: users reach it through `meshlib.testing` and the CLI.
 """

@@ -16,7 +16,7 @@ from typing import Any
 from .._control_plane import route_source
 from .._discovery import DiscoveryFailure
 from .._route_source import RouteUpdate
-from ..cli import _print_change
+from .printing import print_change
 
 __all__ = ["describe_update", "resolve_routes"]
 
@@ -74,7 +74,7 @@ async def resolve_routes(url: str, watch: bool, timeout: float, as_json: bool) -
                 continue
             described = describe_update(item)
             text = json.dumps(described) if as_json else _text(described)
-            last = _print_change(text, last, watch=watch, as_json=as_json)
+            last = print_change(text, last, watch=watch, as_json=as_json)
             if not watch:
                 return 0
     finally:
