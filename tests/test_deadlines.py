@@ -215,3 +215,20 @@ def test_a_hung_endpoint_is_ejected_even_by_callers_with_short_deadlines(
         breakers = {e["endpoint"]: e["breaker"]
                     for e in client.snapshot()["services"]["svc"]["endpoints"]}
     assert breakers == {b.addresses[0]: "open", b.addresses[1]: "closed"}
+
+
+def test_the_deadline_header_replaces_the_callers_own_and_leaves_the_request_alone() -> None:
+    """A caller's own `X-Mesh-Timeout-Ms` (any case, even repeated) is replaced by the
+    mesh's, sent once; the caller's other headers go as they were, and the request
+    object the caller holds never gets the mesh's header."""
+    with meshlib.testing.Fleet(1) as fleet, meshlib.MeshClient(
+            services={"svc": fleet.url}, policy=Policy(timeout=2.0)) as client:
+        request = client.build_request(
+            "GET", "http://svc/", headers=[("X-Mesh-Timeout-Ms", "999999"),
+                                           ("x-mesh-timeout-ms", "888888"), ("X-Other", "kept")])
+        response = client.send(request)
+        assert response.status_code == 200
+        seen = fleet.hits()[0][-1].headers
+        assert 0 < int(seen["x-mesh-timeout-ms"]) <= 2000  # one value: not joined with ", "
+        assert seen["x-other"] == "kept"
+        assert request.headers.get_list("x-mesh-timeout-ms") == ["999999", "888888"]

@@ -261,8 +261,7 @@ def finish(call: Call, outcome: Outcome, now: float) -> httpx.Response:
     response = outcome.response
     ok = response is not None and response.status_code < 500
     latency = None if response is None else now - call.started
-    call.runtime.window.record(now, ok, latency)
-    call.health.window.record(now, ok, latency)
+    call.runtime.window.record_with(call.health.window, now, ok, latency)
     if response is None:
         if call.remaining(now) <= 0.001:
             telemetry.deadline_expired(call)

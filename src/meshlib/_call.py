@@ -35,7 +35,7 @@ from ._gate import (
     parse_retry_after,
     sent_before_failure,
 )
-from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER
+from ._headers import DEADLINE_HEADER, GRPC_TIMEOUT_HEADER, copy_headers, set_ascii_header
 from ._hedging import hedge_refusal
 from ._info import MeshInfo
 from ._policy import Policy
@@ -171,7 +171,7 @@ class Call:
         r = self.request
         copy = _new_request(httpx.Request)
         copy.__dict__.update(r.__dict__)  # method, url, stream, extensions, _content
-        copy.headers = r.headers.copy()
+        copy.headers = copy_headers(r.headers)
         return copy
 
     def begin(self, state: EndpointState) -> None:
@@ -188,9 +188,9 @@ class Call:
         fault); and the time by which the attempt must have its response headers.
         """
         left = self.remaining(now)
-        request.headers[DEADLINE_HEADER] = str(max(int(left * 1000.0), 0))
+        set_ascii_header(request.headers, DEADLINE_HEADER, str(max(int(left * 1000.0), 0)))
         if self.policy.propagate_grpc_timeout:  # off by default: no cost on the common path
-            request.headers[GRPC_TIMEOUT_HEADER] = format_grpc_timeout(left)
+            set_ascii_header(request.headers, GRPC_TIMEOUT_HEADER, format_grpc_timeout(left))
         attempt_timeout = self.policy.attempt_timeout
         if attempt_timeout is None or left <= attempt_timeout:
             deadline_bound, limit = True, max(left, 0.0)

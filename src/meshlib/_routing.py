@@ -283,13 +283,13 @@ def implicit_route_key(request: httpx.Request) -> str:
     """The route of a request when none is configured: its method and the first
     segment of its path (`GET /users`), so ids deeper in paths do not multiply
     routes."""
-    raw = request.url.raw_path
-    end = len(raw)
-    for stop in (b"?", b"/"):
-        i = raw.find(stop, 1)
-        if 0 <= i < end:
-            end = i
-    return f"{request.method} {raw[:end].decode('ascii', 'replace') or '/'}"
+    url = request.url
+    # httpx keeps the (percent-encoded) path apart from the query: no bytes to build
+    path = getattr(getattr(url, "_uri_reference", None), "path", None)
+    if not isinstance(path, str):
+        path = url.raw_path.decode("ascii", "replace").partition("?")[0]
+    end = path.find("/", 1)
+    return f"{request.method} {(path[:end] if end > 0 else path) or '/'}"
 
 
 def uniform() -> float:

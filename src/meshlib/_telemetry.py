@@ -262,7 +262,7 @@ class Telemetry:
         if error is not None and not outcome.sent and isinstance(
                 error, (CircuitOpenError, NoEndpointsError)):
             self.not_sent(call, error)
-        if not self._traces:  # nothing recorded (no SDK): no lock to take
+        if not self._tracing or not self._traces:  # nothing recorded (no SDK): no lock
             return
         with self._lock:
             record = self._traces.pop(call.request, None)
@@ -417,23 +417,27 @@ _ENVIRON_PROVIDERS = frozenset(
     if name in os.environ)
 
 
-def _unset(module: Any, name: str, variable: str) -> bool:
-    """Whether no provider is set in the API global `name` (one attribute read, where
-    the API's `get_*_provider()` also reads `os.environ` on every call)."""
-    return _metrics_globals is not None and getattr(module, name) is None \
-        and variable not in _ENVIRON_PROVIDERS
+#: whether the globals can be read directly, and no provider comes from the environment
+_METERS_READABLE = _metrics_globals is not None \
+    and OTEL_PYTHON_METER_PROVIDER not in _ENVIRON_PROVIDERS
+_TRACERS_READABLE = _metrics_globals is not None \
+    and OTEL_PYTHON_TRACER_PROVIDER not in _ENVIRON_PROVIDERS
 
 
 def _metrics_installed() -> bool:
-    """Whether a real meter provider is installed (the API's proxy binds to it then)."""
-    if _unset(_metrics_globals, "_METER_PROVIDER", OTEL_PYTHON_METER_PROVIDER):
+    """Whether a real meter provider is installed (the API's proxy binds to it then).
+
+    Asked at every attempt: with no provider set it is one global read (where the
+    API's `get_meter_provider()` also reads `os.environ` on every call)."""
+    if _METERS_READABLE and _metrics_globals._METER_PROVIDER is None:
         return False
     return not isinstance(metrics.get_meter_provider(), _NO_METERS)
 
 
 def _tracing_installed() -> bool:
-    """Whether a real tracer provider is installed (once set, it stays)."""
-    if _unset(trace, "_TRACER_PROVIDER", OTEL_PYTHON_TRACER_PROVIDER):
+    """Whether a real tracer provider is installed (once set, it stays); one global
+    read with none set, as `_metrics_installed()`."""
+    if _TRACERS_READABLE and trace._TRACER_PROVIDER is None:
         return False
     return not isinstance(trace.get_tracer_provider(), _NO_TRACERS)
 

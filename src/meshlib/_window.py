@@ -64,13 +64,7 @@ class Window:
         epoch = int(now // BUCKET_SECONDS)
         slot = epoch % BUCKETS
         if self._epochs[slot] != epoch:
-            self._epochs[slot] = epoch
-            self._requests[slot] = 0
-            self._ok[slot] = 0
-            self._shed[slot] = 0
-            bins = self._bins[slot]
-            if bins is not None:
-                bins[:] = [0] * _BINS
+            self._roll(slot, epoch)
         self._requests[slot] += 1
         if ok:
             self._ok[slot] += 1
@@ -81,6 +75,34 @@ class Window:
             if bins is None:
                 bins = self._bins[slot] = [0] * _BINS
             bins[_bin(latency_s)] += 1
+
+    def record_with(self, other: Window, now: float, ok: bool, latency_s: float | None) -> None:
+        """`record()` into this window and `other` at once (a request's service and
+        route windows): the bucket and the latency's bin are worked out once."""
+        epoch = int(now // BUCKET_SECONDS)
+        slot = epoch % BUCKETS
+        index = -1 if latency_s is None else _bin(latency_s)
+        for window in (self, other):
+            if window._epochs[slot] != epoch:
+                window._roll(slot, epoch)
+            window._requests[slot] += 1
+            if ok:
+                window._ok[slot] += 1
+            if index >= 0:
+                bins = window._bins[slot]
+                if bins is None:
+                    bins = window._bins[slot] = [0] * _BINS
+                bins[index] += 1
+
+    def _roll(self, slot: int, epoch: int) -> None:
+        """Start bucket `slot` over for `epoch` (its last use is over 60 s old)."""
+        self._epochs[slot] = epoch
+        self._requests[slot] = 0
+        self._ok[slot] = 0
+        self._shed[slot] = 0
+        bins = self._bins[slot]
+        if bins is not None:
+            bins[:] = [0] * _BINS
 
     def _live(self, now: float) -> list[int]:
         epoch = int(now // BUCKET_SECONDS)
