@@ -118,6 +118,25 @@ def test_peak_ewma_jumps_up_and_decays_down() -> None:
     assert state.ewma(10.001) == pytest.approx(0.200 * 0.3679, rel=0.01)
 
 
+def test_a_busy_endpoint_recovers_from_one_slow_answer_within_a_few_dozen_answers() -> None:
+    """One slow first answer (a cold connection, a pause) does not price a fast, busy
+    endpoint as slow for seconds: answers a millisecond apart each move the estimate
+    at least 10% towards themselves, while a genuinely slow endpoint stays slow."""
+    fast, slow = _states(2)
+    fast.observe(0.050, 1.0, failed=False, penalty=FAILURE_PENALTY)  # the outlier
+    slow.observe(0.050, 1.0, failed=False, penalty=FAILURE_PENALTY)
+    now = 1.0
+    for _ in range(40):  # 40 ms of traffic
+        now += 0.001
+        fast.observe(0.005, now, failed=False, penalty=FAILURE_PENALTY)
+        slow.observe(0.050, now, failed=False, penalty=FAILURE_PENALTY)
+    assert fast.ewma(now) < 0.008  # time-only weights would leave it near 0.050
+    assert fast.ok_estimate(now) < 0.008
+    assert slow.ewma(now) == pytest.approx(0.050, rel=0.01)
+    fast.observe(0.080, now + 0.001, failed=False, penalty=FAILURE_PENALTY)
+    assert fast.ewma(now + 0.001) == pytest.approx(0.080)  # a peak still counts at once
+
+
 def test_failures_raise_cost_so_a_fast_failing_endpoint_is_avoided() -> None:
     """An endpoint answering 503 in 1 ms does not become the favourite (no black hole)."""
     states = _states(2)

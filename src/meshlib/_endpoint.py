@@ -12,6 +12,7 @@ from ._window import Window
 
 __all__ = [
     "DECAY_SECONDS",
+    "MIN_SAMPLE_WEIGHT",
     "Endpoint",
     "EndpointState",
     "format_address",
@@ -20,6 +21,11 @@ __all__ = [
 
 #: peak-EWMA decay time constant, as Finagle's and Linkerd's default
 DECAY_SECONDS = 10.0
+#: the least weight a sample below the estimate gets: however close together samples
+#: come, each moves the estimate this far towards itself
+MIN_SAMPLE_WEIGHT = 0.1
+#: the most weight the estimate keeps at a sample (`1 - MIN_SAMPLE_WEIGHT`)
+_MAX_KEEP = 1.0 - MIN_SAMPLE_WEIGHT
 
 
 def format_address(host: str, port: int) -> str:
@@ -85,8 +91,15 @@ class EndpointState:
 
     Latency is a peak EWMA (Finagle's `PeakEwma`): a sample above the current
     value replaces it at once; a lower one is blended in with weight
-    `1 - exp(-dt / DECAY_SECONDS)`; and reading decays the value towards zero,
-    so an endpoint that has not been picked for a while gets probed again.
+    `1 - exp(-dt / DECAY_SECONDS)`, but at least `MIN_SAMPLE_WEIGHT`; and
+    reading decays the value towards zero, so an endpoint that has not been
+    picked for a while gets probed again. The floor is meshlib's own: with
+    time-only weights a busy endpoint's samples, milliseconds apart, each move
+    the estimate by a ten-thousandth, so one slow first answer (a cold
+    connection, a pause of the client's machine) would price a fast endpoint
+    as slow for tens of seconds whatever it answers meanwhile; with the floor,
+    a dozen or two good answers bring it back. A slow endpoint's own answers
+    keep it slow, and a peak still counts at once.
 
     Failures are priced apart from latency, as a *penalty* added to it: a failed
     attempt raises the penalty to at least `penalty` seconds, each success halves
@@ -170,6 +183,15 @@ class EndpointState:
         """Record an attempt's latency; a failure raises the penalty to at least
         `penalty` seconds, a success halves it."""
         with self._lock:
+            if not failed and not self._penalty and self._ok_stamp == self._stamp \
+                    and self._ok is not None and self._ewma is not None:
+                # the common case: a success after a success; both estimates were last
+                # updated together, so they decay by the same weight
+                weight = min(math.exp(-max(now - self._stamp, 0.0) / DECAY_SECONDS), _MAX_KEEP)
+                self._ewma = _blend(self._ewma, weight, latency)
+                self._ok = _blend(self._ok, weight, latency)
+                self._stamp = self._ok_stamp = now
+                return
             self._ewma = _peak_ewma(self._ewma, self._stamp, latency, now)
             self._stamp = now
             if failed:
@@ -207,11 +229,17 @@ def _decayed(value: float | None, stamp: float, now: float) -> float | None:
     return value * math.exp(-elapsed / DECAY_SECONDS) if elapsed > 0 else value
 
 
+def _blend(current: float, weight: float, sample: float) -> float:
+    """`_peak_ewma()` with the weight the estimate keeps already worked out."""
+    decayed = current * weight
+    return sample if sample > decayed else decayed + sample * (1.0 - weight)
+
+
 def _peak_ewma(current: float | None, stamp: float, sample: float, now: float) -> float:
     """One peak-EWMA update: a sample above the decayed value replaces it; a lower one is
-    blended in with weight `1 - exp(-dt / DECAY_SECONDS)`."""
+    blended in with weight `1 - exp(-dt / DECAY_SECONDS)`, at least `MIN_SAMPLE_WEIGHT`."""
     if current is None:
         return sample
-    weight = math.exp(-max(now - stamp, 0.0) / DECAY_SECONDS)
+    weight = min(math.exp(-max(now - stamp, 0.0) / DECAY_SECONDS), _MAX_KEEP)
     decayed = current * weight
     return sample if sample > decayed else decayed + sample * (1.0 - weight)
