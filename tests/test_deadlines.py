@@ -232,3 +232,78 @@ def test_the_deadline_header_replaces_the_callers_own_and_leaves_the_request_alo
         assert 0 < int(seen["x-mesh-timeout-ms"]) <= 2000  # one value: not joined with ", "
         assert seen["x-other"] == "kept"
         assert request.headers.get_list("x-mesh-timeout-ms") == ["999999", "888888"]
+
+
+_WITHOUT_RESPX = r'''
+import asyncio, socket, sys, threading, time
+import httpx, meshlib
+
+def serve(conn_handler):
+    server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(8)
+    def loop():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=conn_handler, args=(conn,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    return server
+
+def trickle(conn):
+    conn.recv(65536); conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    for i in range(30):
+        time.sleep(0.2)
+        try: conn.sendall(f"x-trickle-{i}: y\r\n".encode())
+        except OSError: return
+
+def hang(conn):
+    conn.recv(65536); time.sleep(10)
+
+async def timed(client, **kwargs):
+    start = time.monotonic()
+    try:
+        await client.get("http://svc/", **kwargs)
+    except httpx.TimeoutException:
+        return time.monotonic() - start
+    raise SystemExit("no timeout")
+
+async def main():
+    policy = meshlib.Policy(timeout=0.6, retries=0)
+    for handler in (trickle, hang):
+        server = serve(handler)
+        port = server.getsockname()[1]
+        one = httpx.Limits(max_connections=1)
+        async with meshlib.AsyncMeshClient(services={"svc": f"static://127.0.0.1:{port}"},
+                                           policy=policy, limits=one) as client:
+            print(handler.__name__, round(await timed(client), 3))
+            # the pool's one connection is held by a hung attempt: waiting for it ends too
+            first = asyncio.ensure_future(client.get("http://svc/"))
+            await asyncio.sleep(0.05)
+            print(handler.__name__ + "-pool", round(await timed(client), 3))
+            try:
+                await first
+            except httpx.TimeoutException:
+                pass
+        server.close()
+    print("respx", "respx" in sys.modules)
+
+asyncio.run(main())
+'''
+
+
+def test_async_http1_attempts_end_at_the_deadline_without_a_cancelling_timer() -> None:
+    """Without respx loaded, an async HTTP/1.1 attempt is not cancelled by a timer of
+    its own: every wait it can make (a read of a trickling answer, an answer that
+    never comes, a full pool) has its timeout clamped to the deadline, so each
+    still ends there. Run in a child interpreter, since this session loads respx."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_RESPX], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.rsplit(" ", 1) for line in result.stdout.split("\n") if line)
+    assert lines["respx"] == "False"
+    for name in ("trickle", "trickle-pool", "hang", "hang-pool"):
+        assert 0.5 <= float(lines[name]) < 1.2, result.stdout

@@ -229,7 +229,8 @@ class attempt_limit:
 
     __slots__ = ("_limit_at", "_token")
 
-    def __init__(self, limit_at: float | None) -> None:
+    def __init__(self, limit_at: float | None, *, cancel: bool = True) -> None:
+        # `cancel`: the async twin's; a thread has no send to cancel
         self._limit_at = limit_at
 
     def __enter__(self) -> None:
@@ -249,19 +250,25 @@ class async_attempt_limit:
     effect sleeps, say). That raises `httpx.ReadTimeout`.
 
     This is `asyncio.timeout_at` cut down to one timer handle: it runs on
-    every attempt, and costs about half as much.
+    every attempt, and costs about half as much. With `cancel=False` there is
+    no timer, only the streams' bounds: for a pool whose every wait (for a
+    pooled connection, the connect, TLS, each read and write) has a timeout
+    clamped to the limit, so that the timer could only ever fire after one
+    of them.
     """
 
-    __slots__ = ("_cancelling", "_expired", "_handle", "_limit_at", "_task", "_token")
+    __slots__ = ("_bound", "_cancelling", "_expired", "_handle", "_limit_at", "_task",
+                 "_token")
 
-    def __init__(self, limit_at: float | None) -> None:
-        self._limit_at = limit_at
+    def __init__(self, limit_at: float | None, *, cancel: bool = True) -> None:
+        self._limit_at = limit_at if cancel else None
+        self._bound = limit_at
         self._handle: asyncio.TimerHandle | None = None
         self._expired = False
         self._cancelling = 0
 
     async def __aenter__(self) -> None:
-        self._token = _ATTEMPT_LIMIT.set(self._limit_at)
+        self._token = _ATTEMPT_LIMIT.set(self._bound)
         task = asyncio.current_task()
         if self._limit_at is None or task is None:
             return

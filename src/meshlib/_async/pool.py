@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import ssl
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 from typing import Any
@@ -28,6 +29,8 @@ from .._pool import (
 )
 
 __all__ = ["AsyncEndpointPool"]
+
+_RESPX = "respx"
 
 
 class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
@@ -139,6 +142,10 @@ class AsyncEndpointPool:
         self._pool = httpcore.AsyncConnectionPool(network_backend=backend,
                                                   **settings.pool_kwargs())
         self._closed = False
+        #: HTTP/1.1 only: every wait of a send has a timeout clamped to the attempt's
+        #: limit (the streams, connect, TLS, the pool's own wait), so the send need not
+        #: also be cancelled at it; HTTP/2's shared reads are not clamped
+        self._bounded = not settings.http2
 
     async def send(self, request: httpx.Request, extensions: dict[str, Any],
                    on_close: Callable[[], None] | None = None,
@@ -152,7 +159,9 @@ class AsyncEndpointPool:
         """
         if self._closed:
             raise httpx.ConnectError("the connection pool is closed")
-        async with async_attempt_limit(limit_at):
+        # respx replaces the pool's send: a mock's side effect touches no stream
+        async with async_attempt_limit(limit_at, cancel=not self._bounded
+                                       or _RESPX in sys.modules):
             try:
                 resp = await self._pool.handle_async_request(core_request(request, extensions))
             except Exception as exc:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ssl
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
@@ -29,6 +30,8 @@ from .._pool import (
 )
 
 __all__ = ["EndpointPool"]
+
+_RESPX = "respx"
 
 
 class _BoundedStream(httpcore.NetworkStream):
@@ -140,6 +143,10 @@ class EndpointPool:
         self._pool = httpcore.ConnectionPool(network_backend=backend,
                                                   **settings.pool_kwargs())
         self._closed = False
+        #: HTTP/1.1 only: every wait of a send has a timeout clamped to the attempt's
+        #: limit (the streams, connect, TLS, the pool's own wait), so the send need not
+        #: also be cancelled at it; HTTP/2's shared reads are not clamped
+        self._bounded = not settings.http2
 
     def send(self, request: httpx.Request, extensions: dict[str, Any],
                    on_close: Callable[[], None] | None = None,
@@ -153,7 +160,9 @@ class EndpointPool:
         """
         if self._closed:
             raise httpx.ConnectError("the connection pool is closed")
-        with attempt_limit(limit_at):
+        # respx replaces the pool's send: a mock's side effect touches no stream
+        with attempt_limit(limit_at, cancel=not self._bounded
+                                       or _RESPX in sys.modules):
             try:
                 resp = self._pool.handle_request(core_request(request, extensions))
             except Exception as exc:
