@@ -18,7 +18,12 @@ never blocks. Weights come from discovery (SRV weight, registry weight).
   in-flight requests per unit of weight), and the choice is made at random, by
   weight, among those within `NEAR_BEST` (plus `NEAR_SLACK`) of the cheapest: equal endpoints
   share the load, a clearly worse one gets none until its estimate decays
-  or an exploring pick (`EXPLORE`, 1%) measures it again.
+  or an exploring pick (`EXPLORE`, 1%) measures it again. An exploring pick
+  that lands on an endpoint with no failure penalty is sent at most once per
+  `EXPLORE_INTERVAL` (1 s): a slower endpoint's estimate decays when idle,
+  while a penalty sheds only through successes, so at hundreds of requests
+  per second exploration costs a slow instance's latency once a second, not
+  a few times per hundred requests.
 - `least-request`: power of two choices over `(inflight + 1) / weight`
   (Envoy's `LEAST_REQUEST`).
 - `round-robin`: smooth weighted round-robin (nginx's algorithm).
@@ -57,6 +62,10 @@ NEAR_SLACK = 0.005
 #: on a small set, this share of picks goes to a random candidate, so that an endpoint
 #: judged by one unlucky sample (a cold connection, a pause) is measured again soon
 EXPLORE = 0.01
+#: ... but an exploring pick that lands on an endpoint with no failure penalty is sent
+#: at most once per this many seconds per balancer: such an endpoint is only slower, and
+#: its estimate decays when idle anyway; a penalty sheds only through successes
+EXPLORE_INTERVAL = 1.0
 #: a large set's "cheapest sampled latency" scan is reused this long (seconds)
 DEFAULT_REUSE = 0.1
 
@@ -158,6 +167,8 @@ class P2CEwma(_PowerOfTwo):
         super().__init__(rng)
         #: (candidates, when, value) of the last full default_rtt scan
         self._default: tuple[Sequence[EndpointState] | None, float, float] = (None, 0.0, 0.0)
+        #: when an exploring pick last went to an endpoint without a failure penalty
+        self._explored = -EXPLORE_INTERVAL
 
     def default_rtt(self, candidates: Sequence[EndpointState], now: float) -> float:
         """The cheapest sampled latency among `candidates` (an unsampled endpoint's cost)."""
@@ -192,7 +203,12 @@ class P2CEwma(_PowerOfTwo):
         if len(candidates) > SMALL_SET or len(candidates) == 1:
             return super().pick(candidates, now)
         if self.rng.random() < EXPLORE:
-            return candidates[self.rng.randrange(len(candidates))]
+            chosen = candidates[self.rng.randrange(len(candidates))]
+            if chosen.penalised:
+                return chosen
+            if now - self._explored >= EXPLORE_INTERVAL or now < self._explored:
+                self._explored = now
+                return chosen
         rtts = [state.ewma(now) for state in candidates]
         sampled = [rtt for rtt in rtts if rtt is not None]
         default = min(sampled) if sampled else DEFAULT_RTT

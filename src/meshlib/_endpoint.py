@@ -23,7 +23,7 @@ __all__ = [
 DECAY_SECONDS = 10.0
 #: the least weight a sample below the estimate gets: however close together samples
 #: come, each moves the estimate this far towards itself
-MIN_SAMPLE_WEIGHT = 0.1
+MIN_SAMPLE_WEIGHT = 0.25
 #: the most weight the estimate keeps at a sample (`1 - MIN_SAMPLE_WEIGHT`)
 _MAX_KEEP = 1.0 - MIN_SAMPLE_WEIGHT
 
@@ -98,7 +98,7 @@ class EndpointState:
     the estimate by a ten-thousandth, so one slow first answer (a cold
     connection, a pause of the client's machine) would price a fast endpoint
     as slow for tens of seconds whatever it answers meanwhile; with the floor,
-    a dozen or two good answers bring it back. A slow endpoint's own answers
+    a handful of good answers bring it back. A slow endpoint's own answers
     keep it slow, and a peak still counts at once.
 
     Failures are priced apart from latency, as a *penalty* added to it: a failed
@@ -147,6 +147,11 @@ class EndpointState:
         if value is None or not self._penalty:
             return value
         return value + self.penalty(now)
+
+    @property
+    def penalised(self) -> bool:
+        """Whether a failure penalty is being shed (cheap: no decay computed)."""
+        return self._penalty != 0.0
 
     @property
     def sampled(self) -> bool:
