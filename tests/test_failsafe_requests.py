@@ -185,3 +185,38 @@ async def test_a_stream_the_clients_own_http2_connection_refuses_is_sent_elsewhe
     assert sum(hits) == 1  # sent once
     assert {e["breaker"] for e in snap["endpoints"]} == {"closed"}
     assert snap["routes"].get("POST /orders", {}).get("consecutive_failures", 0) == 0
+
+
+async def test_httpcores_broken_http2_stream_count_surfaces_as_the_error_it_hid(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When httpcore's HTTP/2 stream count breaks while it cleans up a failed stream (its
+    semaphore "released too many times", the family of encode/httpcore#1022), it raises
+    a bare `ValueError` in place of the error it was handling. The caller gets that
+    error instead, as httpx's: here a read timeout, and for an attempt cut at its
+    deadline the deadline's timeout; never the `ValueError`."""
+    import asyncio
+
+    import httpcore
+
+    async def read_timeout(self: Any, request: Any) -> Any:
+        try:
+            raise httpcore.ReadTimeout("timed out")
+        except httpcore.ReadTimeout:
+            raise ValueError("semaphore released too many times") from None
+
+    async def cut_at_the_deadline(self: Any, request: Any) -> Any:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:  # the attempt's own deadline cancels it
+            raise ValueError("semaphore released too many times") from None
+
+    with Fleet(1) as fleet:
+        policy = Policy(retries=0, timeout=0.3)
+        for broken, expected in ((read_timeout, httpx.ReadTimeout),
+                                 (cut_at_the_deadline, httpx.TimeoutException)):
+            monkeypatch.setattr(httpcore.AsyncConnectionPool, "handle_async_request", broken)
+            async with meshlib.AsyncMeshClient(services={"svc": fleet.url},
+                                               policy=policy) as client:
+                with pytest.raises(expected) as caught:
+                    await client.get("http://svc/")
+                assert not isinstance(caught.value, ValueError)

@@ -37,9 +37,11 @@ __all__ = [
     "bounded",
     "clamp",
     "core_request",
+    "hidden_error",
     "httpx_error",
     "is_http2",
     "map_httpcore_exceptions",
+    "stream_count_broken",
 ]
 
 _EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
@@ -71,6 +73,32 @@ def httpx_error(exc: Exception) -> httpx.HTTPError | None:
         if isinstance(exc, source):
             return target(str(exc))
     return None
+
+
+#: what anyio's and trio's semaphores say when released once too often
+_OVER_RELEASED = "semaphore released too many times"
+
+
+def stream_count_broken(exc: BaseException) -> bool:
+    """Whether `exc` is httpcore's HTTP/2 stream count breaking: its stream semaphore
+    released once too often while a cancelled or failed stream is cleaned up (the
+    family of encode/httpcore#1022). httpcore then raises a bare `ValueError` in
+    place of the error it was handling."""
+    return isinstance(exc, ValueError) and str(exc).lower() == _OVER_RELEASED
+
+
+def hidden_error(exc: BaseException) -> BaseException:
+    """What to raise for httpcore's broken stream count (`stream_count_broken`): the
+    exception its clean-up hid (`__context__`), as httpx's if it is httpcore's, so a
+    cancellation stays a cancellation and a timeout a timeout; without one,
+    `httpx.RemoteProtocolError`, which counts as possibly sent."""
+    context = exc.__context__
+    if context is None:
+        return httpx.RemoteProtocolError(f"the HTTP/2 connection lost count of its streams "
+                                         f"({exc})")
+    if isinstance(context, Exception):
+        return httpx_error(context) or context
+    return context
 
 
 @contextlib.contextmanager

@@ -24,8 +24,10 @@ from .._pool import (
     bounded,
     clamp,
     core_request,
+    hidden_error,
     httpx_error,
     is_http2,
+    stream_count_broken,
 )
 
 __all__ = ["AsyncEndpointPool"]
@@ -120,7 +122,9 @@ class _AsyncResponseStream(httpx.AsyncByteStream):
         except Exception as exc:
             error = httpx_error(exc)
             if error is None:
-                raise
+                if not stream_count_broken(exc):
+                    raise
+                raise hidden_error(exc) from exc
             raise error from exc
 
     async def aclose(self) -> None:
@@ -128,6 +132,9 @@ class _AsyncResponseStream(httpx.AsyncByteStream):
             aclose = getattr(self._stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+        except ValueError as exc:  # the body is over: nothing more to tell the caller
+            if not stream_count_broken(exc):
+                raise
         finally:
             on_close, self._on_close = self._on_close, None
             if on_close is not None:
@@ -167,7 +174,9 @@ class AsyncEndpointPool:
             except Exception as exc:
                 error = httpx_error(exc)
                 if error is None:
-                    raise
+                    if not stream_count_broken(exc):
+                        raise
+                    raise hidden_error(exc) from exc
                 raise error from exc
         if self._closed:  # closed under this request: its connection may be a new one
             await self._pool.aclose()

@@ -25,8 +25,10 @@ from .._pool import (
     bounded,
     clamp,
     core_request,
+    hidden_error,
     httpx_error,
     is_http2,
+    stream_count_broken,
 )
 
 __all__ = ["EndpointPool"]
@@ -121,7 +123,9 @@ class _ResponseStream(httpx.SyncByteStream):
         except Exception as exc:
             error = httpx_error(exc)
             if error is None:
-                raise
+                if not stream_count_broken(exc):
+                    raise
+                raise hidden_error(exc) from exc
             raise error from exc
 
     def close(self) -> None:
@@ -129,6 +133,9 @@ class _ResponseStream(httpx.SyncByteStream):
             close = getattr(self._stream, "close", None)
             if close is not None:
                 close()
+        except ValueError as exc:  # the body is over: nothing more to tell the caller
+            if not stream_count_broken(exc):
+                raise
         finally:
             on_close, self._on_close = self._on_close, None
             if on_close is not None:
@@ -168,7 +175,9 @@ class EndpointPool:
             except Exception as exc:
                 error = httpx_error(exc)
                 if error is None:
-                    raise
+                    if not stream_count_broken(exc):
+                        raise
+                    raise hidden_error(exc) from exc
                 raise error from exc
         if self._closed:  # closed under this request: its connection may be a new one
             self._pool.close()
