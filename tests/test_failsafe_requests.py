@@ -220,3 +220,30 @@ async def test_httpcores_broken_http2_stream_count_surfaces_as_the_error_it_hid(
                 with pytest.raises(expected) as caught:
                     await client.get("http://svc/")
                 assert not isinstance(caught.value, ValueError)
+
+
+async def test_a_broken_stream_count_hiding_another_is_reported_as_possibly_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpcore's clean-up can meet the broken stream count while handling the same
+    `ValueError` from reading the server's settings mid-answer: with nothing else
+    behind them the request may have been sent, so a POST fails with
+    `httpx.RemoteProtocolError` once and is not sent again."""
+    import httpcore
+
+    calls: list[int] = []
+
+    async def settings_then_cleanup(self: Any, request: Any) -> Any:
+        calls.append(1)
+        try:
+            raise ValueError("semaphore released too many times")  # reading SETTINGS
+        except ValueError:
+            raise ValueError("semaphore released too many times") from None  # clean-up
+
+    monkeypatch.setattr(httpcore.AsyncConnectionPool, "handle_async_request",
+                        settings_then_cleanup)
+    with Fleet(2) as fleet:
+        async with meshlib.AsyncMeshClient(services={"svc": fleet.url},
+                                           policy=Policy(retries=2)) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.post("http://svc/orders", content=b"{}")
+    assert len(calls) == 1

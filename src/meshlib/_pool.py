@@ -93,6 +93,8 @@ def hidden_error(exc: BaseException) -> BaseException:
     cancellation stays a cancellation and a timeout a timeout; without one,
     `httpx.RemoteProtocolError`, which counts as possibly sent."""
     context = exc.__context__
+    while context is not None and stream_count_broken(context):  # one hid another
+        context = context.__context__
     if context is None:
         return httpx.RemoteProtocolError(f"the HTTP/2 connection lost count of its streams "
                                          f"({exc})")
