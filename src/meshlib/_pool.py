@@ -242,6 +242,7 @@ def is_http2(stream: httpcore.NetworkStream | httpcore.AsyncNetworkStream) -> bo
 
 
 
+_RESPX = "respx"
 #: how long after its limit an async attempt is cancelled as a whole: late enough that
 #: the streams' own timeouts (which tell a connect timeout from a read timeout) come first
 _CANCEL_SLACK = 0.02
@@ -259,8 +260,8 @@ class attempt_limit:
 
     __slots__ = ("_limit_at", "_token")
 
-    def __init__(self, limit_at: float | None, *, cancel: bool = True) -> None:
-        # `cancel`: the async twin's; a thread has no send to cancel
+    def __init__(self, limit_at: float | None, *, bounded: bool = False) -> None:
+        # `bounded`: the async twin's; a thread has no send to cancel
         self._limit_at = limit_at
 
     def __enter__(self) -> None:
@@ -280,18 +281,18 @@ class async_attempt_limit:
     effect sleeps, say). That raises `httpx.ReadTimeout`.
 
     This is `asyncio.timeout_at` cut down to one timer handle: it runs on
-    every attempt, and costs about half as much. With `cancel=False` there is
-    no timer, only the streams' bounds: for a pool whose every wait (for a
-    pooled connection, the connect, TLS, each read and write) has a timeout
-    clamped to the limit, so that the timer could only ever fire after one
-    of them.
+    every attempt, and costs about half as much. `bounded`: every wait the
+    pool's send can make (for a pooled connection, the connect, TLS, each read
+    and write) has a timeout clamped to the limit, so the timer could only fire
+    after one of them and none is armed, unless respx is loaded (it replaces
+    the pool's send: a mock's side effect touches no stream).
     """
 
     __slots__ = ("_bound", "_cancelling", "_expired", "_handle", "_limit_at", "_task",
                  "_token")
 
-    def __init__(self, limit_at: float | None, *, cancel: bool = True) -> None:
-        self._limit_at = limit_at if cancel else None
+    def __init__(self, limit_at: float | None, *, bounded: bool = False) -> None:
+        self._limit_at = None if bounded and _RESPX not in sys.modules else limit_at
         self._bound = limit_at
         self._handle: asyncio.TimerHandle | None = None
         self._expired = False

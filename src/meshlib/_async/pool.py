@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import ssl
-import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 from typing import Any
@@ -31,8 +30,6 @@ from .._pool import (
 )
 
 __all__ = ["AsyncEndpointPool"]
-
-_RESPX = "respx"
 
 
 class _AsyncBoundedStream(httpcore.AsyncNetworkStream):
@@ -166,9 +163,7 @@ class AsyncEndpointPool:
         """
         if self._closed:
             raise httpx.ConnectError("the connection pool is closed")
-        # respx replaces the pool's send: a mock's side effect touches no stream
-        async with async_attempt_limit(limit_at, cancel=not self._bounded
-                                       or _RESPX in sys.modules):
+        async with async_attempt_limit(limit_at, bounded=self._bounded):
             try:
                 resp = await self._pool.handle_async_request(core_request(request, extensions))
             except Exception as exc:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import ssl
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
@@ -32,8 +31,6 @@ from .._pool import (
 )
 
 __all__ = ["EndpointPool"]
-
-_RESPX = "respx"
 
 
 class _BoundedStream(httpcore.NetworkStream):
@@ -167,9 +164,7 @@ class EndpointPool:
         """
         if self._closed:
             raise httpx.ConnectError("the connection pool is closed")
-        # respx replaces the pool's send: a mock's side effect touches no stream
-        with attempt_limit(limit_at, cancel=not self._bounded
-                                       or _RESPX in sys.modules):
+        with attempt_limit(limit_at, bounded=self._bounded):
             try:
                 resp = self._pool.handle_request(core_request(request, extensions))
             except Exception as exc:
