@@ -192,7 +192,7 @@ class EndpointState:
                     and self._ok is not None and self._ewma is not None:
                 # the common case: a success after a success; both estimates were last
                 # updated together, so they decay by the same weight
-                weight = min(math.exp(-max(now - self._stamp, 0.0) / DECAY_SECONDS), _MAX_KEEP)
+                weight = _keep(self._stamp, now)
                 self._ewma = _blend(self._ewma, weight, latency)
                 self._ok = _blend(self._ok, weight, latency)
                 self._stamp = self._ok_stamp = now
@@ -234,6 +234,12 @@ def _decayed(value: float | None, stamp: float, now: float) -> float | None:
     return value * math.exp(-elapsed / DECAY_SECONDS) if elapsed > 0 else value
 
 
+def _keep(stamp: float, now: float) -> float:
+    """The weight an estimate last updated at `stamp` keeps at a sample at `now`:
+    `exp(-dt / DECAY_SECONDS)`, at most `1 - MIN_SAMPLE_WEIGHT`."""
+    return min(math.exp(-max(now - stamp, 0.0) / DECAY_SECONDS), _MAX_KEEP)
+
+
 def _blend(current: float, weight: float, sample: float) -> float:
     """`_peak_ewma()` with the weight the estimate keeps already worked out."""
     decayed = current * weight
@@ -245,6 +251,4 @@ def _peak_ewma(current: float | None, stamp: float, sample: float, now: float) -
     blended in with weight `1 - exp(-dt / DECAY_SECONDS)`, at least `MIN_SAMPLE_WEIGHT`."""
     if current is None:
         return sample
-    weight = min(math.exp(-max(now - stamp, 0.0) / DECAY_SECONDS), _MAX_KEEP)
-    decayed = current * weight
-    return sample if sample > decayed else decayed + sample * (1.0 - weight)
+    return _blend(current, _keep(stamp, now), sample)

@@ -49,9 +49,7 @@ def set_ascii_header(headers: httpx.Headers, name: str, value: str) -> None:
     if type(items) is not list:
         headers[name] = value
         return
-    key = _ENCODED.get(name)
-    if key is None:
-        key = _ENCODED.setdefault(name, name.encode("ascii"))
+    key = name.encode("ascii")
     entry = (key, key, value.encode("ascii"))
     for index, item in enumerate(items):
         if item[1] == key:
@@ -60,6 +58,3 @@ def set_ascii_header(headers: httpx.Headers, name: str, value: str) -> None:
             items[index + 1:] = [rest for rest in items[index + 1:] if rest[1] != key]
             return
     items.append(entry)
-
-
-_ENCODED: dict[str, bytes] = {}

@@ -61,7 +61,20 @@ class Window:
                shed: bool = False) -> None:
         """One request ended at `now`: `ok` or not; `latency_s` if it got an answer;
         `shed` if it failed fast with nothing sent."""
+        self._add(int(now // BUCKET_SECONDS), ok, shed,
+                  -1 if latency_s is None else _bin(latency_s))
+
+    def record_with(self, other: Window, now: float, ok: bool, latency_s: float | None) -> None:
+        """`record()` into this window and `other` at once (a request's service and
+        route windows): the bucket and the latency's bin are worked out once."""
         epoch = int(now // BUCKET_SECONDS)
+        index = -1 if latency_s is None else _bin(latency_s)
+        self._add(epoch, ok, False, index)
+        other._add(epoch, ok, False, index)
+
+    def _add(self, epoch: int, ok: bool, shed: bool, index: int) -> None:
+        """Count one request in the bucket of `epoch`, its latency in bin `index` (-1:
+        no answer)."""
         slot = epoch % BUCKETS
         if self._epochs[slot] != epoch:
             self._roll(slot, epoch)
@@ -70,29 +83,11 @@ class Window:
             self._ok[slot] += 1
         elif shed:
             self._shed[slot] += 1
-        if latency_s is not None:
+        if index >= 0:
             bins = self._bins[slot]
             if bins is None:
                 bins = self._bins[slot] = [0] * _BINS
-            bins[_bin(latency_s)] += 1
-
-    def record_with(self, other: Window, now: float, ok: bool, latency_s: float | None) -> None:
-        """`record()` into this window and `other` at once (a request's service and
-        route windows): the bucket and the latency's bin are worked out once."""
-        epoch = int(now // BUCKET_SECONDS)
-        slot = epoch % BUCKETS
-        index = -1 if latency_s is None else _bin(latency_s)
-        for window in (self, other):
-            if window._epochs[slot] != epoch:
-                window._roll(slot, epoch)
-            window._requests[slot] += 1
-            if ok:
-                window._ok[slot] += 1
-            if index >= 0:
-                bins = window._bins[slot]
-                if bins is None:
-                    bins = window._bins[slot] = [0] * _BINS
-                bins[index] += 1
+            bins[index] += 1
 
     def _roll(self, slot: int, epoch: int) -> None:
         """Start bucket `slot` over for `epoch` (its last use is over 60 s old)."""
