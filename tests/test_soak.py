@@ -170,38 +170,11 @@ def test_soak_sync_32_threads(tmp_path: Path) -> None:
     fds_before = _fds()
     answered: dict[str, int] = {}
     errors: Counter[str] = Counter()
-    lock = threading.Lock()
-    ids = itertools.count()
     with _fault_matrix(tmp_path) as (backend, path, stop):
         client = meshlib.MeshClient(services={"svc": f"file://{path}"}, policy=POLICY,
                                     routes=ROUTES)
-        end = time.monotonic() + PHASE_SECONDS
-
-        def worker() -> None:
-            for n in range(5000):
-                if time.monotonic() > end:
-                    return
-                post = n % 3 == 0
-                key = f"s{next(ids)}"
-                try:
-                    if post:
-                        r = client.post("http://svc/order", content=b"{}",
-                                        headers={ID_HEADER: key})
-                    else:
-                        r = client.get("http://svc/item")
-                    status = r.status_code
-                except httpx.HTTPError as exc:
-                    status = 0
-                    with lock:
-                        errors[type(exc).__name__] += 1
-                    time.sleep(0.01)
-                if post:
-                    with lock:
-                        answered[key] = status
-
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(32)]
-        for t in threads:
-            t.start()
+        threads = _load(client, "s", time.monotonic() + PHASE_SECONDS, answered, errors,
+                        threads=32)
         for t in threads:
             t.join(PHASE_SECONDS + 5.0)
         assert not any(t.is_alive() for t in threads), "a worker hung past its deadline"
